@@ -1,0 +1,144 @@
+"""See and change every decision of any scml std agent class without editing it.
+
+`intercept(cls, hook_factory)` subclasses a `StdSyncAgent` (batches:
+`first_proposals`, `counter_all`) or a plain `StdAgent` (one thread at a time:
+`respond`, then `propose` for the counter-offer) and routes each batch of
+responses through a `DecisionHook`, which may record them (the audit, the
+tracker) or rewrite them (the shield). Hooks stack: the outermost sees what
+the inner ones finally send.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from negmas.sao import ResponseType, SAOResponse, SAOSyncController
+
+Offers = Mapping[str, Any]
+Responses = dict[str, SAOResponse]
+
+
+class DecisionHook:
+    """Called around an agent's decisions; the default changes nothing."""
+
+    def on_batch(self, agent: Any, kind: str, offers: Offers, responses: Responses) -> Responses:
+        """``kind`` is first_proposals, counter_all, propose or respond; ``offers`` are the partners' standing offers."""
+        return responses
+
+    def on_sent(self, agent: Any, partner: str, outcome: Any) -> None:
+        """An offer left for ``partner`` (it may still be accepted)."""
+
+    def on_answered(self, agent: Any, partner: str) -> None:
+        """``partner`` answered our last offer (countered, accepted or ended)."""
+
+    def on_day(self, agent: Any) -> None:
+        """A new day starts (after the agent's own before_step)."""
+
+
+def _partner_of(agent: Any, partners: Any) -> str | None:
+    others = [p for p in partners if p != agent.id]
+    return others[0] if others else None
+
+
+def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: str) -> type:
+    """A subclass of ``cls`` named ``cls.__name__ + suffix`` whose decisions pass through a hook."""
+    sync = issubclass(cls, SAOSyncController)
+    attr = f"_hook_{suffix}"
+
+    def hook(self) -> DecisionHook:
+        h = self.__dict__.get(attr)
+        if h is None:
+            h = hook_factory(self)
+            self.__dict__[attr] = h
+        return h
+
+    def before_step(self):
+        out = cls.before_step(self)
+        hook(self).on_day(self)
+        return out
+
+    def on_negotiation_success(self, contract, mechanism):
+        partner = _partner_of(self, contract.partners)
+        if partner is not None:
+            hook(self).on_answered(self, partner)
+        return cls.on_negotiation_success(self, contract, mechanism)
+
+    def on_negotiation_failure(self, partners, annotation, mechanism, state):
+        partner = _partner_of(self, partners)
+        if partner is not None:
+            hook(self).on_answered(self, partner)
+        return cls.on_negotiation_failure(self, partners, annotation, mechanism, state)
+
+    body: dict[str, Any] = {
+        "hook": hook,
+        "before_step": before_step,
+        "on_negotiation_success": on_negotiation_success,
+        "on_negotiation_failure": on_negotiation_failure,
+        "__module__": __name__,
+        "__doc__": f"{cls.__name__} with its decisions passed through a {suffix} hook.",
+    }
+
+    if sync:
+
+        def first_proposals(self):
+            proposals = cls.first_proposals(self) or {}
+            batch = {
+                p: SAOResponse(ResponseType.REJECT_OFFER, o) if o is not None else SAOResponse(ResponseType.END_NEGOTIATION, None)
+                for p, o in proposals.items()
+            }
+            batch = hook(self).on_batch(self, "first_proposals", {}, batch)
+            return {p: r.outcome if r.response == ResponseType.REJECT_OFFER else None for p, r in batch.items()}
+
+        def counter_all(self, offers, states):
+            responses = dict(cls.counter_all(self, offers, states) or {})
+            # negmas ends every negotiation the agent leaves out: make that explicit
+            for partner in self.negotiators:
+                responses.setdefault(partner, SAOResponse(ResponseType.END_NEGOTIATION, None))
+            return hook(self).on_batch(self, "counter_all", offers, responses)
+
+        def propose(self, negotiator_id, state, *args, **kwargs):
+            outcome = cls.propose(self, negotiator_id, state, *args, **kwargs)
+            if outcome is not None:
+                hook(self).on_sent(self, negotiator_id, outcome)
+            return outcome
+
+        def respond(self, negotiator_id, state, *args, **kwargs):
+            hook(self).on_answered(self, negotiator_id)
+            return cls.respond(self, negotiator_id, state, *args, **kwargs)
+
+        body.update(first_proposals=first_proposals, counter_all=counter_all, propose=propose, respond=respond)
+    else:
+        pending_attr = f"_pending_{suffix}"
+
+        def propose(self, negotiator_id, state, *args, **kwargs):
+            pending = self.__dict__.setdefault(pending_attr, {})
+            if negotiator_id in pending:  # a counter decided (and hooked) in respond
+                outcome = pending.pop(negotiator_id)
+            else:
+                outcome = cls.propose(self, negotiator_id, state, *args, **kwargs)
+                r = SAOResponse(ResponseType.REJECT_OFFER, outcome) if outcome is not None else SAOResponse(ResponseType.END_NEGOTIATION, None)
+                r = hook(self).on_batch(self, "propose", {}, {negotiator_id: r}).get(negotiator_id, r)
+                outcome = r.outcome if r.response == ResponseType.REJECT_OFFER else None
+            if outcome is not None:
+                hook(self).on_sent(self, negotiator_id, outcome)
+            return outcome
+
+        def respond(self, negotiator_id, state, *args, **kwargs):
+            hook(self).on_answered(self, negotiator_id)
+            response = cls.respond(self, negotiator_id, state, *args, **kwargs)
+            if response not in (ResponseType.ACCEPT_OFFER, ResponseType.END_NEGOTIATION):
+                return response  # a rejection: its counter-offer is hooked in propose
+            offer = state.current_offer
+            r = SAOResponse(response, offer if response == ResponseType.ACCEPT_OFFER else None)
+            r = hook(self).on_batch(self, "respond", {negotiator_id: offer}, {negotiator_id: r}).get(negotiator_id, r)
+            if r.response == ResponseType.REJECT_OFFER:
+                self.__dict__.setdefault(pending_attr, {})[negotiator_id] = r.outcome
+            return r.response
+
+        body.update(propose=propose, respond=respond)
+
+    name = cls.__name__ + suffix
+    wrapped = type(name, (cls,), body)
+    # reachable as hrlxf_agent.intercept.<name> in this process, so scml can name it
+    globals().setdefault(name, wrapped)
+    return globals()[name]

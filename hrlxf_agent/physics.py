@@ -1,0 +1,108 @@
+"""The daily accounting of scml 0.8.4's standard world, in one place.
+
+Every bound in the shield and the audit is derived from these rules, read from
+scml 0.8.4 (`scml/oneshot/world.py`, `SCMLBaseWorld.simulation_step`, the
+"update agent profits" loop, and `scml/oneshot/ufun.py`, `OneShotUFun.from_offers`):
+
+* Each day is settled alone from the contracts whose delivery time is that day.
+* Input offered to production that day = the day's input contracts + the day's
+  exogenous supply + the *stored* input inventory (passed in by `make_ufun`).
+  A cash check may cut it (cheapest units first) when the balance cannot pay.
+* Demand that day = the day's sale contracts + the day's exogenous sales + the
+  stored *output* inventory: the output stock is added as one more thing to
+  deliver, it never serves a sale. (It stays 0 in practice: see below.)
+* produced = min(input offered, n_lines, demand); shortfall = demand - produced.
+  So at most n_lines units can be delivered on any day, whatever is in stock.
+* After the day: input stock += max(0, executed inputs - produced) and
+  output stock += max(0, produced - executed sales). The stock is **never
+  decreased** (the quirk this module exists to isolate): a unit in the input
+  stock is offered to production again every day, for free. Since produced
+  <= executed sales + output stock, the output stock never leaves 0.
+
+A later scml that consumes the stock needs `INPUT_STOCK_CONSUMED = True` here
+and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+#: scml 0.8.4 never takes produced units out of the stored input inventory.
+INPUT_STOCK_CONSUMED = False
+
+
+def produced(input_offered: float, n_lines: int, demand: float) -> float:
+    """Units the simulator produces (and so delivers) on a day."""
+    return max(0.0, min(input_offered, n_lines, demand))
+
+
+def next_input_stock(stock: float, executed_inputs: float, made: float) -> float:
+    """The stored input inventory at the start of the next day."""
+    if INPUT_STOCK_CONSUMED:
+        return max(0.0, stock + executed_inputs - made)
+    return stock + max(0.0, executed_inputs - made)
+
+
+def input_stock_floor(stock: float, inputs_per_day: Sequence[float], n_lines: int) -> np.ndarray:
+    """A lower bound on the input stock at the start of each day k = 0..K-1.
+
+    Holds whatever is sold later: production is at most n_lines a day, so at
+    least ``inputs[k] - n_lines`` of day k's inputs stay (0.8.4), or the stock
+    drains by at most n_lines a day (a world that consumes it).
+    """
+    inputs = np.asarray(inputs_per_day, dtype=float)
+    out = np.empty(len(inputs))
+    level = float(stock)
+    for k, q in enumerate(inputs):
+        out[k] = level
+        if INPUT_STOCK_CONSUMED:
+            level = max(0.0, level + q - n_lines)
+        else:
+            level = level + max(0.0, q - n_lines)
+    return out
+
+
+def deliverable(input_available: np.ndarray | float, n_lines: int) -> np.ndarray:
+    """The most a factory can deliver on a day given the input it can offer to production."""
+    return np.minimum(np.asarray(input_available, dtype=float), float(n_lines))
+
+
+def demand(sales: np.ndarray, exogenous_sales: np.ndarray, output_stock: float) -> np.ndarray:
+    """What the simulator asks the factory to deliver each day (output stock counts as demand in 0.8.4)."""
+    return np.asarray(sales, dtype=float) + np.asarray(exogenous_sales, dtype=float) + float(output_stock)
+
+
+def buy_room(
+    stock_floor: np.ndarray, inputs: np.ndarray, n_lines: int, days_left: np.ndarray
+) -> np.ndarray:
+    """How many more input units bought for day k could still be turned into product.
+
+    0.8.4: production on day k takes at most n_lines units from stock + day k's
+    inputs, and only inputs beyond n_lines ever reach the stock (leftover =
+    inputs - produced). So with ``present = stock + inputs`` a purchase beyond
+    ``n_lines - present`` is certain waste: it is neither produced nor stored.
+    Days are independent, since such purchases never raise a later stock.
+    A world that consumes its stock has the seeds' processing capacity
+    instead: n_lines a day for the remaining days, less the backlog and every
+    later commitment (reverse cumulative min over later days).
+    """
+    stock_floor = np.asarray(stock_floor, dtype=float)
+    inputs = np.asarray(inputs, dtype=float)
+    alive = np.asarray(days_left, dtype=float) > 0
+    if not INPUT_STOCK_CONSUMED:
+        return np.where(alive, np.maximum(0.0, n_lines - stock_floor - inputs), 0.0)
+    backlog = np.empty(len(inputs))
+    level = float(stock_floor[0]) if len(inputs) else 0.0
+    for k, q in enumerate(inputs):
+        backlog[k] = level
+        level = max(0.0, level + q - n_lines)
+    later = np.cumsum(inputs[::-1])[::-1]
+    slack = n_lines * np.maximum(0.0, np.asarray(days_left, dtype=float)) - backlog - later
+    return np.where(alive, np.maximum(0.0, reverse_cummin(slack)), 0.0)
+
+
+def reverse_cummin(x: np.ndarray) -> np.ndarray:
+    """y[k] = min(x[k:]): what can be added at day k without breaking any later day."""
+    return np.minimum.accumulate(np.asarray(x, dtype=float)[::-1])[::-1]

@@ -1,0 +1,247 @@
+"""L1: the deterministic safety shield (DESIGN.md section 3, "L1 safety shield").
+
+`SafetyShield.bounds` turns a Snapshot into how much more the agent may buy and
+sell for each delivery day and how much money it may still commit;
+`clip_batch` makes a whole batch of concurrent SAO responses fit those bounds
+jointly and legal. Every bound comes from `physics` (scml 0.8.4's accounting),
+not from the seeds' production-to-stock model:
+
+* sell, day k: at most n_lines units can be delivered on a day, and only from
+  input offered to production that day. Today (k = 0) the shield counts only
+  input already secured (stock floor + signed supplies + exogenous supply),
+  since today's open buy threads may still fail; later days can still be
+  supplied (negotiations or exogenous supply), so their bound is the lines.
+  Output stock is demand in 0.8.4, never supply. Days are independent.
+* buy, day k: more than ``n_lines - (stock floor + signed inputs)`` is certain
+  waste (neither produced nor stored, see `physics.buy_room`).
+* money: B_free = balance x (1 - reserve) - every committed payable (signed
+  supplies and today's exogenous supply); a batch never spends more.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+from negmas.sao import ResponseType, SAOResponse
+
+from . import physics
+from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot
+
+Outcome = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ShieldConfig:
+    """Tunable margins of the shield (the physics is not tunable)."""
+
+    reserve_fraction: float = 0.0  # share of the balance never committed to purchases
+    baseline_buy_price: float = 0.95  # baseline offer price / market price, buying
+    baseline_sell_price: float = 1.05  # baseline offer price / market price, selling
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What may still be committed, per delivery day k = 0..H (index = day - step)."""
+
+    q_safe_buy: np.ndarray
+    q_safe_sell: np.ndarray
+    b_free: float
+    time_mask_buy: np.ndarray  # 0 where a buy of >= 1 unit is safe and the day is negotiable, else -inf
+    time_mask_sell: np.ndarray
+
+
+@dataclass(frozen=True)
+class Thread:
+    """One running negotiation in a batch, as the shield needs to see it."""
+
+    partner: str
+    is_buy: bool
+    offer: Outcome | None  # the partner's standing offer, None if it has made none yet
+
+
+class _Room:
+    """Mutable remaining capacity while a batch is clipped."""
+
+    def __init__(self, bounds: Bounds, step: int):
+        self.buy = bounds.q_safe_buy.astype(float).copy()
+        self.sell = bounds.q_safe_sell.astype(float).copy()
+        self.money = float(bounds.b_free)
+        self.step = step
+
+    def quantity_cap(self, is_buy: bool, t: int, price: float) -> int:
+        k = t - self.step
+        arr = self.buy if is_buy else self.sell
+        if k < 0 or k >= len(arr):
+            return 0
+        cap = arr[k]
+        if is_buy:
+            cap = min(cap, self.money / price if price > 0 else cap)
+        return int(math.floor(cap + 1e-9))
+
+    def take(self, is_buy: bool, outcome: Outcome) -> None:
+        q, t, p = outcome[QUANTITY], outcome[TIME], outcome[UNIT_PRICE]
+        k = t - self.step
+        if is_buy:
+            self.buy[k] -= q
+            self.money -= q * p
+        else:
+            self.sell[k] -= q
+
+
+class SafetyShield:
+    """Deterministic L1 bounds and the joint clip of a batch of responses."""
+
+    def __init__(self, config: ShieldConfig | None = None):
+        self.config = config or ShieldConfig()
+
+    # ------------------------------------------------------------------ bounds
+    def bounds(self, snap: Snapshot) -> Bounds:
+        n = snap.n_lines
+        supply = np.asarray(snap.supply_qty, dtype=float)
+        sales = np.asarray(snap.sale_qty, dtype=float)
+        ex_in = np.zeros_like(supply)
+        ex_in[0] = snap.exogenous_input_qty
+        ex_out = np.zeros_like(sales)
+        ex_out[0] = snap.exogenous_output_qty
+        inputs = supply + ex_in
+        days_left = np.asarray(snap.days_left(), dtype=float)
+        alive = days_left > 0
+
+        floor = physics.input_stock_floor(snap.inventory_input, inputs, n)
+        secured = floor + inputs
+        cap = np.full_like(sales, float(n))
+        cap[0] = float(physics.deliverable(secured[0], n))
+        due = physics.demand(sales, ex_out, snap.inventory_output)
+        q_sell = np.where(alive & snap.can_sell, np.maximum(0.0, cap - due), 0.0)
+        q_buy = physics.buy_room(floor, inputs, n, days_left) if snap.can_buy else np.zeros_like(supply)
+
+        payables = float(np.sum(snap.supply_cost)) + snap.exogenous_input_cost
+        b_free = max(0.0, snap.balance * (1.0 - self.config.reserve_fraction) - payables)
+        return Bounds(
+            q_safe_buy=q_buy,
+            q_safe_sell=q_sell,
+            b_free=b_free,
+            time_mask_buy=self._time_mask(snap, q_buy, snap.buy_issues),
+            time_mask_sell=self._time_mask(snap, q_sell, snap.sell_issues),
+        )
+
+    @staticmethod
+    def _time_mask(snap: Snapshot, q_safe: np.ndarray, issues: IssueRanges | None) -> np.ndarray:
+        mask = np.full(len(q_safe), -np.inf)
+        if issues is None:
+            return mask
+        for k in range(len(q_safe)):
+            t = snap.step + k
+            if issues.t_min <= t <= issues.t_max and q_safe[k] >= 1:
+                mask[k] = 0.0
+        return mask
+
+    # ---------------------------------------------------------------- baseline
+    def baseline(self, snap: Snapshot, bounds: Bounds, is_buy: bool, delta: int) -> Outcome | None:
+        """The simple safe offer of seed 004 section 1.3 for delivery day step + delta."""
+        issues = snap.buy_issues if is_buy else snap.sell_issues
+        if issues is None or delta < 0 or delta > snap.horizon:
+            return None
+        t = snap.step + delta
+        if not issues.t_min <= t <= issues.t_max:
+            return None
+        if is_buy:
+            price = issues.clamp_price(self.config.baseline_buy_price * snap.trading_price_in)
+            q = min(bounds.q_safe_buy[delta] / 2.0, bounds.b_free / price if price > 0 else math.inf)
+            cap = min(bounds.q_safe_buy[delta], bounds.b_free / price if price > 0 else math.inf)
+        else:
+            price = issues.clamp_price(self.config.baseline_sell_price * snap.trading_price_out)
+            q = bounds.q_safe_sell[delta] / 2.0
+            cap = bounds.q_safe_sell[delta]
+        q = int(min(max(math.floor(q), issues.q_min, 1), issues.q_max, math.floor(cap + 1e-9)))
+        if q < max(1, issues.q_min):
+            return None
+        return (q, t, price)
+
+    # -------------------------------------------------------------- clip_batch
+    def clip_batch(
+        self,
+        snap: Snapshot,
+        threads: Mapping[str, Thread],
+        responses: Mapping[str, SAOResponse],
+        alpha: Mapping[str, float] | None = None,
+        reserved: Iterable[tuple[bool, Outcome]] = (),
+        bounds: Bounds | None = None,
+    ) -> dict[str, SAOResponse]:
+        """Make one batch of responses safe together and legal.
+
+        Threads are served in descending alpha (ACCEPTs before offers at equal
+        alpha); each takes its share of the remaining room, so the batch never
+        exceeds any bound. ``reserved`` are commitments outside the batch that
+        may still bind (offers already sent and not yet answered). An ACCEPT
+        that cannot be honoured becomes a REJECT with a smaller safe counter
+        (same day and price if possible); an offer is cut or moved to another
+        safe day; when nothing is safe the thread gets END. Responses for
+        partners not in ``threads`` are dropped (no such negotiation runs).
+        """
+        bounds = bounds if bounds is not None else self.bounds(snap)
+        room = _Room(bounds, snap.step)
+        for is_buy, outcome in reserved:
+            if outcome is not None and 0 <= outcome[TIME] - snap.step < len(room.buy):
+                room.take(is_buy, outcome)
+        alpha = alpha or {}
+
+        def order(pid: str) -> tuple:
+            r = responses.get(pid)
+            kind = 0 if r is not None and r.response == ResponseType.ACCEPT_OFFER else 1
+            return (-alpha.get(pid, 0.0), kind, pid)
+
+        out: dict[str, SAOResponse] = {}
+        for pid in sorted((p for p in responses if p in threads), key=order):
+            out[pid] = self._clip_one(snap, bounds, room, threads[pid], responses[pid])
+        return out
+
+    def _clip_one(self, snap: Snapshot, bounds: Bounds, room: _Room, thread: Thread, resp: SAOResponse) -> SAOResponse:
+        issues = snap.buy_issues if thread.is_buy else snap.sell_issues
+        if resp.response == ResponseType.END_NEGOTIATION or issues is None:
+            return SAOResponse(ResponseType.END_NEGOTIATION, None)
+        if resp.response == ResponseType.ACCEPT_OFFER and thread.offer is not None:
+            offer = _as_outcome(thread.offer)
+            if room.quantity_cap(thread.is_buy, offer[TIME], offer[UNIT_PRICE]) >= offer[QUANTITY]:
+                room.take(thread.is_buy, offer)
+                return SAOResponse(ResponseType.ACCEPT_OFFER, offer)
+            wanted: Outcome | None = offer
+        else:
+            wanted = _as_outcome(resp.outcome) if resp.outcome is not None else None
+        if wanted is None:
+            wanted = self._best_baseline(snap, bounds, thread.is_buy)
+            if wanted is None:
+                return SAOResponse(ResponseType.END_NEGOTIATION, None)
+        counter = self._fit(room, issues, thread.is_buy, wanted)
+        if counter is None:
+            return SAOResponse(ResponseType.END_NEGOTIATION, None)
+        room.take(thread.is_buy, counter)
+        return SAOResponse(ResponseType.REJECT_OFFER, counter)
+
+    def _best_baseline(self, snap: Snapshot, bounds: Bounds, is_buy: bool) -> Outcome | None:
+        for delta in range(snap.horizon + 1):
+            o = self.baseline(snap, bounds, is_buy, delta)
+            if o is not None:
+                return o
+        return None
+
+    @staticmethod
+    def _fit(room: _Room, issues: IssueRanges, is_buy: bool, wanted: Outcome) -> Outcome | None:
+        """The closest legal, safe offer to ``wanted``: same day if it has room, else the nearest day that has."""
+        q = int(min(max(int(wanted[QUANTITY]), issues.q_min, 1), issues.q_max))
+        price = issues.clamp_price(float(wanted[UNIT_PRICE]))
+        t0 = int(min(max(int(wanted[TIME]), issues.t_min), issues.t_max))
+        days = sorted(range(issues.t_min, issues.t_max + 1), key=lambda t: (abs(t - t0), t))
+        q_floor = max(1, issues.q_min)
+        for t in days:
+            cap = min(room.quantity_cap(is_buy, t, price), issues.q_max)
+            if cap >= q_floor:
+                return (min(q, cap), t, price)
+        return None
+
+
+def _as_outcome(o: tuple) -> Outcome:
+    return (int(o[QUANTITY]), int(o[TIME]), int(o[UNIT_PRICE]))

@@ -1,0 +1,1 @@
+"""Pipeline stages: pure functions of (input artifacts, config) -> output artifacts."""
