@@ -197,6 +197,16 @@ def _active(details: Mapping[str, Any], ignore: Iterable[str] = ()) -> tuple[str
     return tuple(sorted(alive))
 
 
+def _fresh(issues: IssueRanges | None, step: int) -> IssueRanges | None:
+    """Today's issues, or None when scml still shows an earlier day's.
+
+    scml refreshes the issues when it opens the day's negotiations, and only
+    for products traded between factories (the raw material's and the final
+    product's keep day 0's); between two steps they are yesterday's.
+    """
+    return issues if issues is not None and issues.t_min >= step else None
+
+
 def snapshot_from_awi(awi: Any, horizon: int = DEFAULT_HORIZON, version: int = 0) -> Snapshot:
     """Build the Snapshot of a live `StdAWI` (what the agent can see right now)."""
     step = int(awi.current_step)
@@ -229,10 +239,8 @@ def snapshot_from_awi(awi: Any, horizon: int = DEFAULT_HORIZON, version: int = 0
         trading_price_out=float(trading[out_p]),
         catalog_price_in=float(catalog[in_p]),
         catalog_price_out=float(catalog[out_p]),
-        # scml refreshes only the issues of products traded between factories:
-        # the raw material's and the final product's keep day 0's ranges
-        buy_issues=None if awi.is_first_level else IssueRanges.from_issues(awi.current_input_issues),
-        sell_issues=None if awi.is_last_level else IssueRanges.from_issues(awi.current_output_issues),
+        buy_issues=None if awi.is_first_level else _fresh(IssueRanges.from_issues(awi.current_input_issues), step),
+        sell_issues=None if awi.is_last_level else _fresh(IssueRanges.from_issues(awi.current_output_issues), step),
         buy_partners=_active(details.get("buy", {})),
         sell_partners=_active(details.get("sell", {})),
         version=version,

@@ -1,0 +1,63 @@
+"""Shared helpers: short real worlds (10-20 steps) and hand-built snapshots."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hrlxf_agent.snapshot import IssueRanges, Snapshot
+
+warnings.filterwarnings("ignore")
+
+
+def make_world(types: list[type], steps: int = 15, seed: int = 0, **generate_kwargs):
+    """A real SCML2024StdWorld with the given agent types (seeded)."""
+    from scml.std import SCML2024StdWorld
+
+    random.seed(seed)
+    np.random.seed(seed)
+    config = SCML2024StdWorld.generate(agent_types=types, n_steps=steps, **generate_kwargs)
+    return SCML2024StdWorld(**config, construct_graphs=False)
+
+
+def agents_of(world, cls: type) -> dict[str, object]:
+    """The agent objects of a class in a world, by id."""
+    return {aid: a._obj for aid, a in world.agents.items() if isinstance(getattr(a, "_obj", None), cls)}
+
+
+def snap(**overrides) -> Snapshot:
+    """A consistent mid-level snapshot: step 5 of 20, 10 lines, horizon 10."""
+    h = overrides.pop("horizon", 10)
+    base = dict(
+        step=5, n_steps=20, n_lines=10, level=1, can_buy=True, can_sell=True, balance=1000.0,
+        inventory_input=0, inventory_output=0, exogenous_input_qty=0, exogenous_input_cost=0.0,
+        exogenous_output_qty=0, exogenous_output_revenue=0.0,
+        supply_qty=(0.0,) * (h + 1), supply_cost=(0.0,) * (h + 1),
+        sale_qty=(0.0,) * (h + 1), sale_revenue=(0.0,) * (h + 1),
+        production_cost=2.0, storage_cost=0.02, shortfall_penalty=0.5,
+        trading_price_in=10.0, trading_price_out=20.0, catalog_price_in=10.0, catalog_price_out=20.0,
+        buy_issues=IssueRanges(1, 30, 5, 15, 9, 11), sell_issues=IssueRanges(1, 30, 5, 15, 18, 22),
+        buy_partners=("s1", "s2"), sell_partners=("c1", "c2"),
+    )
+    base.update(overrides)
+    return Snapshot(**base)
+
+
+def per_day(h: int = 10, **values: float) -> tuple[float, ...]:
+    """A per-day tuple with values at day offsets given as d0=.., d3=.."""
+    out = [0.0] * (h + 1)
+    for key, v in values.items():
+        out[int(key[1:])] = float(v)
+    return tuple(out)
+
+
+@pytest.fixture
+def base_snapshot() -> Snapshot:
+    return snap()
+
+
+__all__ = ["make_world", "agents_of", "snap", "per_day", "replace"]
