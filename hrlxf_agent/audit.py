@@ -16,7 +16,7 @@ Illegal responses are counted apart: an ACCEPT with no offer from the partner
 (or carrying another outcome), a REJECT without a counter-offer, an outcome
 outside the negotiation's issue ranges, or a response type SAO does not allow
 here. Offers with fractional values on scml's integer issues (PenguinAgent
-offers unit prices like 16.8) are inside the ranges: counted as ``off_grid``.
+offers unit prices like 16.8) are inside the ranges: counted as ``off_grid``. An outcome that is not three finite numbers is ``malformed_outcome``.
 The bounds are physical limits; the shield's are tighter (`shield`).
 """
 
@@ -30,7 +30,7 @@ from negmas.sao import ResponseType
 
 from . import physics
 from .intercept import DecisionHook, Offers, Responses
-from .snapshot import QUANTITY, TIME, UNIT_PRICE, Snapshot, snapshot_from_awi
+from .snapshot import QUANTITY, TIME, UNIT_PRICE, Snapshot, snapshot_from_awi, well_formed
 
 
 @dataclass
@@ -117,6 +117,8 @@ def judge_batch(snap: Snapshot, offers: Offers, responses: Responses, is_buy: di
             offer = offers.get(partner)
             if offer is None:
                 rec["illegal"] = "accept_without_offer"
+            elif not well_formed(offer):
+                rec["illegal"] = "accept_malformed_offer"
             else:
                 rec["outcome"] = tuple(offer)
                 if r.outcome is not None and tuple(r.outcome) != tuple(offer):
@@ -126,6 +128,9 @@ def judge_batch(snap: Snapshot, offers: Offers, responses: Responses, is_buy: di
             rec["op"] = "offer"
             if r.outcome is None:
                 rec["illegal"] = "reject_without_counter"
+            elif not well_formed(r.outcome):
+                rec["illegal"] = "malformed_outcome"
+                rec["outcome"] = tuple(r.outcome) if isinstance(r.outcome, (tuple, list)) else r.outcome
             else:
                 rec["outcome"] = tuple(r.outcome)
                 if issues is None or not issues.contains(r.outcome):

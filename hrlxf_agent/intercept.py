@@ -40,10 +40,26 @@ def _partner_of(agent: Any, partners: Any) -> str | None:
     return others[0] if others else None
 
 
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    try:
+        return tuple(a) == tuple(b)
+    except TypeError:
+        return False
+
+
 def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: str) -> type:
-    """A subclass of ``cls`` named ``cls.__name__ + suffix`` whose decisions pass through a hook."""
+    """A subclass of ``cls`` named ``cls.__name__ + suffix`` whose decisions pass through a hook.
+
+    Sync agents are hooked per batch (``first_proposals`` / ``counter_all``).
+    Every agent is also hooked per thread (``respond`` / ``propose``), which
+    catches what no batch hook saw: plain StdAgents, and StdSyncAgents that
+    override ``propose`` / ``respond`` themselves (UltraSuperMiracleSoraFinalAgentZ
+    does). A decision a batch hook already saw is not seen twice.
+    """
     sync = issubclass(cls, SAOSyncController)
-    attr = f"_hook_{suffix}"
+    attr, pending_attr, decided_attr = f"_hook_{suffix}", f"_pending_{suffix}", f"_decided_{suffix}"
 
     def hook(self) -> DecisionHook:
         h = self.__dict__.get(attr)
@@ -52,8 +68,13 @@ def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: st
             self.__dict__[attr] = h
         return h
 
+    def store(self, name: str) -> dict:
+        return self.__dict__.setdefault(name, {})
+
     def before_step(self):
         out = cls.before_step(self)
+        store(self, pending_attr).clear()
+        store(self, decided_attr).clear()
         hook(self).on_day(self)
         return out
 
@@ -69,11 +90,46 @@ def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: st
             hook(self).on_answered(self, partner)
         return cls.on_negotiation_failure(self, partners, annotation, mechanism, state)
 
+    def propose(self, negotiator_id, state, *args, **kwargs):
+        pending, decided = store(self, pending_attr), store(self, decided_attr)
+        if negotiator_id in pending:  # a counter decided (and hooked) in respond
+            outcome = pending.pop(negotiator_id)
+        else:
+            outcome = cls.propose(self, negotiator_id, state, *args, **kwargs)
+            seen = decided.pop(negotiator_id, None)
+            if seen is None or seen.response != ResponseType.REJECT_OFFER or not _same(seen.outcome, outcome):
+                r = SAOResponse(ResponseType.REJECT_OFFER, outcome) if outcome is not None else SAOResponse(ResponseType.END_NEGOTIATION, None)
+                r = hook(self).on_batch(self, "propose", {}, {negotiator_id: r}).get(negotiator_id, r)
+                outcome = r.outcome if r.response == ResponseType.REJECT_OFFER else None
+        if outcome is not None:
+            hook(self).on_sent(self, negotiator_id, outcome)
+        return outcome
+
+    def respond(self, negotiator_id, state, *args, **kwargs):
+        hook(self).on_answered(self, negotiator_id)
+        response = cls.respond(self, negotiator_id, state, *args, **kwargs)
+        decided = store(self, decided_attr)
+        seen = decided.get(negotiator_id)
+        if seen is not None and seen.response == response:
+            if response != ResponseType.REJECT_OFFER:  # a rejection's counter is checked in propose
+                decided.pop(negotiator_id)
+            return response
+        if response not in (ResponseType.ACCEPT_OFFER, ResponseType.END_NEGOTIATION):
+            return response  # WAIT, or a rejection whose counter is hooked in propose
+        offer = state.current_offer
+        r = SAOResponse(response, offer if response == ResponseType.ACCEPT_OFFER else None)
+        r = hook(self).on_batch(self, "respond", {negotiator_id: offer}, {negotiator_id: r}).get(negotiator_id, r)
+        if r.response == ResponseType.REJECT_OFFER:
+            store(self, pending_attr)[negotiator_id] = r.outcome
+        return r.response
+
     body: dict[str, Any] = {
         "hook": hook,
         "before_step": before_step,
         "on_negotiation_success": on_negotiation_success,
         "on_negotiation_failure": on_negotiation_failure,
+        "propose": propose,
+        "respond": respond,
         "__module__": __name__,
         "__doc__": f"{cls.__name__} with its decisions passed through a {suffix} hook.",
     }
@@ -87,6 +143,7 @@ def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: st
                 for p, o in proposals.items()
             }
             batch = hook(self).on_batch(self, "first_proposals", {}, batch)
+            store(self, decided_attr).update(batch)
             return {p: r.outcome if r.response == ResponseType.REJECT_OFFER else None for p, r in batch.items()}
 
         def counter_all(self, offers, states):
@@ -94,48 +151,11 @@ def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: st
             # negmas ends every negotiation the agent leaves out: make that explicit
             for partner in self.negotiators:
                 responses.setdefault(partner, SAOResponse(ResponseType.END_NEGOTIATION, None))
-            return hook(self).on_batch(self, "counter_all", offers, responses)
+            responses = hook(self).on_batch(self, "counter_all", offers, responses)
+            store(self, decided_attr).update(responses)
+            return responses
 
-        def propose(self, negotiator_id, state, *args, **kwargs):
-            outcome = cls.propose(self, negotiator_id, state, *args, **kwargs)
-            if outcome is not None:
-                hook(self).on_sent(self, negotiator_id, outcome)
-            return outcome
-
-        def respond(self, negotiator_id, state, *args, **kwargs):
-            hook(self).on_answered(self, negotiator_id)
-            return cls.respond(self, negotiator_id, state, *args, **kwargs)
-
-        body.update(first_proposals=first_proposals, counter_all=counter_all, propose=propose, respond=respond)
-    else:
-        pending_attr = f"_pending_{suffix}"
-
-        def propose(self, negotiator_id, state, *args, **kwargs):
-            pending = self.__dict__.setdefault(pending_attr, {})
-            if negotiator_id in pending:  # a counter decided (and hooked) in respond
-                outcome = pending.pop(negotiator_id)
-            else:
-                outcome = cls.propose(self, negotiator_id, state, *args, **kwargs)
-                r = SAOResponse(ResponseType.REJECT_OFFER, outcome) if outcome is not None else SAOResponse(ResponseType.END_NEGOTIATION, None)
-                r = hook(self).on_batch(self, "propose", {}, {negotiator_id: r}).get(negotiator_id, r)
-                outcome = r.outcome if r.response == ResponseType.REJECT_OFFER else None
-            if outcome is not None:
-                hook(self).on_sent(self, negotiator_id, outcome)
-            return outcome
-
-        def respond(self, negotiator_id, state, *args, **kwargs):
-            hook(self).on_answered(self, negotiator_id)
-            response = cls.respond(self, negotiator_id, state, *args, **kwargs)
-            if response not in (ResponseType.ACCEPT_OFFER, ResponseType.END_NEGOTIATION):
-                return response  # a rejection: its counter-offer is hooked in propose
-            offer = state.current_offer
-            r = SAOResponse(response, offer if response == ResponseType.ACCEPT_OFFER else None)
-            r = hook(self).on_batch(self, "respond", {negotiator_id: offer}, {negotiator_id: r}).get(negotiator_id, r)
-            if r.response == ResponseType.REJECT_OFFER:
-                self.__dict__.setdefault(pending_attr, {})[negotiator_id] = r.outcome
-            return r.response
-
-        body.update(propose=propose, respond=respond)
+        body.update(first_proposals=first_proposals, counter_all=counter_all)
 
     name = cls.__name__ + suffix
     wrapped = type(name, (cls,), body)

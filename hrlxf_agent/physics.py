@@ -16,8 +16,12 @@ scml 0.8.4 (`scml/oneshot/world.py`, `SCMLBaseWorld.simulation_step`, the
 * After the day: input stock += max(0, executed inputs - produced) and
   output stock += max(0, produced - executed sales). The stock is **never
   decreased** (the quirk this module exists to isolate): a unit in the input
-  stock is offered to production again every day, for free. Since produced
-  <= executed sales + output stock, the output stock never leaves 0.
+  stock is offered to production again every day, for free, and production
+  draws on the day's new inputs first. Since produced <= executed sales +
+  output stock, the output stock never leaves 0.
+
+tests/test_physics_real.py replays every agent-day of real worlds with these
+rules and gets the simulator's shortfalls and stocks exactly.
 
 A later scml that consumes the stock needs `INPUT_STOCK_CONSUMED = True` here
 and nothing else.
@@ -77,13 +81,15 @@ def demand(sales: np.ndarray, exogenous_sales: np.ndarray, output_stock: float) 
 def buy_room(
     stock_floor: np.ndarray, inputs: np.ndarray, n_lines: int, days_left: np.ndarray
 ) -> np.ndarray:
-    """How many more input units bought for day k could still be turned into product.
+    """How many more input units bought for day k the factory can use, per day k.
 
-    0.8.4: production on day k takes at most n_lines units from stock + day k's
-    inputs, and only inputs beyond n_lines ever reach the stock (leftover =
-    inputs - produced). So with ``present = stock + inputs`` a purchase beyond
-    ``n_lines - present`` is certain waste: it is neither produced nor stored.
-    Days are independent, since such purchases never raise a later stock.
+    0.8.4: production takes the day's new inputs first (leftover = inputs -
+    produced) and never more than n_lines, while the stock is offered again
+    every day. So with ``present = stock + inputs`` a purchase beyond
+    ``n_lines - present`` is lost outright on a day the lines are busy, and
+    otherwise only grows a stock that never needs to exceed n_lines (a stock
+    of n_lines feeds full production every later day for free). Such
+    purchases never lower a later day's room, so days are independent.
     A world that consumes its stock has the seeds' processing capacity
     instead: n_lines a day for the remaining days, less the backlog and every
     later commitment (reverse cumulative min over later days).

@@ -28,7 +28,7 @@ import numpy as np
 from negmas.sao import ResponseType, SAOResponse
 
 from . import physics
-from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot
+from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot, well_formed
 
 Outcome = tuple[int, int, int]
 
@@ -203,14 +203,14 @@ class SafetyShield:
         issues = snap.buy_issues if thread.is_buy else snap.sell_issues
         if resp.response == ResponseType.END_NEGOTIATION or issues is None:
             return SAOResponse(ResponseType.END_NEGOTIATION, None)
-        if resp.response == ResponseType.ACCEPT_OFFER and thread.offer is not None:
+        if resp.response == ResponseType.ACCEPT_OFFER and thread.offer is not None and well_formed(thread.offer):
             offer = _as_outcome(thread.offer)
             if room.quantity_cap(thread.is_buy, offer[TIME], offer[UNIT_PRICE]) >= offer[QUANTITY]:
                 room.take(thread.is_buy, offer)
                 return SAOResponse(ResponseType.ACCEPT_OFFER, offer)
             wanted: Outcome | None = offer
         else:
-            wanted = _as_outcome(resp.outcome) if resp.outcome is not None else None
+            wanted = _as_outcome(resp.outcome) if well_formed(resp.outcome) else None
         if wanted is None:
             wanted = self._best_baseline(snap, bounds, thread.is_buy)
             if wanted is None:

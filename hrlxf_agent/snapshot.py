@@ -160,6 +160,17 @@ class Snapshot:
         return cls(**d)
 
 
+def well_formed(outcome: Any) -> bool:
+    """Is ``outcome`` a (quantity, time, unit_price) of finite numbers? (Some experts send None prices.)"""
+    try:
+        return len(outcome) >= 3 and all(
+            not isinstance(x, bool) and isinstance(x, (int, float)) or hasattr(x, "__index__") or hasattr(x, "__float__")
+            for x in outcome[:3]
+        ) and all(math.isfinite(float(x)) for x in outcome[:3])
+    except TypeError:
+        return False
+
+
 def _integral(x: Any) -> bool:
     try:
         return float(x) == int(x)

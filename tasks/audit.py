@@ -126,31 +126,46 @@ def jobs_for(config: AuditConfig) -> list[WorldJob]:
 
 
 def run_jobs(jobs: list[WorldJob], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run the jobs on ``workers`` processes (loky: a dead worker fails only its job)."""
-    if workers <= 1:
-        rows = []
-        for job in jobs:
-            rows.append(run_world(job))
-            if progress:
-                progress(rows[-1])
-        return rows
-    from concurrent.futures import as_completed
+    """Run the jobs on ``workers`` processes; a job whose process dies fails alone.
 
-    from loky import get_reusable_executor
+    When a worker dies, loky fails every job in flight with it, so those are
+    run again one by one, each in a fresh process: the culprit fails again and
+    is recorded with its error, the others complete.
+    """
+    rows: list[dict] = []
 
-    executor = get_reusable_executor(max_workers=workers, timeout=60)
-    futures = {executor.submit(run_world, job): job for job in jobs}
-    rows = []
-    for fut in as_completed(futures):
-        job = futures[fut]
-        try:
-            row = fut.result()
-        except Exception as e:  # the worker process itself died
-            row = {"world": job.world, "seed": job.seed, "agent": job.agent, "error": f"{type(e).__name__}: {e}", "seconds": None}
+    def done(row: dict) -> None:
         rows.append(row)
         if progress:
             progress(row)
+
+    if workers <= 1:
+        for job in jobs:
+            done(run_world(job))
+        return rows
+    suspects = _run_pool(jobs, workers, done)
+    for job in suspects:
+        if _run_pool([job], 1, done):  # it died again, alone: it is the culprit
+            done({"world": job.world, "seed": job.seed, "agent": job.agent, "seconds": None,
+                  "error": "the worker process died while playing this world (also when run alone)"})
     return sorted(rows, key=lambda r: (r["world"], r["agent"]))
+
+
+def _run_pool(jobs: list[WorldJob], workers: int, done: Callable[[dict], None]) -> list[WorldJob]:
+    """Run ``jobs`` on a fresh pool; return the jobs lost to a dying worker."""
+    from concurrent.futures import as_completed
+
+    from loky import ProcessPoolExecutor
+
+    lost: list[WorldJob] = []
+    with ProcessPoolExecutor(max_workers=workers) as executor:
+        futures = {executor.submit(run_world, job): job for job in jobs}
+        for fut in as_completed(futures):
+            try:
+                done(fut.result())
+            except Exception:  # TerminatedWorkerError / BrokenProcessPool: some worker died
+                lost.append(futures[fut])
+    return lost
 
 
 def summarize(config: AuditConfig, rows: list[dict]) -> dict[str, Any]:

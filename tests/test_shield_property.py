@@ -1,0 +1,108 @@
+"""Property tests: no clipped batch ever exceeds the bounds or answers illegally."""
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from negmas.sao import ResponseType, SAOResponse
+
+from hrlxf_agent.audit import judge_batch
+from hrlxf_agent.shield import SafetyShield, Thread
+from hrlxf_agent.snapshot import IssueRanges, Snapshot
+
+H = 10
+ACCEPT, REJECT, END = ResponseType.ACCEPT_OFFER, ResponseType.REJECT_OFFER, ResponseType.END_NEGOTIATION
+
+
+@st.composite
+def snapshots(draw):
+    n_steps = draw(st.integers(5, 40))
+    step = draw(st.integers(0, n_steps - 1))
+    n = draw(st.integers(1, 15))
+    level = draw(st.sampled_from(["first", "mid", "last"]))
+    can_buy, can_sell = level != "first", level != "last"
+    days = st.lists(st.integers(0, 2 * n), min_size=H + 1, max_size=H + 1)
+    t_max = min(step + H, n_steps - 1)
+    issues = lambda lo, hi: IssueRanges(1, 3 * n, step, t_max, lo, hi)  # noqa: E731
+    supply = draw(days) if can_buy else [0] * (H + 1)
+    sales = draw(days) if can_sell else [0] * (H + 1)
+    return Snapshot(
+        step=step, n_steps=n_steps, n_lines=n, level={"first": 0, "mid": 1, "last": 2}[level],
+        can_buy=can_buy, can_sell=can_sell, balance=draw(st.floats(-100, 5000)),
+        inventory_input=draw(st.integers(0, 3 * n)), inventory_output=draw(st.integers(0, 2)),
+        exogenous_input_qty=0 if can_buy else draw(st.integers(0, 2 * n)), exogenous_input_cost=0.0,
+        exogenous_output_qty=0 if can_sell else draw(st.integers(0, 2 * n)), exogenous_output_revenue=0.0,
+        supply_qty=tuple(map(float, supply)), supply_cost=tuple(10.0 * q for q in supply),
+        sale_qty=tuple(map(float, sales)), sale_revenue=tuple(20.0 * q for q in sales),
+        production_cost=1.0, storage_cost=0.01, shortfall_penalty=0.5,
+        trading_price_in=10.0, trading_price_out=20.0, catalog_price_in=10.0, catalog_price_out=20.0,
+        buy_issues=issues(8, 12) if can_buy else None, sell_issues=issues(18, 22) if can_sell else None,
+        buy_partners=("s0", "s1", "s2") if can_buy else (), sell_partners=("c0", "c1", "c2") if can_sell else (),
+    )
+
+
+@st.composite
+def batches(draw):
+    s = draw(snapshots())
+    partners = list(s.buy_partners) + list(s.sell_partners)
+    outcome = st.tuples(st.integers(-2, 50), st.integers(s.step - 2, s.step + H + 3), st.floats(0, 40))
+    threads, responses = {}, {}
+    for p in partners:
+        offer = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3 * s.n_lines), st.integers(s.step, min(s.step + H, s.n_steps - 1)), st.integers(8, 22))))
+        threads[p] = Thread(p, p.startswith("s"), offer)
+        kind = draw(st.sampled_from([ACCEPT, REJECT, END]))
+        responses[p] = SAOResponse(kind, draw(st.one_of(st.none(), outcome)))
+    alpha = {p: draw(st.floats(-1, 1)) for p in partners}
+    return s, threads, responses, alpha
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches())
+def test_clipped_batch_respects_every_bound_and_is_legal(batch):
+    s, threads, responses, alpha = batch
+    shield = SafetyShield()
+    bounds = shield.bounds(s)
+    out = shield.clip_batch(s, threads, responses, alpha=alpha)
+    assert set(out) == set(responses)
+    used_buy = np.zeros(H + 1)
+    used_sell = np.zeros(H + 1)
+    spent = 0.0
+    for p, r in out.items():
+        t = threads[p]
+        issues = s.buy_issues if t.is_buy else s.sell_issues
+        if r.response == END:
+            assert r.outcome is None
+            continue
+        if r.response == ACCEPT:
+            assert t.offer is not None and tuple(r.outcome) == tuple(t.offer)
+        else:
+            assert r.response == REJECT and r.outcome is not None
+            assert issues.contains(r.outcome) and issues.on_grid(r.outcome) and r.outcome[0] >= 1
+        q, day, price = r.outcome
+        k = day - s.step
+        if t.is_buy:
+            used_buy[k] += q
+            spent += q * price
+        else:
+            used_sell[k] += q
+    assert np.all(used_buy <= np.floor(bounds.q_safe_buy + 1e-9))
+    assert np.all(used_sell <= np.floor(bounds.q_safe_sell + 1e-9))
+    assert spent <= bounds.b_free + 1e-6
+    # what the shield lets through is never unsafe by the (looser) audit either
+    sides = {p: th.is_buy for p, th in threads.items()}
+    offers = {p: th.offer for p, th in threads.items()}
+    for v in judge_batch(s, offers, out, sides):
+        assert not v["unsafe_buy"] and not v["unsafe_sell"] and v["illegal"] is None, v
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshots())
+def test_bounds_are_finite_non_negative_and_zero_past_the_end(s):
+    b = SafetyShield().bounds(s)
+    for arr in (b.q_safe_buy, b.q_safe_sell):
+        assert np.all(arr >= 0) and np.all(np.isfinite(arr))
+    last = s.n_steps - 1 - s.step
+    assert np.all(b.q_safe_sell[last + 1 :] == 0) and np.all(b.q_safe_buy[last + 1 :] == 0)
+    assert b.b_free >= 0 and not math.isnan(b.b_free)
+    assert np.all(b.q_safe_sell <= s.n_lines)
