@@ -81,8 +81,8 @@ class _Room:
             cap = min(cap, self.money / price if price > 0 else cap)
         return int(math.floor(cap + 1e-9))
 
-    def take(self, is_buy: bool, outcome: Outcome) -> None:
-        q, t, p = outcome[QUANTITY], outcome[TIME], outcome[UNIT_PRICE]
+    def take(self, is_buy: bool, outcome: tuple) -> None:
+        q, t, p = outcome[QUANTITY], int(outcome[TIME]), outcome[UNIT_PRICE]
         k = t - self.step
         if is_buy:
             self.buy[k] -= q
@@ -204,13 +204,13 @@ class SafetyShield:
         if resp.response == ResponseType.END_NEGOTIATION or issues is None:
             return SAOResponse(ResponseType.END_NEGOTIATION, None)
         if resp.response == ResponseType.ACCEPT_OFFER and thread.offer is not None and well_formed(thread.offer):
-            offer = _as_outcome(thread.offer)
-            if room.quantity_cap(thread.is_buy, offer[TIME], offer[UNIT_PRICE]) >= offer[QUANTITY]:
+            offer = tuple(thread.offer)  # ACCEPT carries the partner's offer exactly
+            if room.quantity_cap(thread.is_buy, int(offer[TIME]), float(offer[UNIT_PRICE])) >= offer[QUANTITY]:
                 room.take(thread.is_buy, offer)
                 return SAOResponse(ResponseType.ACCEPT_OFFER, offer)
-            wanted: Outcome | None = offer
+            wanted: tuple | None = offer
         else:
-            wanted = _as_outcome(resp.outcome) if well_formed(resp.outcome) else None
+            wanted = tuple(resp.outcome) if well_formed(resp.outcome) else None
         if wanted is None:
             wanted = self._best_baseline(snap, bounds, thread.is_buy)
             if wanted is None:
@@ -229,7 +229,7 @@ class SafetyShield:
         return None
 
     @staticmethod
-    def _fit(room: _Room, issues: IssueRanges, is_buy: bool, wanted: Outcome) -> Outcome | None:
+    def _fit(room: _Room, issues: IssueRanges, is_buy: bool, wanted: tuple) -> Outcome | None:
         """The closest legal, safe offer to ``wanted``: same day if it has room, else the nearest day that has."""
         q = int(min(max(int(wanted[QUANTITY]), issues.q_min, 1), issues.q_max))
         price = issues.clamp_price(float(wanted[UNIT_PRICE]))
@@ -242,6 +242,3 @@ class SafetyShield:
                 return (min(q, cap), t, price)
         return None
 
-
-def _as_outcome(o: tuple) -> Outcome:
-    return (int(o[QUANTITY]), int(o[TIME]), int(o[UNIT_PRICE]))

@@ -158,7 +158,8 @@ def _run_pool(jobs: list[WorldJob], workers: int, done: Callable[[dict], None]) 
     from loky import ProcessPoolExecutor
 
     lost: list[WorldJob] = []
-    with ProcessPoolExecutor(max_workers=workers) as executor:
+    # agents iterate over sets of partner ids: a fixed hash seed makes worlds repeatable
+    with ProcessPoolExecutor(max_workers=workers, env={"PYTHONHASHSEED": "0"}) as executor:
         futures = {executor.submit(run_world, job): job for job in jobs}
         for fut in as_completed(futures):
             try:
