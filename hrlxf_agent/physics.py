@@ -81,15 +81,16 @@ def demand(sales: np.ndarray, exogenous_sales: np.ndarray, output_stock: float) 
 def buy_room(
     stock_floor: np.ndarray, inputs: np.ndarray, n_lines: int, days_left: np.ndarray
 ) -> np.ndarray:
-    """How many more input units bought for day k the factory can use, per day k.
+    """The most input that could still be of use, bought for delivery on day k.
 
-    0.8.4: production takes the day's new inputs first (leftover = inputs -
-    produced) and never more than n_lines, while the stock is offered again
-    every day. So with ``present = stock + inputs`` a purchase beyond
-    ``n_lines - present`` is lost outright on a day the lines are busy, and
-    otherwise only grows a stock that never needs to exceed n_lines (a stock
-    of n_lines feeds full production every later day for free). Such
-    purchases never lower a later day's room, so days are independent.
+    0.8.4: a stock of n_lines already feeds full production every day for
+    free, so once the stock floor reaches n_lines any purchase is certain
+    waste. Below it, a day's input is of use when produced (at most n_lines)
+    or when it tops the stock up to n_lines (production takes the day's new
+    inputs first; leftover = inputs - produced): more than ``2 n_lines -
+    stock - inputs`` is waste whatever is sold. (Between ``n_lines - present``
+    and ``n_lines`` a purchase even vanishes on a day the lines are busy, but
+    stock is worth building, so the shield leaves that to the policy.)
     A world that consumes its stock has the seeds' processing capacity
     instead: n_lines a day for the remaining days, less the backlog and every
     later commitment (reverse cumulative min over later days).
@@ -98,7 +99,8 @@ def buy_room(
     inputs = np.asarray(inputs, dtype=float)
     alive = np.asarray(days_left, dtype=float) > 0
     if not INPUT_STOCK_CONSUMED:
-        return np.where(alive, np.maximum(0.0, n_lines - stock_floor - inputs), 0.0)
+        room = np.where(stock_floor >= n_lines, 0.0, 2.0 * n_lines - stock_floor - inputs)
+        return np.where(alive, np.maximum(0.0, room), 0.0)
     backlog = np.empty(len(inputs))
     level = float(stock_floor[0]) if len(inputs) else 0.0
     for k, q in enumerate(inputs):
@@ -107,6 +109,17 @@ def buy_room(
     later = np.cumsum(inputs[::-1])[::-1]
     slack = n_lines * np.maximum(0.0, np.asarray(days_left, dtype=float)) - backlog - later
     return np.where(alive, np.maximum(0.0, reverse_cummin(slack)), 0.0)
+
+
+def purchases_of_use(
+    stock: float, inputs: np.ndarray, purchases: np.ndarray, n_lines: int, days_left: np.ndarray
+) -> bool:
+    """Is every purchase (already counted in ``inputs``) within the room left by the rest?"""
+    inputs = np.asarray(inputs, dtype=float)
+    purchases = np.asarray(purchases, dtype=float)
+    floor = input_stock_floor(stock, inputs, n_lines)
+    room = buy_room(floor, inputs - purchases, n_lines, days_left)
+    return bool(np.all(purchases <= room + 1e-9))
 
 
 def reverse_cummin(x: np.ndarray) -> np.ndarray:

@@ -12,8 +12,10 @@ not from the seeds' production-to-stock model:
   since today's open buy threads may still fail; later days can still be
   supplied (negotiations or exogenous supply), so their bound is the lines.
   Output stock is demand in 0.8.4, never supply. Days are independent.
-* buy, day k: more than ``n_lines - (stock floor + signed inputs)`` is certain
-  waste (neither produced nor stored, see `physics.buy_room`).
+* buy, day k: nothing once the stock floor reaches n_lines (it feeds full
+  production every day for free), else at most ``2 n_lines - (stock floor +
+  signed inputs)``: more is certain waste (`physics.buy_room`). Within a
+  batch the room is recomputed after each purchase (one may reach the stock).
 * money: B_free = balance x (1 - reserve) - every committed payable (signed
   supplies and today's exogenous supply); a batch never spends more.
 """
@@ -49,6 +51,10 @@ class Bounds:
     q_safe_buy: np.ndarray
     q_safe_sell: np.ndarray
     b_free: float
+    inputs: np.ndarray  # input committed per day (signed supplies + today's exogenous supply)
+    stock: float  # input stock today
+    days_left: np.ndarray
+    n_lines: int
     time_mask_buy: np.ndarray  # 0 where a buy of >= 1 unit is safe and the day is negotiable, else -inf
     time_mask_sell: np.ndarray
 
@@ -66,26 +72,49 @@ class _Room:
     """Mutable remaining capacity while a batch is clipped."""
 
     def __init__(self, bounds: Bounds, step: int):
-        self.buy = bounds.q_safe_buy.astype(float).copy()
+        self.bounds = bounds
         self.sell = bounds.q_safe_sell.astype(float).copy()
+        self.inputs = bounds.inputs.astype(float).copy()
+        self.bought = np.zeros_like(self.inputs)
         self.money = float(bounds.b_free)
         self.step = step
 
+    def _buy_cap(self, k: int) -> int:
+        """The largest purchase for day k that keeps this and every earlier purchase of use.
+
+        A purchase may reach the stock and so crowd out later days: search the
+        largest quantity the physics still accepts (the room only shrinks as it grows).
+        """
+        b = self.bounds
+        lo, hi = 0, int(math.floor(max(0.0, b.q_safe_buy[k] - self.bought[k]) + 1e-9))
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            inputs, bought = self.inputs.copy(), self.bought.copy()
+            inputs[k] += mid
+            bought[k] += mid
+            if physics.purchases_of_use(b.stock, inputs, bought, b.n_lines, b.days_left):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def quantity_cap(self, is_buy: bool, t: int, price: float) -> int:
         k = t - self.step
-        arr = self.buy if is_buy else self.sell
-        if k < 0 or k >= len(arr):
+        if k < 0 or k >= len(self.sell):
             return 0
-        cap = arr[k]
-        if is_buy:
-            cap = min(cap, self.money / price if price > 0 else cap)
-        return int(math.floor(cap + 1e-9))
+        if not is_buy:
+            return int(math.floor(self.sell[k] + 1e-9))
+        cap = self._buy_cap(k)
+        if price > 0:
+            cap = min(cap, int(math.floor(self.money / price + 1e-9)))
+        return max(0, cap)
 
     def take(self, is_buy: bool, outcome: tuple) -> None:
         q, t, p = outcome[QUANTITY], int(outcome[TIME]), outcome[UNIT_PRICE]
         k = t - self.step
         if is_buy:
-            self.buy[k] -= q
+            self.inputs[k] += q
+            self.bought[k] += q
             self.money -= q * p
         else:
             self.sell[k] -= q
@@ -124,6 +153,10 @@ class SafetyShield:
             q_safe_buy=q_buy,
             q_safe_sell=q_sell,
             b_free=b_free,
+            inputs=inputs,
+            stock=float(snap.inventory_input),
+            days_left=days_left,
+            n_lines=n,
             time_mask_buy=self._time_mask(snap, q_buy, snap.buy_issues),
             time_mask_sell=self._time_mask(snap, q_sell, snap.sell_issues),
         )
@@ -185,7 +218,7 @@ class SafetyShield:
         bounds = bounds if bounds is not None else self.bounds(snap)
         room = _Room(bounds, snap.step)
         for is_buy, outcome in reserved:
-            if outcome is not None and 0 <= outcome[TIME] - snap.step < len(room.buy):
+            if outcome is not None and 0 <= outcome[TIME] - snap.step < len(room.sell):
                 room.take(is_buy, outcome)
         alpha = alpha or {}
 

@@ -38,14 +38,30 @@ def test_first_level_counts_todays_exogenous_supply():
     assert b.b_free == pytest.approx(1000 - 60)
 
 
-def test_buy_room_is_lines_minus_stock_and_signed_inputs():
+def test_buy_room_is_what_production_and_a_full_stock_could_use():
     s = snap(inventory_input=3, supply_qty=per_day(d0=2, d4=10, d5=12), supply_cost=per_day(d0=20, d4=100, d5=120))
     b = SafetyShield().bounds(s)
-    assert b.q_safe_buy[0] == 10 - 3 - 2
-    assert b.q_safe_buy[4] == 0
-    # 12 > 10 lines: 2 units certainly reach the stock from day 5 on
-    assert b.q_safe_buy[6] == 10 - 3 - 2
+    assert b.q_safe_buy[0] == 2 * 10 - 3 - 2  # n produced + stock topped up to n
+    assert b.q_safe_buy[4] == 20 - 3 - 10
+    assert b.q_safe_buy[5] == 20 - 3 - 12
+    # 12 > 10 lines: 2 units certainly reach the stock from day 6 on
+    assert b.q_safe_buy[6] == 20 - 5
     assert b.b_free == pytest.approx(1000 - 240)
+
+
+def test_a_full_stock_needs_no_input_ever():
+    b = SafetyShield().bounds(snap(inventory_input=10))
+    assert not b.q_safe_buy.any()
+
+
+def test_a_purchase_that_reaches_the_stock_lowers_later_days_in_the_batch():
+    s = snap(balance=10_000.0)
+    out = SafetyShield().clip_batch(
+        s, _threads(s1=(15, 5, 10), s2=(18, 6, 10)),
+        {"s1": SAOResponse(ACCEPT, (15, 5, 10)), "s2": SAOResponse(ACCEPT, (18, 6, 10))},
+    )
+    assert out["s1"].response == ACCEPT  # 15 of day 5's room of 20; 5 of them will be stored
+    assert out["s2"] == SAOResponse(REJECT, (15, 6, 10))  # day 6: 20 - the 5 stored
 
 
 def test_reserve_and_time_mask():
@@ -62,7 +78,7 @@ def test_baseline_offer():
     shield = SafetyShield()
     b = shield.bounds(s)
     buy = shield.baseline(s, b, True, 0)
-    assert buy == (3, 5, 10)  # q = room 6 / 2, p = 0.95 x 10 -> 9.5 -> legal integer 10
+    assert buy == (8, 5, 10)  # q = room (20 - 4) / 2, p = 0.95 x 10 -> 9.5 -> legal integer 10
     sell = shield.baseline(s, b, False, 1)
     assert sell == (5, 6, 21)  # q = 10 / 2, p = 1.05 x 20
     assert shield.baseline(snap(), shield.bounds(snap()), False, 0) is None  # nothing to sell today

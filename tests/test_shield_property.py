@@ -87,6 +87,14 @@ def test_clipped_batch_respects_every_bound_and_is_legal(batch):
         else:
             used_sell[k] += q
     assert np.all(used_buy <= np.floor(bounds.q_safe_buy + 1e-9))
+    # with the batch's purchases signed, none of them is certain waste
+    from hrlxf_agent import physics
+
+    inputs = np.asarray(s.supply_qty) + used_buy
+    inputs[0] += s.exogenous_input_qty
+    floor = physics.input_stock_floor(s.inventory_input, inputs, s.n_lines)
+    for k in np.nonzero(used_buy)[0]:
+        assert floor[k] < s.n_lines and floor[k] + inputs[k] <= 2 * s.n_lines
     assert np.all(used_sell <= np.floor(bounds.q_safe_sell + 1e-9))
     assert spent <= bounds.b_free + 1e-6
     # what the shield lets through is never unsafe by the (looser) audit either
