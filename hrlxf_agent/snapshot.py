@@ -102,13 +102,15 @@ class Snapshot:
     sell_issues: IssueRanges | None
     buy_partners: tuple[str, ...] = ()
     sell_partners: tuple[str, ...] = ()
+    initial_balance: float = 0.0  # the balance the score is relative to; 0 if the builder did not know it
+    partner_offers: tuple[tuple[str, bool, int, int, float], ...] = ()  # (partner, we_buy, q, t, p) on the table
     version: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("buy_issues", "sell_issues", "buy_partners", "sell_partners", "extra"):
+            if f.name in ("buy_issues", "sell_issues", "buy_partners", "sell_partners", "partner_offers", "extra"):
                 continue
             if isinstance(value, tuple):
                 for i, v in enumerate(value):
@@ -127,6 +129,9 @@ class Snapshot:
         for name in ("supply_cost", "sale_qty", "sale_revenue"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has length {len(getattr(self, name))}, supply_qty has {n}")
+        for i, o in enumerate(self.partner_offers):
+            if len(o) != 5 or not well_formed(o[2:]) or o[2] < 0:
+                raise ValueError(f"partner_offers[{i}] must be (partner, we_buy, q >= 0, t, p), got {o!r}")
         for side, issues in (("buy_issues", self.buy_issues), ("sell_issues", self.sell_issues)):
             if issues is not None and issues.t_min < self.step:
                 raise ValueError(f"{side}.t_min ({issues.t_min}) is before step {self.step}")
@@ -157,6 +162,7 @@ class Snapshot:
                 d[side] = IssueRanges(**d[side])
         for name in ("supply_qty", "supply_cost", "sale_qty", "sale_revenue", "buy_partners", "sell_partners"):
             d[name] = tuple(d.get(name, ()))
+        d["partner_offers"] = tuple(tuple(o) for o in d.get("partner_offers", ()))
         return cls(**d)
 
 
@@ -218,9 +224,21 @@ def _fresh(issues: IssueRanges | None, step: int) -> IssueRanges | None:
     return issues if issues is not None and issues.t_min >= step else None
 
 
-def snapshot_from_awi(awi: Any, horizon: int = DEFAULT_HORIZON, version: int = 0) -> Snapshot:
-    """Build the Snapshot of a live `StdAWI` (what the agent can see right now)."""
+def snapshot_from_awi(
+    awi: Any,
+    horizon: int = DEFAULT_HORIZON,
+    version: int = 0,
+    initial_balance: float = 0.0,
+    offers: Mapping[str, Any] | None = None,
+) -> Snapshot:
+    """Build the Snapshot of a live `StdAWI` (what the agent can see right now).
+
+    ``initial_balance`` is not on the AWI: an agent records its balance in
+    ``init`` and passes it. ``offers`` are the partners' standing offers of the
+    batch being decided (partner -> outcome).
+    """
     step = int(awi.current_step)
+    suppliers = set(awi.my_suppliers)
     details = awi.current_negotiation_details
     profile = awi.profile
     in_p, out_p = awi.my_input_product, awi.my_output_product
@@ -254,5 +272,11 @@ def snapshot_from_awi(awi: Any, horizon: int = DEFAULT_HORIZON, version: int = 0
         sell_issues=None if awi.is_last_level else _fresh(IssueRanges.from_issues(awi.current_output_issues), step),
         buy_partners=_active(details.get("buy", {})),
         sell_partners=_active(details.get("sell", {})),
+        initial_balance=float(initial_balance),
+        partner_offers=tuple(
+            (p, p in suppliers, int(o[QUANTITY]), int(o[TIME]), float(o[UNIT_PRICE]))
+            for p, o in sorted((offers or {}).items())
+            if o is not None and well_formed(o)
+        ),
         version=version,
     )

@@ -195,11 +195,29 @@ def summarize(config: AuditConfig, rows: list[dict]) -> dict[str, Any]:
         }
     return {
         "schema_version": AUDIT_SCHEMA_VERSION,
+        "paired": paired_differences(config.agents, rows),
         "config": {**asdict(config), "agents": list(config.agents), "opponents": list(config.opponents)},
         "agents": agents,
         "failed": [{k: r.get(k) for k in ("world", "seed", "agent", "error", "traceback")} for r in rows if r["error"] is not None],
         "per_world": [{k: r.get(k) for k in ("world", "seed", "agent", "score", "seconds", "error")} for r in rows],
     }
+
+
+def paired_differences(agents: tuple[str, ...], rows: list[dict]) -> dict[str, Any]:
+    """Each agent's score minus the first agent's, world by world (same configuration and seeds)."""
+    if len(agents) < 2:
+        return {}
+    score = {(r["world"], r["agent"]): r["score"] for r in rows if r["error"] is None}
+    base, out = agents[0], {}
+    for name in agents[1:]:
+        d = np.array([score[(w, name)] - score[(w, base)] for (w, a) in score if a == base and (w, name) in score])
+        out[name] = {
+            "baseline": base, "worlds": int(len(d)),
+            "mean_diff": float(d.mean()) if len(d) else math.nan,
+            "stderr": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan,
+            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+        }
+    return out
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
@@ -215,6 +233,10 @@ def markdown_table(doc: dict[str, Any]) -> str:
             f"| {name} | {a['worlds']} | {a['decisions']} | {a['unsafe_buy']} | {a['unsafe_sell']} | {a['unsafe_any']} "
             f"| {100 * a['unsafe_rate']:.2f}% | {a['illegal']} | {a['score_mean']:.4f} | {a['score_std']:.4f} |"
         )
+    if doc.get("paired"):
+        lines += ["", "| paired, same worlds | minus | mean diff | std err | wins | losses |", "|---|---|---:|---:|---:|---:|"]
+        for name, p in doc["paired"].items():
+            lines.append(f"| {name} | {p['baseline']} | {p['mean_diff']:+.4f} | {p['stderr']:.4f} | {p['wins']} | {p['losses']} |")
     if doc["failed"]:
         lines += ["", "Failed worlds:", ""] + [f"- world {f['world']} ({f['agent']}): {f['error']}" for f in doc["failed"]]
     return "\n".join(lines) + "\n"

@@ -2,8 +2,10 @@
 
 import json
 
+import jsonschema
 import pytest
 
+import schemas
 from flows.cli import main
 from tasks.audit import AuditConfig, run_audit
 
@@ -45,6 +47,8 @@ def test_cli_audit_shape_and_the_shielded_champion_is_safe(tmp_path, monkeypatch
     monkeypatch.setenv("HRLXF_DATA", str(tmp_path))
     assert main(["audit", "--worlds", "2", "--steps", "15", "--workers", "2"]) == 0
     doc = json.loads((tmp_path / "reports" / "audit" / "audit.json").read_text())
+    jsonschema.validate(doc, schemas.load("audit"))
+    assert set(doc["paired"]) == {"LitaAgentH", "LitaAgentHS"}
     assert set(doc["agents"]) == {"PenguinAgent", "LitaAgentH", "LitaAgentHS"}
     for name, a in doc["agents"].items():
         assert SHAPE <= set(a), name

@@ -1,0 +1,169 @@
+"""StateBuilder: a Snapshot -> the tensors every layer reads (seed 002 section 2.1).
+
+A pure function of the Snapshot: the agent calls it online, the tables stage
+calls it on logged snapshots, and the features are equal (one implementation).
+Every normalisation uses only the Snapshot's own fields:
+
+* quantities are divided by n_lines (a full day of production is 1);
+* prices are divided by the catalog price of the same product;
+* money is divided by the initial balance (the score's denominator), or by
+  the current balance when the Snapshot does not carry it (a positive
+  stand-in: 1.0 means "as at the start").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import physics
+from .snapshot import Snapshot
+
+STATIC_FEATURES = (
+    "t_norm", "days_left_norm", "balance_rel", "stock_in", "stock_out", "exo_in_today",
+    "exo_out_today", "spot_in", "spot_out", "unit_margin", "shortfall_penalty", "storage_cost",
+)
+TEMPORAL_CHANNELS = (
+    "vol_in", "vol_out", "prod_plan", "inventory_proj", "capacity_free", "balance_proj",
+    "price_diff_in", "price_diff_out", "buy_pressure", "sell_pressure",
+)
+#: source weights of the blended price of a day: signed deals, offers on the table, spot (seed 002)
+PRICE_BLEND = (0.6, 0.3, 0.1)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the StateBuilder produces; its fingerprint ties a bundle to these exact features."""
+
+    horizon: int = 40
+    version: int = 1
+    static: tuple[str, ...] = STATIC_FEATURES
+    temporal: tuple[str, ...] = TEMPORAL_CHANNELS
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MacroState:
+    """The day-scale input of L2 (and the global context of L3/L4)."""
+
+    x_static: np.ndarray  # (12,)
+    x_temporal: np.ndarray  # (H+1, 10)
+    x_role: np.ndarray  # (2,) multi-hot [can_buy, can_sell]
+
+
+@dataclass(frozen=True)
+class StateBuilder:
+    spec: FeatureSpec = field(default_factory=FeatureSpec)
+
+    def macro(self, snap: Snapshot) -> MacroState:
+        return MacroState(self.static(snap), self.temporal(snap), self.role_multi_hot(snap))
+
+    @staticmethod
+    def role_multi_hot(snap: Snapshot) -> np.ndarray:
+        return np.array([float(snap.can_buy), float(snap.can_sell)], dtype=np.float32)
+
+    @staticmethod
+    def role_one_hot(is_buy: bool) -> np.ndarray:
+        """L3/L4: the direction of one negotiation, [buyer, seller]."""
+        return np.array([1.0, 0.0] if is_buy else [0.0, 1.0], dtype=np.float32)
+
+    @staticmethod
+    def money_scale(snap: Snapshot) -> float:
+        scale = snap.initial_balance if snap.initial_balance > 0 else abs(snap.balance)
+        return max(scale, 1.0)
+
+    def static(self, snap: Snapshot) -> np.ndarray:
+        n = float(snap.n_lines)
+        cin, cout = max(snap.catalog_price_in, 1e-6), max(snap.catalog_price_out, 1e-6)
+        x = [
+            snap.step / snap.n_steps,
+            (snap.n_steps - snap.step) / snap.n_steps,
+            snap.balance / self.money_scale(snap),
+            snap.inventory_input / n,
+            snap.inventory_output / n,
+            snap.exogenous_input_qty / n,
+            snap.exogenous_output_qty / n,
+            snap.trading_price_in / cin,
+            snap.trading_price_out / cout,
+            (snap.trading_price_out - snap.trading_price_in - snap.production_cost) / cout,
+            snap.shortfall_penalty,
+            snap.storage_cost,
+        ]
+        return np.asarray(x, dtype=np.float32)
+
+    def temporal(self, snap: Snapshot) -> np.ndarray:
+        H = self.spec.horizon
+        K = H + 1
+        n = float(snap.n_lines)
+        supply, sales = _fit(snap.supply_qty, K), _fit(snap.sale_qty, K)
+        deal_cost, deal_revenue = _fit(snap.supply_cost, K), _fit(snap.sale_revenue, K)
+        inputs, due = supply.copy(), sales.copy()
+        inputs[0] += snap.exogenous_input_qty
+        due[0] += snap.exogenous_output_qty
+        due += snap.inventory_output  # 0.8.4: output stock is demand
+        cost, revenue = deal_cost.copy(), deal_revenue.copy()
+        cost[0] += snap.exogenous_input_cost
+        revenue[0] += snap.exogenous_output_revenue
+        alive = np.array([snap.step + k < snap.n_steps for k in range(K)])
+
+        made = np.zeros(K)
+        stock_proj = np.zeros(K)
+        stock = float(snap.inventory_input)
+        for k in range(K):
+            made[k] = physics.produced(stock + inputs[k], snap.n_lines, due[k]) if alive[k] else 0.0
+            stock = physics.next_input_stock(stock, inputs[k], made[k]) if alive[k] else stock
+            stock_proj[k] = stock
+        cash = snap.balance + np.cumsum(revenue - cost - made * snap.production_cost)
+
+        offered_buy_q, offered_buy_p = np.zeros(K), np.zeros(K)  # partners selling to us
+        offered_sell_q, offered_sell_p = np.zeros(K), np.zeros(K)  # partners buying from us
+        for _, we_buy, q, t, p in snap.partner_offers:
+            k = t - snap.step
+            if 0 <= k < K:
+                if we_buy:
+                    offered_buy_q[k] += q
+                    offered_buy_p[k] += q * p
+                else:
+                    offered_sell_q[k] += q
+                    offered_sell_p[k] += q * p
+
+        X = np.zeros((K, len(TEMPORAL_CHANNELS)), dtype=np.float32)
+        X[:, 0] = inputs / n
+        X[:, 1] = due / n
+        X[:, 2] = made / n
+        X[:, 3] = stock_proj / n
+        X[:, 4] = np.where(alive, np.maximum(0.0, n - due) / n, 0.0)
+        X[:, 5] = cash / self.money_scale(snap)
+        X[:, 6] = _premium(deal_cost, supply, offered_buy_p, offered_buy_q, snap.trading_price_in)
+        X[:, 7] = _premium(deal_revenue, sales, offered_sell_p, offered_sell_q, snap.trading_price_out)
+        X[:, 8] = np.clip((sales + offered_sell_q) / n, 0.0, 1.0)
+        X[:, 9] = np.clip((supply + offered_buy_q) / n, 0.0, 1.0)
+        X[~alive, :] = 0.0
+        return X
+
+
+def _fit(values: tuple[float, ...], length: int) -> np.ndarray:
+    out = np.zeros(length)
+    m = min(length, len(values))
+    out[:m] = values[:m]
+    return out
+
+
+def _premium(deal_money: np.ndarray, deal_q: np.ndarray, offer_money: np.ndarray, offer_q: np.ndarray, spot: float) -> np.ndarray:
+    """Relative premium of a day's blended price over spot: (blend - spot) / spot, 0 with no evidence."""
+    spot = max(spot, 1e-6)
+    w_deal, w_offer, w_spot = PRICE_BLEND
+    with np.errstate(invalid="ignore", divide="ignore"):
+        deal_p = np.where(deal_q > 0, deal_money / np.maximum(deal_q, 1e-9), 0.0)
+        offer_p = np.where(offer_q > 0, offer_money / np.maximum(offer_q, 1e-9), 0.0)
+    has_deal, has_offer = deal_q > 0, offer_q > 0
+    weight = w_spot + w_deal * has_deal + w_offer * has_offer
+    blend = (w_spot * spot + w_deal * deal_p * has_deal + w_offer * offer_p * has_offer) / weight
+    return np.where(has_deal | has_offer, (blend - spot) / spot, 0.0)

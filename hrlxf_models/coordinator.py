@@ -1,0 +1,43 @@
+"""L4 coordinator: self-attention over the active threads plus a global token
+-> a priority alpha in (-1, 1) per thread (seed 002 section 6). It never edits
+actions: alpha is an input to L3 and the order of L1's joint clip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .blocks import Block
+
+THREAD_FEATURES = 10
+
+
+@dataclass
+class CoordinatorConfig:
+    thread_dim: int = THREAD_FEATURES
+    global_dim: int = 24  # x_static (12) + broadcast c (12)
+    d_model: int = 64
+    n_head: int = 4
+    n_layer: int = 2
+
+
+class Coordinator(nn.Module):
+    def __init__(self, config: CoordinatorConfig):
+        super().__init__()
+        self.config = c = config
+        self.thread = nn.Linear(c.thread_dim, c.d_model)
+        self.globl = nn.Linear(c.global_dim, c.d_model)
+        self.blocks = nn.ModuleList(Block(c.d_model, c.n_head) for _ in range(c.n_layer))
+        self.ln = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, 1)
+
+    def forward(self, threads: torch.Tensor, keep: torch.Tensor, global_features: torch.Tensor) -> torch.Tensor:
+        """threads (B,N,F), keep (B,N) bool, global (B,G) -> alpha (B,N) in (-1, 1)."""
+        B = threads.shape[0]
+        x = torch.cat([self.globl(global_features)[:, None], self.thread(threads)], dim=1)
+        mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), keep.bool()], dim=1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return torch.tanh(self.head(self.ln(x[:, 1:]))).squeeze(-1)

@@ -1,0 +1,103 @@
+"""L3 executor: a small decision transformer over one negotiation thread (seed 002 section 5).
+
+Tokens: prefix [context (static), goal, role, broadcast c, alpha], then the last
+N rounds of the thread (left-padded), then a decision token whose output feeds
+the heads: op {ACCEPT, REJECT, END}, delivery offset delta in 0..H (masked by
+L1's time_mask), quantity and price. One policy serves every thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .blocks import Block
+
+OPS = ("accept", "reject", "end")
+ROUND_FEATURES = 12  # offer_in (q, delta, p, present), offer_out (q, delta, p, present), op one-hot (3), rel_time
+BROADCAST_DIM = 12
+
+
+@dataclass
+class ExecutorConfig:
+    horizon: int = 40
+    history: int = 8
+    n_static: int = 12
+    goal_dim: int = 16
+    broadcast_dim: int = BROADCAST_DIM
+    d_model: int = 64
+    n_head: int = 4
+    n_layer: int = 2
+    mode: str = "residual"  # "residual": q, p = L1 baseline + scaled tanh; "direct": absolute q, p
+    q_scale: float = 0.5  # residual quantity range, in units of n_lines
+    p_scale: float = 0.1  # residual price range, relative
+
+
+class Executor(nn.Module):
+    def __init__(self, config: ExecutorConfig):
+        super().__init__()
+        if config.mode not in ("residual", "direct"):
+            raise ValueError(f"mode must be 'residual' or 'direct', got {config.mode!r}")
+        self.config = c = config
+        d = c.d_model
+        self.context = nn.Linear(c.n_static, d)
+        self.goal = nn.Linear(c.goal_dim, d)
+        self.role = nn.Linear(2, d)
+        self.broadcast = nn.Linear(c.broadcast_dim, d)
+        self.alpha = nn.Linear(1, d)
+        self.round = nn.Linear(ROUND_FEATURES, d)
+        self.position = nn.Embedding(c.history, d)
+        self.decision = nn.Parameter(torch.zeros(1, 1, d))
+        self.blocks = nn.ModuleList(Block(d, c.n_head) for _ in range(c.n_layer))
+        self.ln = nn.LayerNorm(d)
+        self.op_head = nn.Linear(d, len(OPS))
+        self.delta_head = nn.Linear(d, c.horizon + 1)
+        self.q_head = nn.Linear(d, 1)
+        self.p_head = nn.Linear(d, 1)
+        for head in (self.op_head, self.delta_head, self.q_head, self.p_head):
+            # an untrained executor adds nothing to its priors / the L1 baseline
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(
+        self,
+        static: torch.Tensor,  # (B, 12)
+        goal: torch.Tensor,  # (B, 16)
+        role: torch.Tensor,  # (B, 2) one-hot buyer/seller
+        broadcast: torch.Tensor,  # (B, C)
+        alpha: torch.Tensor,  # (B, 1)
+        rounds: torch.Tensor,  # (B, N, 12), left-padded
+        rounds_keep: torch.Tensor,  # (B, N) bool
+        time_mask: torch.Tensor,  # (B, H+1): 0 or -inf
+    ) -> dict[str, torch.Tensor]:
+        B, N, _ = rounds.shape
+        prefix = torch.stack(
+            [self.context(static), self.goal(goal), self.role(role), self.broadcast(broadcast), self.alpha(alpha)], dim=1
+        )
+        hist = self.round(rounds) + self.position(torch.arange(N, device=rounds.device))[None]
+        x = torch.cat([prefix, hist, self.decision.expand(B, 1, -1)], dim=1)
+        keep = torch.cat(
+            [torch.ones(B, prefix.shape[1], dtype=torch.bool), rounds_keep.bool(), torch.ones(B, 1, dtype=torch.bool)], dim=1
+        )
+        for block in self.blocks:
+            x = block(x, keep)
+        h = self.ln(x[:, -1])
+        return {
+            "op": self.op_head(h),
+            "delta": self.delta_head(h) + time_mask,
+            "q": self.q_head(h).squeeze(-1),
+            "p": self.p_head(h).squeeze(-1),
+        }
+
+    def quantity_price(self, out: dict[str, torch.Tensor], base_q: torch.Tensor, base_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q in units of n_lines, p relative to the catalog) from the heads.
+
+        residual: around the L1 baseline (an untrained head returns it exactly);
+        direct: absolute values (``base_*`` only fixes the scale of p at 1).
+        """
+        c = self.config
+        if c.mode == "residual":
+            return base_q + c.q_scale * torch.tanh(out["q"]), base_p * (1.0 + c.p_scale * torch.tanh(out["p"]))
+        return torch.nn.functional.softplus(out["q"]), 1.0 + 0.5 * torch.tanh(out["p"])

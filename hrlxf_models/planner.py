@@ -1,0 +1,70 @@
+"""L2 strategic planner: a 1D-CNN over the (H+1) x 10 commitment tensor, fused with
+the static vector and the role, -> the day's goal g (16) and a value (seed 002 section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: goal layout: 4 delivery buckets x [Q_buy, P_buy, Q_sell, P_sell]
+N_BUCKETS = 4
+GOAL_DIM = 4 * N_BUCKETS
+Q_BUY, P_BUY, Q_SELL, P_SELL = 0, 1, 2, 3
+
+
+def bucket_edges(horizon: int) -> tuple[tuple[int, int], ...]:
+    """Delivery-offset buckets [0,2], [3,7], [8,14], [15,H] (inclusive)."""
+    return ((0, 2), (3, 7), (8, 14), (15, max(15, horizon)))
+
+
+def bucket_of(delta: int, horizon: int) -> int:
+    for b, (lo, hi) in enumerate(bucket_edges(horizon)):
+        if lo <= delta <= hi:
+            return b
+    return N_BUCKETS - 1
+
+
+@dataclass
+class PlannerConfig:
+    horizon: int = 40
+    n_static: int = 12
+    n_channels: int = 10
+    n_role: int = 2
+    conv1: int = 32  # channels of the k=3 convolution
+    conv2: int = 64  # channels of the k=7 convolution
+    hidden: int = 128
+
+
+class Planner(nn.Module):
+    """Goal quantities come out in units of n_lines (>= 0), prices as a ratio to the catalog price."""
+
+    def __init__(self, config: PlannerConfig):
+        super().__init__()
+        self.config = c = config
+        self.conv1 = nn.Conv1d(c.n_channels, c.conv1, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(c.conv1, c.conv2, kernel_size=7, padding=3)
+        self.static = nn.Linear(c.n_static, c.hidden // 2)
+        self.role = nn.Linear(c.n_role, c.hidden // 8)
+        self.fuse = nn.Sequential(
+            nn.Linear(2 * c.conv2 + c.hidden // 2 + c.hidden // 8, c.hidden), nn.GELU(),
+            nn.Linear(c.hidden, c.hidden), nn.GELU(),
+        )
+        self.goal = nn.Linear(c.hidden, GOAL_DIM)
+        self.value = nn.Linear(c.hidden, 1)
+
+    def forward(self, x_static: torch.Tensor, x_temporal: torch.Tensor, x_role: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,12), (B,H+1,10), (B,2) -> goal (B,16), value (B,1)."""
+        h = F.gelu(self.conv1(x_temporal.transpose(1, 2)))
+        h = F.gelu(self.conv2(h))
+        pooled = torch.cat([h.amax(dim=2), h.mean(dim=2)], dim=1)
+        z = self.fuse(torch.cat([pooled, F.gelu(self.static(x_static)), F.gelu(self.role(x_role))], dim=1))
+        raw = self.goal(z).view(-1, N_BUCKETS, 4)
+        q = F.softplus(raw[..., [Q_BUY, Q_SELL]])
+        p = 1.0 + 0.5 * torch.tanh(raw[..., [P_BUY, P_SELL]])
+        goal = torch.stack([q[..., 0], p[..., 0], q[..., 1], p[..., 1]], dim=-1)
+        # the side the agent cannot negotiate is masked to zero
+        side = torch.stack([x_role[:, 0], x_role[:, 0], x_role[:, 1], x_role[:, 1]], dim=-1).unsqueeze(1)
+        return (goal * side).reshape(-1, GOAL_DIM), self.value(z)
