@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 
-def data_root() -> Path:
-    """``$HRLXF_DATA`` or ``data/`` (relative to the working directory)."""
-    return Path(os.environ.get("HRLXF_DATA", "data"))
+from hrlxf_agent.paths import data_root
 
 
 def _csv(text: str) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from .shield import Bounds, SafetyShield, ShieldConfig, Thread
 from .snapshot import IssueRanges, Snapshot, snapshot_from_awi
 
 __all__ = [
-    "Bounds", "IssueRanges", "LitaAgentH", "LitaAgentHS", "SafetyShield", "ShieldConfig",
+    "Bounds", "IssueRanges", "LitaAgentH", "LitaAgentHRL", "LitaAgentHS", "SafetyShield", "ShieldConfig",
     "Snapshot", "Thread", "snapshot_from_awi",
 ]
 
@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from . import penguin
 
         return getattr(penguin, name)
+    if name == "LitaAgentHRL":
+        from .hrl import LitaAgentHRL
+
+        return LitaAgentHRL
     raise AttributeError(f"module 'hrlxf_agent' has no attribute {name!r}")

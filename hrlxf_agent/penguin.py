@@ -19,14 +19,12 @@ PenguinAgent unchanged behind `SafetyShield.clip_batch`.
 from __future__ import annotations
 
 from itertools import chain, combinations
-from typing import Any
-
 from negmas.sao import ResponseType, SAOResponse
 from scml_agents.scml2024.standard.team_penguin.penguinagent import PenguinAgent, distribute
 
-from .intercept import DecisionHook, Offers, Responses, intercept
-from .shield import SafetyShield, ShieldConfig, Thread
-from .snapshot import QUANTITY, TIME, UNIT_PRICE, snapshot_from_awi
+from .intercept import intercept
+from .shielded import ShieldHook
+from .snapshot import QUANTITY, TIME, UNIT_PRICE
 
 
 class LitaAgentH(PenguinAgent):
@@ -158,43 +156,6 @@ class LitaAgentH(PenguinAgent):
         sellers = [p for p in partners if self.is_consumer(p)]
         for p, o in (self.future_supplie_offer(buyers) | self.future_consume_offer(sellers)).items():
             response[p] = SAOResponse(ResponseType.REJECT_OFFER, o)
-
-
-class ShieldHook(DecisionHook):
-    """Clips every batch of an agent's responses with the L1 shield.
-
-    Offers already sent and not yet answered stay reserved against the bounds
-    (a partner may still accept them), so concurrent threads can never commit
-    the factory beyond what it can honour.
-    """
-
-    def __init__(self, agent: Any, shield: SafetyShield | None = None):
-        self.shield = shield or SafetyShield(ShieldConfig())
-        self.outstanding: dict[str, tuple] = {}
-        self.changed = 0
-
-    def on_sent(self, agent: Any, partner: str, outcome: Any) -> None:
-        self.outstanding[partner] = tuple(outcome)
-
-    def on_answered(self, agent: Any, partner: str) -> None:
-        self.outstanding.pop(partner, None)
-
-    def on_day(self, agent: Any) -> None:
-        self.outstanding.clear()
-
-    def on_batch(self, agent: Any, kind: str, offers: Offers, responses: Responses) -> Responses:
-        awi = agent.awi
-        snap = snapshot_from_awi(awi, horizon=int(awi.horizon))
-        suppliers, consumers = set(awi.my_suppliers), set(awi.my_consumers)
-        threads = {
-            p: Thread(p, p in suppliers, tuple(offers[p]) if offers.get(p) is not None else None)
-            for p in responses
-            if p in suppliers or p in consumers
-        }
-        reserved = [(p in suppliers, o) for p, o in self.outstanding.items() if p not in offers]
-        clipped = self.shield.clip_batch(snap, threads, responses, reserved=reserved)
-        self.changed += sum(1 for p, r in clipped.items() if responses.get(p) != r)
-        return clipped
 
 
 #: PenguinAgent unchanged, every batch clipped by the L1 shield.

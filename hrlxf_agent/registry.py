@@ -9,6 +9,7 @@ from functools import lru_cache
 OWN_AGENTS = {
     "LitaAgentH": "hrlxf_agent.penguin:LitaAgentH",
     "LitaAgentHS": "hrlxf_agent.penguin:LitaAgentHS",
+    "LitaAgentHRL": "hrlxf_agent.hrl:LitaAgentHRL",
 }
 
 #: The 2025 std winners every audit plays against by default.

@@ -167,3 +167,38 @@ def _premium(deal_money: np.ndarray, deal_q: np.ndarray, offer_money: np.ndarray
     weight = w_spot + w_deal * has_deal + w_offer * has_offer
     blend = (w_spot * spot + w_deal * deal_p * has_deal + w_offer * offer_p * has_offer) / weight
     return np.where(has_deal | has_offer, (blend - spot) / spot, 0.0)
+
+
+ROUND_FEATURES = 12
+THREAD_FEATURES = 10
+OP_INDEX = {"accept": 0, "reject": 1, "end": 2}
+
+
+def _encode_offer(snap: Snapshot, offer: tuple | None, catalog: float, horizon: int) -> list[float]:
+    if offer is None:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [offer[0] / snap.n_lines, (offer[1] - snap.step) / max(1, horizon), offer[2] / max(catalog, 1e-6), 1.0]
+
+
+def round_features(snap: Snapshot, is_buy: bool, offer_in: tuple | None, offer_out: tuple | None,
+                   op: str | None, rel_time: float, horizon: int) -> np.ndarray:
+    """One round of a thread for L3: the partner's offer, ours, our op, the negotiation's relative time."""
+    catalog = snap.catalog_price_in if is_buy else snap.catalog_price_out
+    ops = [0.0, 0.0, 0.0]
+    if op in OP_INDEX:
+        ops[OP_INDEX[op]] = 1.0
+    x = _encode_offer(snap, offer_in, catalog, horizon) + _encode_offer(snap, offer_out, catalog, horizon) + ops + [rel_time]
+    return np.asarray(x, dtype=np.float32)
+
+
+def thread_features(snap: Snapshot, q_safe: np.ndarray, b_free: float, gap_of_bucket: float, is_buy: bool,
+                    offer: tuple | None, rel_time: float, horizon: int) -> np.ndarray:
+    """One active thread for L4: role, time, the partner's offer, the goal gap and room at its day, budget use."""
+    catalog = snap.catalog_price_in if is_buy else snap.catalog_price_out
+    enc = _encode_offer(snap, offer, catalog, horizon)
+    k = int(offer[1]) - snap.step if offer is not None else 0
+    room = float(q_safe[k]) if 0 <= k < len(q_safe) else 0.0
+    budget = min(1.0, offer[0] * offer[2] / b_free) if (offer is not None and is_buy and b_free > 0) else 0.0
+    x = [float(is_buy), float(not is_buy), rel_time, enc[3], enc[0], enc[1], enc[2],
+         gap_of_bucket / snap.n_lines, room / snap.n_lines, budget]
+    return np.asarray(x, dtype=np.float32)

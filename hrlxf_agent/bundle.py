@@ -1,0 +1,176 @@
+"""Bundles: the trained layers the agent loads (schemas/bundle_manifest.schema.json).
+
+A bundle is a directory: ``manifest.json`` + one state-dict file per network
+(``planner.pt``, ``executor.pt``, ``coordinator.pt``), loaded with
+``torch.load(..., weights_only=True)`` so no pickled code ever runs.
+``data/bundles/LATEST`` holds the name of the newest bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hrlxf_models import Coordinator, CoordinatorConfig, Executor, ExecutorConfig, Planner, PlannerConfig
+
+from .paths import bundles_root
+from .state import FeatureSpec
+
+BUNDLE_SCHEMA_VERSION = 1
+NETWORKS = ("planner", "executor", "coordinator")
+_CONFIGS = {"planner": PlannerConfig, "executor": ExecutorConfig, "coordinator": CoordinatorConfig}
+_MODULES = {"planner": Planner, "executor": Executor, "coordinator": Coordinator}
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class Manifest:
+    schema_version: int
+    feature_fingerprint: str
+    horizon: int
+    l3_mode: str
+    configs: dict[str, dict[str, Any]]
+    weights: dict[str, str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    trained_on: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: Manifest
+    planner: Planner
+    executor: Executor
+    coordinator: Coordinator
+
+
+def save_bundle(
+    out_dir: Path,
+    planner: Planner,
+    executor: Executor,
+    coordinator: Coordinator,
+    metrics: dict[str, Any] | None = None,
+    trained_on: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle atomically (a temporary directory renamed into place)."""
+    spec = FeatureSpec(horizon=planner.config.horizon)
+    manifest = Manifest(
+        schema_version=BUNDLE_SCHEMA_VERSION,
+        feature_fingerprint=spec.fingerprint,
+        horizon=spec.horizon,
+        l3_mode=executor.config.mode,
+        configs={"planner": asdict(planner.config), "executor": asdict(executor.config), "coordinator": asdict(coordinator.config)},
+        weights={name: f"{name}.pt" for name in NETWORKS},
+        metrics=metrics or {},
+        trained_on=trained_on or {},
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, module in zip(NETWORKS, (planner, executor, coordinator)):
+            torch.save(module.state_dict(), tmp / manifest.weights[name])
+        (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def set_latest(bundle_dir: Path, root: Path | None = None) -> None:
+    """Point ``<root>/LATEST`` at ``bundle_dir`` (atomically)."""
+    root = Path(root) if root is not None else bundles_root()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / ".LATEST.tmp"
+    tmp.write_text(str(Path(bundle_dir).resolve()) + "\n")
+    os.replace(tmp, root / "LATEST")
+
+
+def resolve_bundle(spec: str | os.PathLike | None) -> Path | None:
+    """None -> no bundle; "latest" -> $HRLXF_BUNDLE or the bundle LATEST names; else the path."""
+    if spec is None:
+        return None
+    if str(spec) == "latest":
+        env = os.environ.get("HRLXF_BUNDLE")
+        if env:
+            return Path(env)
+        latest = bundles_root() / "LATEST"
+        if not latest.exists():
+            raise BundleError(f"{latest}: no LATEST bundle (train one, or write one with `hrlxf bundle untrained --latest`)")
+        name = latest.read_text().strip()
+        path = Path(name)
+        return path if path.is_absolute() else bundles_root() / name
+    return Path(spec)
+
+
+def load_bundle(spec: str | os.PathLike) -> Bundle:
+    """Load and check a bundle; every problem is a BundleError naming the file."""
+    path = resolve_bundle(spec)
+    assert path is not None
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing (not a bundle directory)")
+    try:
+        raw = json.loads(manifest_path.read_text())
+        manifest = Manifest(**raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise BundleError(f"{manifest_path}: not a valid manifest ({e})") from None
+    if manifest.schema_version != BUNDLE_SCHEMA_VERSION:
+        raise BundleError(f"{manifest_path}: schema_version {manifest.schema_version}, this code reads {BUNDLE_SCHEMA_VERSION}")
+    expected = FeatureSpec(horizon=manifest.horizon).fingerprint
+    if manifest.feature_fingerprint != expected:
+        raise BundleError(
+            f"{manifest_path}: feature_fingerprint {manifest.feature_fingerprint} does not match this StateBuilder ({expected})"
+        )
+    modules: dict[str, torch.nn.Module] = {}
+    for name in NETWORKS:
+        try:
+            config = _CONFIGS[name](**manifest.configs[name])
+            module = _MODULES[name](config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{manifest_path}: bad config for {name} ({e})") from None
+        file = path / manifest.weights.get(name, f"{name}.pt")
+        if not file.is_file():
+            raise BundleError(f"{file}: missing weights for {name}")
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt file, or pickled code refused by weights_only
+            raise BundleError(f"{file}: not a loadable state dict ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise BundleError(f"{file}: not a state dict of tensors")
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise BundleError(f"{file}: does not fit the {name} config ({str(e).splitlines()[0]} ...)") from None
+        module.eval()
+        modules[name] = module
+    return Bundle(path, manifest, modules["planner"], modules["executor"], modules["coordinator"])  # type: ignore[arg-type]
+
+
+def write_untrained_bundle(out_dir: Path, mode: str = "residual", seed: int = 0, horizon: int = 40) -> Path:
+    """Random weights (heads of L3 at zero), so the neural path can run before training exists."""
+    torch.manual_seed(seed)
+    return save_bundle(
+        out_dir,
+        Planner(PlannerConfig(horizon=horizon)),
+        Executor(ExecutorConfig(horizon=horizon, mode=mode)),
+        Coordinator(CoordinatorConfig()),
+        metrics={"trained": False},
+        trained_on={"note": "untrained: random weights"},
+    )

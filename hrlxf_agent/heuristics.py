@@ -1,0 +1,239 @@
+"""Rule-based L2 / L3 / L4 and the L4 GlobalMonitor (DESIGN.md "Heuristic fallbacks").
+
+They play a full world with no bundle, stand in for a model that fails, and
+serve as the priors the neural layers start from. They follow scml 0.8.4's
+physics (`physics`): the input stock never drains, so a factory that fills
+its stock to n_lines once never needs to buy again, and a day can deliver at
+most n_lines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from negmas.sao import ResponseType, SAOResponse
+
+from hrlxf_models.planner import GOAL_DIM, N_BUCKETS, P_BUY, P_SELL, Q_BUY, Q_SELL, bucket_edges
+
+from . import physics
+from .shield import Bounds
+from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot
+
+#: L2 label urgency weights per bucket (seed 004), reused as the coordinator's urgency
+BUCKET_URGENCY = (0.637, 0.212, 0.106, 0.045)
+BROADCAST_DIM = 12
+
+
+@dataclass
+class Goal:
+    """The day's targets per delivery bucket, in game units (quantities, unit prices)."""
+
+    q_buy: np.ndarray
+    p_buy: np.ndarray
+    q_sell: np.ndarray
+    p_sell: np.ndarray
+
+    def vector(self, snap: Snapshot) -> np.ndarray:
+        """The normalised 16-vector L2 emits: quantities / n_lines, prices / catalog price."""
+        g = np.zeros((N_BUCKETS, 4), dtype=np.float32)
+        g[:, Q_BUY] = self.q_buy / snap.n_lines
+        g[:, P_BUY] = self.p_buy / max(snap.catalog_price_in, 1e-6)
+        g[:, Q_SELL] = self.q_sell / snap.n_lines
+        g[:, P_SELL] = self.p_sell / max(snap.catalog_price_out, 1e-6)
+        return g.reshape(GOAL_DIM)
+
+    @classmethod
+    def from_vector(cls, g: np.ndarray, snap: Snapshot) -> "Goal":
+        g = np.asarray(g, dtype=float).reshape(N_BUCKETS, 4)
+        return cls(
+            q_buy=g[:, Q_BUY] * snap.n_lines * snap.can_buy,
+            p_buy=g[:, P_BUY] * snap.catalog_price_in,
+            q_sell=g[:, Q_SELL] * snap.n_lines * snap.can_sell,
+            p_sell=g[:, P_SELL] * snap.catalog_price_out,
+        )
+
+
+def bucket_index(horizon: int) -> np.ndarray:
+    """bucket of every day offset 0..H."""
+    out = np.zeros(horizon + 1, dtype=int)
+    for b, (lo, hi) in enumerate(bucket_edges(horizon)):
+        out[lo : min(hi, horizon) + 1] = b
+    return out
+
+
+def day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+    """(buy, sell) quantities worth trading for each day k = 0..H.
+
+    Buy: input for the day's planned production (full lines when the factory
+    can sell its output, else the day's known demand) beyond stock + signed
+    inputs; plus, while the stock is below n_lines and days remain, enough
+    to top it up (0.8.4: only input beyond the day's production reaches the
+    stock, and a full stock feeds every later day for free). Never beyond
+    the shield's room. Sell: the lines' free capacity, today only what
+    secured input allows, later days what input is held or planned (half the
+    planned purchases, which may fail); first-level factories expect today's
+    exogenous supply again.
+    """
+    K = snap.horizon + 1
+    n = float(snap.n_lines)
+    supply, sales = np.asarray(snap.supply_qty, float), np.asarray(snap.sale_qty, float)
+    inputs, due = supply.copy(), sales + snap.inventory_output
+    inputs[0] += snap.exogenous_input_qty
+    due[0] += snap.exogenous_output_qty
+    floor = physics.input_stock_floor(snap.inventory_input, inputs, snap.n_lines)
+    days_left = np.asarray(snap.days_left(), float)
+    alive = days_left > 0
+    present = floor + inputs
+    buy = np.zeros(K)
+    sell = np.zeros(K)
+    if snap.can_buy:
+        planned = np.maximum(due, n) if snap.can_sell else due.copy()
+        if not snap.can_sell:  # last level: tomorrow's exogenous demand is unknown, expect today's
+            planned[1:] = np.maximum(planned[1:], min(n, snap.exogenous_output_qty))
+        buy = np.maximum(0.0, np.minimum(n, planned) - present)
+        first = int(np.argmax(alive)) if alive.any() else 0
+        if floor[first] < n and days_left[first] > 3:
+            buy[first] += n - floor[first]
+        buy = np.minimum(buy, physics.buy_room(floor, inputs, snap.n_lines, days_left))
+    if snap.can_sell:
+        expected_in = present + (0.5 * buy if snap.can_buy else 0.0)
+        if not snap.can_buy:
+            expected_in[1:] += snap.exogenous_input_qty
+        sell = np.maximum(0.0, np.minimum(n, expected_in) - due)
+        sell[0] = max(0.0, min(n, present[0]) - due[0])
+    return np.where(alive, buy, 0.0), np.where(alive, sell, 0.0)
+
+
+def heuristic_goal(snap: Snapshot) -> Goal:
+    """L2 by rules: bucketed needs, market prices."""
+    buy, sell = day_needs(snap)
+    idx = bucket_index(snap.horizon)
+    q_buy = np.bincount(idx, weights=buy, minlength=N_BUCKETS)[:N_BUCKETS]
+    q_sell = np.bincount(idx, weights=sell, minlength=N_BUCKETS)[:N_BUCKETS]
+    return Goal(
+        q_buy=q_buy * snap.can_buy,
+        p_buy=np.full(N_BUCKETS, snap.trading_price_in),
+        q_sell=q_sell * snap.can_sell,
+        p_sell=np.full(N_BUCKETS, snap.trading_price_out),
+    )
+
+
+class GlobalMonitor:
+    """L4 rules: what the day committed against the goal, and the broadcast c."""
+
+    def __init__(self) -> None:
+        self.goal: Goal | None = None
+        self.start: Snapshot | None = None
+
+    def reset(self, snap: Snapshot, goal: Goal) -> None:
+        self.goal, self.start = goal, snap
+
+    def committed_today(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """Quantities signed since the day started, per bucket (buy, sell)."""
+        if self.start is None or self.start.step != snap.step:
+            return np.zeros(N_BUCKETS), np.zeros(N_BUCKETS)
+        idx = bucket_index(snap.horizon)
+        K = min(len(snap.supply_qty), len(self.start.supply_qty))
+        dbuy = np.asarray(snap.supply_qty[:K]) - np.asarray(self.start.supply_qty[:K])
+        dsell = np.asarray(snap.sale_qty[:K]) - np.asarray(self.start.sale_qty[:K])
+        return (np.bincount(idx[:K], weights=dbuy, minlength=N_BUCKETS)[:N_BUCKETS],
+                np.bincount(idx[:K], weights=dsell, minlength=N_BUCKETS)[:N_BUCKETS])
+
+    def remaining(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        goal = self.goal or heuristic_goal(snap)
+        cb, cs = self.committed_today(snap)
+        return np.maximum(0.0, goal.q_buy - cb), np.maximum(0.0, goal.q_sell - cs)
+
+    def broadcast(self, snap: Snapshot, bounds: Bounds, money_scale: float, rel_time: float) -> np.ndarray:
+        goal = self.goal or heuristic_goal(snap)
+        cb, cs = self.committed_today(snap)
+        n = float(snap.n_lines)
+        c = np.zeros(BROADCAST_DIM, dtype=np.float32)
+        c[0:8:2] = (goal.q_buy - cb) / n
+        c[1:8:2] = (goal.q_sell - cs) / n
+        c[8] = bounds.b_free / money_scale
+        c[9] = bounds.q_safe_buy[0] / n
+        c[10] = bounds.q_safe_sell[0] / n
+        c[11] = rel_time
+        return c
+
+
+def teacher_alpha(snap: Snapshot, bounds: Bounds, remaining: tuple[np.ndarray, np.ndarray], is_buy: bool,
+                  offer: tuple | None, rel_time: float) -> float:
+    """The heuristic priority of one thread in (-1, 1): urgency of its goal gap,
+    how near its delivery is, how late in the negotiation, and budget pressure."""
+    n = float(snap.n_lines)
+    gaps = remaining[0] if is_buy else remaining[1]
+    if offer is not None:
+        delta = int(offer[TIME]) - snap.step
+    else:
+        needy = [b for b in range(N_BUCKETS) if gaps[b] > 0]
+        delta = bucket_edges(snap.horizon)[needy[0]][0] if needy else 0
+    b = int(bucket_index(snap.horizon)[min(max(delta, 0), snap.horizon)])
+    urgency = sum(w * g for w, g in zip(BUCKET_URGENCY, gaps / n))
+    near = 1.0 - min(1.0, max(0, delta) / max(1, snap.horizon))
+    budget = 0.0
+    if is_buy and offer is not None and bounds.b_free > 0:
+        budget = min(1.0, offer[QUANTITY] * offer[UNIT_PRICE] / bounds.b_free)
+    score = 1.5 * urgency + 0.5 * near + 0.3 * rel_time - 0.8 * budget + (0.3 if gaps[b] > 0 else -0.3)
+    return float(math.tanh(score - 0.5))
+
+
+def limit_price(goal_price: float, is_buy: bool, rel_time: float) -> float:
+    """The worst price acceptable at this point of a negotiation (concedes with time)."""
+    return goal_price * ((0.97 + 0.08 * rel_time) if is_buy else (1.03 - 0.08 * rel_time))
+
+
+def opening_price(issues: IssueRanges, goal_price: float, is_buy: bool, rel_time: float) -> float:
+    """From the best end of the price range toward the goal price as the negotiation runs."""
+    best = issues.p_min if is_buy else issues.p_max
+    target = limit_price(goal_price, is_buy, 1.0)
+    return best + (target - best) * min(1.0, rel_time) ** 0.8
+
+
+def heuristic_action(
+    snap: Snapshot,
+    bounds: Bounds,
+    goal: Goal,
+    remaining: tuple[np.ndarray, np.ndarray],
+    n_threads_side: int,
+    is_buy: bool,
+    offer: tuple | None,
+    rel_time: float,
+) -> tuple[SAOResponse, int]:
+    """L3 by rules for one thread: (response, chosen delivery offset).
+
+    Accept an offer whose bucket still needs it at an acceptable price (a
+    smaller counter at the same day and price when it needs less); otherwise
+    offer the thread's share of the most urgent need at a conceding price; END
+    when this side needs nothing more today.
+    """
+    issues = snap.buy_issues if is_buy else snap.sell_issues
+    if issues is None:
+        return SAOResponse(ResponseType.END_NEGOTIATION, None), 0
+    gaps = remaining[0] if is_buy else remaining[1]
+    mask = bounds.time_mask_buy if is_buy else bounds.time_mask_sell
+    idx = bucket_index(snap.horizon)
+    prices = goal.p_buy if is_buy else goal.p_sell
+    if offer is not None:
+        k = int(offer[TIME]) - snap.step
+        if 0 <= k <= snap.horizon and np.isfinite(mask[k]):
+            b = idx[k]
+            ok_price = offer[UNIT_PRICE] <= limit_price(prices[b], True, rel_time) if is_buy else \
+                offer[UNIT_PRICE] >= limit_price(prices[b], False, rel_time)
+            if ok_price and gaps[b] >= 1:
+                if offer[QUANTITY] <= gaps[b] + 0.5:
+                    return SAOResponse(ResponseType.ACCEPT_OFFER, tuple(offer)), k
+                q = int(max(1, math.floor(gaps[b])))
+                return SAOResponse(ResponseType.REJECT_OFFER, (q, int(offer[TIME]), offer[UNIT_PRICE])), k
+    days = [k for k in range(snap.horizon + 1) if np.isfinite(mask[k]) and gaps[idx[k]] >= 1]
+    if not days:
+        return SAOResponse(ResponseType.END_NEGOTIATION, None), 0
+    k = min(days, key=lambda d: (idx[d], d))
+    b = idx[k]
+    share = max(1, math.ceil(gaps[b] / max(1, n_threads_side)))
+    q = int(min(share, issues.q_max))
+    p = issues.clamp_price(opening_price(issues, prices[b], is_buy, rel_time))
+    return SAOResponse(ResponseType.REJECT_OFFER, (q, snap.step + k, p)), k

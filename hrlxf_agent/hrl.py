@@ -1,0 +1,268 @@
+"""LitaAgentHRL: the four-layer agent (DESIGN.md section 3).
+
+Per day (``before_step``): Snapshot -> StateBuilder -> L2 goal -> L4 monitor reset.
+Per batch (``first_proposals`` / ``counter_all``): Snapshot (with the day's deals)
+-> L1 bounds -> L4 broadcast c and alpha per thread -> L3 action per thread
+(op -> delta -> (q, p)) -> L1 joint clip (the `ShieldHook`, the same code as
+LitaAgentHS) -> SAO responses. Every learned layer has a rule-based stand-in
+(`heuristics`) used when no bundle is loaded, and for any decision where a
+model raises or returns non-finite numbers (one warning per layer).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from negmas.sao import ResponseType, SAOResponse
+from scml.std import StdSyncAgent
+
+from .bundle import Bundle, load_bundle
+from .heuristics import GlobalMonitor, Goal, bucket_index, heuristic_action, heuristic_goal, teacher_alpha
+from .intercept import intercept
+from .shield import Bounds, SafetyShield
+from .shielded import ShieldHook
+from .snapshot import DEFAULT_HORIZON, TIME, Snapshot, snapshot_from_awi
+from .state import FeatureSpec, StateBuilder, round_features, thread_features
+
+log = logging.getLogger("hrlxf")
+OPS = ("accept", "reject", "end")
+PRIOR = 3.0  # logit bonus of the heuristic's choice: an untrained model follows it
+
+
+class HRLPolicy(StdSyncAgent):
+    """The layers L2-L4 (L1 is applied by the shield hook around this class)."""
+
+    def __init__(self, *args, bundle: Any = None, horizon: int = DEFAULT_HORIZON, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bundle_spec = bundle
+        self.horizon = horizon
+        self.models: Bundle | None = None
+        self.builder = StateBuilder(FeatureSpec(horizon=horizon))
+        self.shield = SafetyShield()
+        self.monitor = GlobalMonitor()
+        self.initial_balance = 0.0
+        self.version = 0
+        self.goal: Goal | None = None
+        self.batch_alpha: dict[str, float] = {}
+        self.history: dict[str, list[tuple]] = defaultdict(list)
+        self._rel_time: dict[str, float] = {}
+        self.fallbacks: dict[str, int] = defaultdict(int)
+
+    # ------------------------------------------------------------ lifecycle
+    def init(self):
+        super().init()
+        self.initial_balance = float(self.awi.current_balance)
+        if self.bundle_spec is not None:
+            try:
+                self.models = load_bundle(self.bundle_spec)
+                self.horizon = self.models.manifest.horizon
+                self.builder = StateBuilder(FeatureSpec(horizon=self.horizon))
+                torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+            except Exception as e:
+                self._fallback("bundle", e)
+
+    def before_step(self):
+        super().before_step()
+        self.history.clear()
+        snap = self._snapshot({})
+        self.goal = self._plan(snap)
+        self.monitor.reset(snap, self.goal)
+
+    def on_negotiation_success(self, contract, mechanism):
+        self.version += 1  # the snapshot the next decision sees has changed
+        return super().on_negotiation_success(contract, mechanism)
+
+    # ------------------------------------------------------------ decisions
+    def first_proposals(self):
+        responses = self._decide({}, {})
+        return {p: r.outcome if r.response == ResponseType.REJECT_OFFER else None for p, r in responses.items()}
+
+    def counter_all(self, offers, states):
+        return self._decide(offers, states)
+
+    def on_clipped(self, kind: str, offers: dict, responses: dict[str, SAOResponse]) -> None:
+        """Called by the shield hook with what was finally sent: the threads' history."""
+        for p, r in responses.items():
+            op = {ResponseType.ACCEPT_OFFER: "accept", ResponseType.REJECT_OFFER: "reject"}.get(r.response, "end")
+            out = r.outcome if r.response == ResponseType.REJECT_OFFER else None
+            self.history[p].append((offers.get(p), out, op, self._rel_time.get(p, 0.0)))
+
+    def _snapshot(self, offers: dict) -> Snapshot:
+        return snapshot_from_awi(self.awi, horizon=self.horizon, version=self.version,
+                                 initial_balance=self.initial_balance, offers=offers)
+
+    def _running(self) -> list[str]:
+        out = []
+        for p, (negotiator, _) in self.negotiators.items():
+            nmi = getattr(negotiator, "nmi", None)
+            if nmi is not None and not nmi.state.ended:
+                out.append(p)
+        return sorted(out)
+
+    def _decide(self, offers: dict, states: dict) -> dict[str, SAOResponse]:
+        partners = self._running()
+        try:
+            return self._layers(offers, states, partners)
+        except Exception as e:  # never crash a world; the shield still clips whatever goes out
+            self._fallback("agent", e)
+            return {p: SAOResponse(ResponseType.END_NEGOTIATION, None) for p in partners}
+
+    def _layers(self, offers: dict, states: dict, partners: list[str]) -> dict[str, SAOResponse]:
+        snap = self._snapshot(offers)
+        bounds = self.shield.bounds(snap)
+        suppliers = set(self.awi.my_suppliers)
+        is_buy = {p: p in suppliers for p in partners}
+        rel = {}
+        for p in partners:
+            state = states.get(p) or self.negotiators[p][0].nmi.state
+            rel[p] = float(getattr(state, "relative_time", 0.0) or 0.0)
+        self._rel_time = rel
+        goal = self.goal or heuristic_goal(snap)
+        remaining = self.monitor.remaining(snap)
+        mean_rel = float(np.mean(list(rel.values()))) if rel else 0.0
+        c = self.monitor.broadcast(snap, bounds, self.builder.money_scale(snap), mean_rel)
+        offer_of = {p: (tuple(offers[p]) if offers.get(p) is not None else None) for p in partners}
+        alpha = self._coordinate(snap, bounds, remaining, c, partners, is_buy, offer_of, rel)
+        self.batch_alpha = alpha
+        n_side = {True: sum(is_buy.values()), False: len(partners) - sum(is_buy.values())}
+        rules = {
+            p: heuristic_action(snap, bounds, goal, remaining, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p])
+            for p in partners
+        }
+        if self.models is None:
+            return {p: rules[p][0] for p in partners}
+        try:
+            return self._execute(snap, bounds, goal, c, alpha, partners, is_buy, offer_of, rel, rules)
+        except Exception as e:
+            self._fallback("L3", e)
+            return {p: rules[p][0] for p in partners}
+
+    # ------------------------------------------------------------ layers
+    def _plan(self, snap: Snapshot) -> Goal:
+        """L2: the day's goal."""
+        if self.models is not None:
+            try:
+                m = self.builder.macro(snap)
+                with torch.inference_mode():
+                    g, _ = self.models.planner(
+                        torch.from_numpy(m.x_static)[None], torch.from_numpy(m.x_temporal)[None], torch.from_numpy(m.x_role)[None]
+                    )
+                g = g[0].numpy()
+                if not np.all(np.isfinite(g)):
+                    raise FloatingPointError("planner returned non-finite values")
+                return Goal.from_vector(g, snap)
+            except Exception as e:
+                self._fallback("L2", e)
+        return heuristic_goal(snap)
+
+    def _coordinate(self, snap, bounds, remaining, c, partners, is_buy, offer_of, rel) -> dict[str, float]:
+        """L4: a priority per thread (the teacher's rule, or the coordinator)."""
+        teacher = {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners}
+        if self.models is None or not partners:
+            return teacher
+        try:
+            feats = self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
+            glob = np.concatenate([self.builder.static(snap), c]).astype(np.float32)
+            with torch.inference_mode():
+                a = self.models.coordinator(
+                    torch.from_numpy(feats)[None], torch.ones(1, len(partners), dtype=torch.bool), torch.from_numpy(glob)[None]
+                )[0].numpy()
+            if not np.all(np.isfinite(a)):
+                raise FloatingPointError("coordinator returned non-finite values")
+            return {p: float(x) for p, x in zip(partners, a)}
+        except Exception as e:
+            self._fallback("L4", e)
+            return teacher
+
+    def _thread_features(self, snap, bounds, remaining, partners, is_buy, offer_of, rel) -> np.ndarray:
+        idx = bucket_index(snap.horizon)
+        rows = []
+        for p in partners:
+            o = offer_of[p]
+            k = int(o[TIME]) - snap.step if o is not None else 0
+            b = idx[min(max(k, 0), snap.horizon)]
+            gap = (remaining[0] if is_buy[p] else remaining[1])[b]
+            q_safe = bounds.q_safe_buy if is_buy[p] else bounds.q_safe_sell
+            rows.append(thread_features(snap, q_safe, bounds.b_free, gap, is_buy[p], o, rel[p], snap.horizon))
+        return np.stack(rows)
+
+    def _execute(self, snap, bounds: Bounds, goal: Goal, c, alpha, partners, is_buy, offer_of, rel, rules) -> dict[str, SAOResponse]:
+        """L3 for every thread of the batch in one forward pass; decoding op -> delta -> (q, p)."""
+        if not partners:
+            return {}
+        ex = self.models.executor
+        N, H = ex.config.history, snap.horizon
+        B = len(partners)
+        rounds = np.zeros((B, N, 12), dtype=np.float32)
+        keep = np.zeros((B, N), dtype=bool)
+        masks = np.zeros((B, H + 1), dtype=np.float32)
+        roles = np.zeros((B, 2), dtype=np.float32)
+        for i, p in enumerate(partners):
+            past = [(o_in, o_out, op, t) for o_in, o_out, op, t in self.history.get(p, [])]
+            past.append((offer_of[p], None, None, rel[p]))
+            past = past[-N:]
+            for j, (o_in, o_out, op, t) in enumerate(past):
+                rounds[i, N - len(past) + j] = round_features(snap, is_buy[p], o_in, o_out, op, t, H)
+                keep[i, N - len(past) + j] = True
+            masks[i] = bounds.time_mask_buy if is_buy[p] else bounds.time_mask_sell
+            roles[i] = self.builder.role_one_hot(is_buy[p])
+        static = np.repeat(self.builder.static(snap)[None], B, axis=0)
+        goal_vec = np.repeat(goal.vector(snap)[None], B, axis=0)
+        with torch.inference_mode():
+            out = ex(
+                torch.from_numpy(static), torch.from_numpy(goal_vec), torch.from_numpy(roles),
+                torch.from_numpy(np.repeat(c[None], B, axis=0)), torch.tensor([[alpha[p]] for p in partners]),
+                torch.from_numpy(rounds), torch.from_numpy(keep), torch.from_numpy(masks),
+            )
+        op_logits, delta_logits = out["op"].numpy(), out["delta"].numpy()
+        if not (np.all(np.isfinite(op_logits)) and np.all(np.isfinite(out["q"].numpy())) and np.all(np.isfinite(out["p"].numpy()))):
+            raise FloatingPointError("executor returned non-finite values")
+        responses = {}
+        for i, p in enumerate(partners):
+            rule, rule_k = rules[p]
+            prior_op = np.zeros(3)
+            prior_op[{ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2)] = PRIOR
+            op = OPS[int(np.argmax(op_logits[i] + prior_op))]
+            if op == "accept" and offer_of[p] is not None:
+                responses[p] = SAOResponse(ResponseType.ACCEPT_OFFER, offer_of[p])
+                continue
+            if op == "end" or not np.isfinite(delta_logits[i]).any():
+                responses[p] = SAOResponse(ResponseType.END_NEGOTIATION, None)
+                continue
+            prior_delta = np.zeros(H + 1)
+            prior_delta[min(max(rule_k, 0), H)] = PRIOR
+            k = int(np.argmax(delta_logits[i] + prior_delta))
+            responses[p] = SAOResponse(ResponseType.REJECT_OFFER, self._offer(snap, bounds, goal, is_buy[p], k, out, i))
+        return responses
+
+    def _offer(self, snap: Snapshot, bounds: Bounds, goal: Goal, is_buy: bool, k: int, out: dict, i: int) -> tuple:
+        catalog = snap.catalog_price_in if is_buy else snap.catalog_price_out
+        base = self.shield.baseline(snap, bounds, is_buy, k)
+        b = bucket_index(snap.horizon)[k]
+        if base is None:
+            base_q, base_p = 1.0 / snap.n_lines, (goal.p_buy if is_buy else goal.p_sell)[b] / catalog
+        else:
+            base_q, base_p = base[0] / snap.n_lines, base[2] / catalog
+        q, p = self.models.executor.quantity_price(
+            {"q": out["q"][i : i + 1], "p": out["p"][i : i + 1]}, torch.tensor([base_q]), torch.tensor([base_p])
+        )
+        quantity = max(1, int(round(float(q[0]) * snap.n_lines)))
+        return (quantity, snap.step + k, float(p[0]) * catalog)
+
+    def _fallback(self, layer: str, error: Exception) -> None:
+        if not self.fallbacks[layer]:
+            log.warning("%s: %s failed (%s: %s); using the rule-based %s from now on where it fails",
+                        getattr(self, "id", "?"), layer, type(error).__name__, error, layer)
+        self.fallbacks[layer] += 1
+
+
+_Shielded = intercept(HRLPolicy, ShieldHook, "Shielded")
+
+
+class LitaAgentHRL(_Shielded):  # type: ignore[misc, valid-type]
+    """The HRL-XF agent: ``LitaAgentHRL(bundle=None | "latest" | path)``; every batch behind the L1 shield."""
