@@ -21,9 +21,20 @@ def _audit(args: argparse.Namespace) -> int:
     from hrlxf_agent.registry import UnknownAgentError
     from tasks.audit import AuditConfig, markdown_table, run_audit
 
+    agents = _csv(args.agents)
+    params = {}
+    if args.bundle:
+        from hrlxf_agent.bundle import BundleError, load_bundle
+
+        try:
+            path = str(load_bundle(args.bundle).path.resolve())  # fails here, before any world, if unusable
+        except BundleError as e:
+            print(f"hrlxf audit: {e}", file=sys.stderr)
+            return 2
+        params = {a: {"bundle": path} for a in agents if a == "LitaAgentHRL"}
     config = AuditConfig(
-        agents=_csv(args.agents), opponents=_csv(args.opponents), worlds=args.worlds,
-        steps=args.steps, seed=args.seed, workers=args.workers,
+        agents=agents, opponents=_csv(args.opponents), worlds=args.worlds,
+        steps=args.steps, seed=args.seed, workers=args.workers, agent_params=params,
     )
     try:
         config.validate()
@@ -56,8 +67,53 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel world processes")
     audit.add_argument("--out", default=None, help="output directory (default: DATA/reports/audit)")
+    audit.add_argument("--bundle", default=None, help="bundle for LitaAgentHRL: a path or 'latest' (default: heuristic)")
     audit.set_defaults(func=_audit)
+
+    bundle = sub.add_parser("bundle", help="bundle tools")
+    bsub = bundle.add_subparsers(dest="bundle_command", required=True)
+    untrained = bsub.add_parser("untrained", help="write a bundle with random weights (exercises the neural path)")
+    untrained.add_argument("--mode", choices=("residual", "direct"), default="residual", help="L3 output mode")
+    untrained.add_argument("--seed", type=int, default=0)
+    untrained.add_argument("--out", default=None, help="bundle directory (default: DATA/bundles/untrained-<mode>)")
+    untrained.add_argument("--latest", action="store_true", help="also point DATA/bundles/LATEST at it")
+    untrained.set_defaults(func=_bundle_untrained)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    agent = bsub.add_parser("agent", help="world wall time with LitaAgentHRL vs PenguinAgent in the same slots")
+    agent.add_argument("--worlds", type=int, default=4)
+    agent.add_argument("--steps", type=int, default=50)
+    agent.add_argument("--seed", type=int, default=0)
+    agent.add_argument("--out", default=None, help="where to write bench_agent.json (default: DATA/reports/bench)")
+    agent.set_defaults(func=_bench_agent)
     return parser
+
+
+def _bundle_untrained(args: argparse.Namespace) -> int:
+    from hrlxf_agent.bundle import set_latest, write_untrained_bundle
+    from hrlxf_agent.paths import bundles_root
+
+    out = Path(args.out) if args.out else bundles_root() / f"untrained-{args.mode}"
+    path = write_untrained_bundle(out, mode=args.mode, seed=args.seed)
+    if args.latest:
+        set_latest(path)
+    print(f"wrote {path}" + (" (LATEST)" if args.latest else ""))
+    return 0
+
+
+def _bench_agent(args: argparse.Namespace) -> int:
+    import json
+
+    from tasks.bench_agent import BenchConfig, render, run_bench
+
+    out = Path(args.out) if args.out else data_root() / "reports" / "bench"
+    doc = run_bench(BenchConfig(worlds=args.worlds, steps=args.steps, seed=args.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_agent.json").write_text(json.dumps(doc, indent=2))
+    print(render(doc))
+    print(f"wrote {out / 'bench_agent.json'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,122 @@
+"""Benchmark: what LitaAgentHRL costs a world, against PenguinAgent in the same slots.
+
+The same world configurations (paired, as in the audit) are played with
+PenguinAgent, LitaAgentHRL with rules only, and LitaAgentHRL with an untrained
+bundle, one after another in this process so the timings share a machine
+state. Reports wall time per variant, ratios to PenguinAgent, and the median
+and p99 time of one batch decision (first_proposals / counter_all, shield
+included).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrlxf_agent.registry import WINNERS_2025, resolve_all
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    worlds: int = 4
+    steps: int = 50
+    seed: int = 0
+    opponents: tuple[str, ...] = WINNERS_2025
+
+
+def _timed(cls: type, sink: list[float]) -> type:
+    """``cls`` with the wall time of every batch decision appended to ``sink``."""
+
+    class Timed(cls):  # type: ignore[misc, valid-type]
+        def first_proposals(self):
+            t0 = time.perf_counter()
+            out = super().first_proposals()
+            sink.append(time.perf_counter() - t0)
+            return out
+
+        def counter_all(self, offers, states):
+            t0 = time.perf_counter()
+            out = super().counter_all(offers, states)
+            sink.append(time.perf_counter() - t0)
+            return out
+
+    Timed.__name__ = cls.__name__
+    return Timed
+
+
+def _play(config_seed: int, steps: int, subject: type, params: dict, opponents: list[type]) -> tuple[float, float]:
+    from scml.std import SCML2024StdWorld
+
+    from tasks.audit import world_config
+
+    config, slots = world_config(config_seed, opponents, steps)
+    for i in slots:
+        config["agent_params"][i]["controller_type"] = subject
+        if params:
+            config["agent_params"][i]["controller_params"] = dict(params)
+    random.seed(config_seed)
+    np.random.seed(config_seed % (2**32))
+    world = SCML2024StdWorld(**config, construct_graphs=False)
+    t0 = time.perf_counter()
+    world.run()
+    seconds = time.perf_counter() - t0
+    scores = [float(world.scores()[aid]) for aid, a in world.agents.items() if isinstance(getattr(a, "_obj", None), subject)]
+    return seconds, float(np.mean(scores))
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    from hrlxf_agent.bundle import write_untrained_bundle
+
+    classes = resolve_all(["PenguinAgent", "LitaAgentHRL", *config.opponents])
+    opponents = [classes[o] for o in config.opponents]
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = str(write_untrained_bundle(Path(tmp) / "untrained", mode="residual"))
+        variants = {
+            "PenguinAgent": (classes["PenguinAgent"], {}),
+            "LitaAgentHRL(rules)": (classes["LitaAgentHRL"], {}),
+            "LitaAgentHRL(untrained bundle)": (classes["LitaAgentHRL"], {"bundle": bundle}),
+        }
+        out: dict[str, Any] = {name: {"seconds": [], "scores": [], "batch_seconds": []} for name in variants}
+        for w in range(config.worlds):
+            seed = config.seed * 1000 + w
+            for name, (cls, params) in variants.items():
+                sink: list[float] = []
+                seconds, score = _play(seed, config.steps, _timed(cls, sink), params, opponents)
+                out[name]["seconds"].append(seconds)
+                out[name]["scores"].append(score)
+                out[name]["batch_seconds"].extend(sink)
+    base = sum(out["PenguinAgent"]["seconds"])
+    summary = {}
+    for name, v in out.items():
+        batches = np.asarray(v["batch_seconds"]) * 1000
+        summary[name] = {
+            "world_seconds_total": round(sum(v["seconds"]), 2),
+            "ratio_to_penguin": round(sum(v["seconds"]) / base, 3),
+            "batch_ms_median": round(float(np.median(batches)), 3) if len(batches) else None,
+            "batch_ms_p99": round(float(np.percentile(batches, 99)), 3) if len(batches) else None,
+            "batches": int(len(batches)),
+            "score_mean": round(float(np.mean(v["scores"])), 4),
+        }
+    return {"config": {**asdict(config), "opponents": list(config.opponents)}, "variants": summary}
+
+
+def render(doc: dict[str, Any]) -> str:
+    c = doc["config"]
+    lines = [
+        f"bench agent: {c['worlds']} worlds x {c['steps']} steps (same configurations for every variant)",
+        "",
+        "| variant | world s (total) | ratio to PenguinAgent | batch ms median | batch ms p99 | batches | score |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in doc["variants"].items():
+        lines.append(
+            f"| {name} | {v['world_seconds_total']} | {v['ratio_to_penguin']} | {v['batch_ms_median']} | {v['batch_ms_p99']} "
+            f"| {v['batches']} | {v['score_mean']} |"
+        )
+    return "\n".join(lines)

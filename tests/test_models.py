@@ -1,0 +1,79 @@
+"""The three networks: shapes, masking, and what an untrained model does."""
+
+import torch
+
+from hrlxf_models import Coordinator, CoordinatorConfig, Executor, ExecutorConfig, Planner, PlannerConfig
+
+
+def test_planner_goal_shape_and_masked_sides():
+    torch.manual_seed(0)
+    p = Planner(PlannerConfig())
+    roles = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    goal, value = p(torch.randn(3, 12), torch.randn(3, 41, 10), roles)
+    assert goal.shape == (3, 16) and value.shape == (3, 1)
+    g = goal.view(3, 4, 4)
+    assert torch.all(g[1, :, :2] == 0) and torch.all(g[2, :, 2:] == 0)  # the side it cannot negotiate
+    assert torch.all(g[0, :, [0, 2]] >= 0)  # quantities are non-negative
+    assert torch.all((g[0, :, [1, 3]] > 0.49) & (g[0, :, [1, 3]] < 1.51))  # prices near the catalog
+
+
+def _executor_inputs(B=3, H=40):
+    mask = torch.zeros(B, H + 1)
+    mask[:, 5:] = -float("inf")
+    mask[1, :] = -float("inf")
+    mask[1, 3] = 0.0
+    keep = torch.ones(B, 8, dtype=torch.bool)
+    keep[:, :5] = False  # left padding
+    return (torch.randn(B, 12), torch.randn(B, 16), torch.eye(2)[[0, 1, 0]], torch.randn(B, 12),
+            torch.rand(B, 1), torch.randn(B, 8, 12), keep, mask)
+
+
+def test_executor_masks_delivery_days_and_untrained_heads_return_the_baseline():
+    torch.manual_seed(0)
+    ex = Executor(ExecutorConfig())
+    with torch.no_grad():
+        ex.delta_head.weight.normal_()  # a trained-looking delta head
+    out = ex(*_executor_inputs())
+    assert out["op"].shape == (3, 3) and out["delta"].shape == (3, 41)
+    assert torch.all(out["delta"].argmax(dim=1)[[0, 2]] < 5) and out["delta"][1].argmax() == 3
+    fresh = Executor(ExecutorConfig())
+    q, p = fresh.quantity_price(fresh(*_executor_inputs()), torch.tensor([0.3] * 3), torch.tensor([0.95] * 3))
+    assert torch.allclose(q, torch.tensor([0.3] * 3)) and torch.allclose(p, torch.tensor([0.95] * 3))
+
+
+def test_executor_padding_is_ignored():
+    torch.manual_seed(1)
+    ex = Executor(ExecutorConfig())
+    with torch.no_grad():
+        ex.op_head.weight.normal_()
+    args = list(_executor_inputs())
+    a = ex(*args)["op"]
+    args[5] = args[5].clone()
+    args[5][:, :5] = 99.0  # change only padded rounds
+    assert torch.allclose(a, ex(*args)["op"], atol=1e-5)
+
+
+def test_direct_mode_and_bad_mode():
+    ex = Executor(ExecutorConfig(mode="direct"))
+    q, p = ex.quantity_price(ex(*_executor_inputs()), torch.zeros(3), torch.zeros(3))
+    assert torch.all(q > 0) and torch.allclose(p, torch.ones(3))
+    try:
+        Executor(ExecutorConfig(mode="sideways"))
+    except ValueError as e:
+        assert "mode" in str(e)
+    else:
+        raise AssertionError("a bad mode was accepted")
+
+
+def test_coordinator_alpha_range_and_padding():
+    torch.manual_seed(0)
+    c = Coordinator(CoordinatorConfig())
+    threads = torch.randn(2, 5, 10)
+    keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    a = c(threads, keep, torch.randn(2, 24))
+    assert a.shape == (2, 5) and torch.all(a.abs() < 1)
+    threads2 = threads.clone()
+    threads2[0, 3:] = 50.0
+    a1 = c(threads, keep, torch.zeros(2, 24))
+    a2 = c(threads2, keep, torch.zeros(2, 24))  # only padded threads changed
+    assert torch.allclose(a1[0, :3], a2[0, :3], atol=1e-5)
