@@ -24,6 +24,8 @@ from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot
 #: L2 label urgency weights per bucket (seed 004), reused as the coordinator's urgency
 BUCKET_URGENCY = (0.637, 0.212, 0.106, 0.045)
 BROADCAST_DIM = 12
+FREE_INPUT_DISCOUNT = 0.9  # sell price / market when the stock already feeds the lines
+SELL_FILL_PREMIUM = 1.05  # buy price / market while the stock is being filled
 
 
 @dataclass
@@ -107,16 +109,23 @@ def day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
 
 
 def heuristic_goal(snap: Snapshot) -> Goal:
-    """L2 by rules: bucketed needs, market prices."""
+    """L2 by rules: bucketed needs; prices around the market.
+
+    A factory whose stock already feeds its lines (0.8.4: stock is never
+    consumed) makes each extra unit for the production cost alone, so it sells
+    a little under the market rather than keep idle lines; one still filling
+    its stock pays a little over the market to get there sooner.
+    """
     buy, sell = day_needs(snap)
     idx = bucket_index(snap.horizon)
     q_buy = np.bincount(idx, weights=buy, minlength=N_BUCKETS)[:N_BUCKETS]
     q_sell = np.bincount(idx, weights=sell, minlength=N_BUCKETS)[:N_BUCKETS]
+    stock_full = snap.inventory_input >= snap.n_lines
     return Goal(
         q_buy=q_buy * snap.can_buy,
-        p_buy=np.full(N_BUCKETS, snap.trading_price_in),
+        p_buy=np.full(N_BUCKETS, snap.trading_price_in * (1.0 if stock_full else SELL_FILL_PREMIUM)),
         q_sell=q_sell * snap.can_sell,
-        p_sell=np.full(N_BUCKETS, snap.trading_price_out),
+        p_sell=np.full(N_BUCKETS, snap.trading_price_out * (FREE_INPUT_DISCOUNT if stock_full else 1.0)),
     )
 
 
@@ -187,10 +196,13 @@ def limit_price(goal_price: float, is_buy: bool, rel_time: float) -> float:
 
 
 def opening_price(issues: IssueRanges, goal_price: float, is_buy: bool, rel_time: float) -> float:
-    """From the best end of the price range toward the goal price as the negotiation runs."""
+    """From the best end of the price range toward the goal price as the negotiation runs
+    (starting halfway when the goal is already at the far end of the range)."""
     best = issues.p_min if is_buy else issues.p_max
     target = limit_price(goal_price, is_buy, 1.0)
-    return best + (target - best) * min(1.0, rel_time) ** 0.8
+    if (target >= issues.p_max) if is_buy else (target <= issues.p_min):
+        best = (issues.p_min + issues.p_max) / 2
+    return best + (target - best) * min(1.0, rel_time) ** 0.5
 
 
 def heuristic_action(

@@ -51,6 +51,7 @@ class HRLPolicy(StdSyncAgent):
         self.batch_alpha: dict[str, float] = {}
         self.history: dict[str, list[tuple]] = defaultdict(list)
         self._rel_time: dict[str, float] = {}
+        self._batch_snapshot: Snapshot | None = None
         self.fallbacks: dict[str, int] = defaultdict(int)
 
     # ------------------------------------------------------------ lifecycle
@@ -92,6 +93,13 @@ class HRLPolicy(StdSyncAgent):
             out = r.outcome if r.response == ResponseType.REJECT_OFFER else None
             self.history[p].append((offers.get(p), out, op, self._rel_time.get(p, 0.0)))
 
+    def snapshot_for_shield(self) -> Snapshot | None:
+        """The snapshot this batch was decided on, if nothing changed since (saves building it twice)."""
+        snap = self._batch_snapshot
+        if snap is not None and snap.version == self.version and snap.step == self.awi.current_step:
+            return snap
+        return None
+
     def _snapshot(self, offers: dict) -> Snapshot:
         return snapshot_from_awi(self.awi, horizon=self.horizon, version=self.version,
                                  initial_balance=self.initial_balance, offers=offers)
@@ -105,6 +113,7 @@ class HRLPolicy(StdSyncAgent):
         return sorted(out)
 
     def _decide(self, offers: dict, states: dict) -> dict[str, SAOResponse]:
+        self._batch_snapshot = None
         partners = self._running()
         try:
             return self._layers(offers, states, partners)
@@ -114,6 +123,7 @@ class HRLPolicy(StdSyncAgent):
 
     def _layers(self, offers: dict, states: dict, partners: list[str]) -> dict[str, SAOResponse]:
         snap = self._snapshot(offers)
+        self._batch_snapshot = snap
         bounds = self.shield.bounds(snap)
         suppliers = set(self.awi.my_suppliers)
         is_buy = {p: p in suppliers for p in partners}
@@ -169,7 +179,7 @@ class HRLPolicy(StdSyncAgent):
             feats = self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
             glob = np.concatenate([self.builder.static(snap), c]).astype(np.float32)
             with torch.inference_mode():
-                a = self.models.coordinator(
+                a = self.models.coordinator_fn(
                     torch.from_numpy(feats)[None], torch.ones(1, len(partners), dtype=torch.bool), torch.from_numpy(glob)[None]
                 )[0].numpy()
             if not np.all(np.isfinite(a)):
@@ -214,7 +224,7 @@ class HRLPolicy(StdSyncAgent):
         static = np.repeat(self.builder.static(snap)[None], B, axis=0)
         goal_vec = np.repeat(goal.vector(snap)[None], B, axis=0)
         with torch.inference_mode():
-            out = ex(
+            out = self.models.executor_fn(
                 torch.from_numpy(static), torch.from_numpy(goal_vec), torch.from_numpy(roles),
                 torch.from_numpy(np.repeat(c[None], B, axis=0)), torch.tensor([[alpha[p]] for p in partners]),
                 torch.from_numpy(rounds), torch.from_numpy(keep), torch.from_numpy(masks),

@@ -87,16 +87,22 @@ class _Room:
         """
         b = self.bounds
         lo, hi = 0, int(math.floor(max(0.0, b.q_safe_buy[k] - self.bought[k]) + 1e-9))
+        if hi > 0 and self._of_use(k, hi):
+            return hi
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            inputs, bought = self.inputs.copy(), self.bought.copy()
-            inputs[k] += mid
-            bought[k] += mid
-            if physics.purchases_of_use(b.stock, inputs, bought, b.n_lines, b.days_left):
+            if self._of_use(k, mid):
                 lo = mid
             else:
                 hi = mid - 1
         return lo
+
+    def _of_use(self, k: int, q: int) -> bool:
+        b = self.bounds
+        inputs, bought = self.inputs.copy(), self.bought.copy()
+        inputs[k] += q
+        bought[k] += q
+        return physics.purchases_of_use(b.stock, inputs, bought, b.n_lines, b.days_left)
 
     def quantity_cap(self, is_buy: bool, t: int, price: float) -> int:
         k = t - self.step
@@ -125,9 +131,18 @@ class SafetyShield:
 
     def __init__(self, config: ShieldConfig | None = None):
         self.config = config or ShieldConfig()
+        self._memo: tuple[Snapshot, Bounds] | None = None
 
     # ------------------------------------------------------------------ bounds
     def bounds(self, snap: Snapshot) -> Bounds:
+        """The bounds of a snapshot (the last one is remembered: agent and hook ask for the same)."""
+        if self._memo is not None and self._memo[0] is snap:
+            return self._memo[1]
+        b = self._bounds(snap)
+        self._memo = (snap, b)
+        return b
+
+    def _bounds(self, snap: Snapshot) -> Bounds:
         n = snap.n_lines
         supply = np.asarray(snap.supply_qty, dtype=float)
         sales = np.asarray(snap.sale_qty, dtype=float)

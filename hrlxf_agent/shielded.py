@@ -52,7 +52,10 @@ class ShieldHook(DecisionHook):
 
     def _clip(self, agent: Any, offers: Offers, responses: Responses) -> Responses:
         awi = agent.awi
-        snap = snapshot_from_awi(awi, horizon=int(awi.horizon))
+        shared = getattr(agent, "snapshot_for_shield", None)
+        snap = shared() if shared is not None else None
+        if snap is None:
+            snap = snapshot_from_awi(awi, horizon=int(awi.horizon))
         suppliers, consumers = set(awi.my_suppliers), set(awi.my_consumers)
         threads = {
             p: Thread(p, p in suppliers, tuple(offers[p]) if offers.get(p) is not None else None)
@@ -61,7 +64,8 @@ class ShieldHook(DecisionHook):
         }
         reserved = [(p in suppliers, o) for p, o in self.outstanding.items() if p not in offers]
         alpha = getattr(agent, "batch_alpha", None)
-        clipped = self.shield.clip_batch(snap, threads, responses, alpha=alpha, reserved=reserved)
+        shield = getattr(agent, "shield", None) or self.shield  # the agent's own: its bounds are already computed
+        clipped = shield.clip_batch(snap, threads, responses, alpha=alpha, reserved=reserved)
         self.changed += sum(1 for p, r in clipped.items() if responses.get(p) != r)
         return clipped
 

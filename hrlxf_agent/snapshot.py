@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 #: Default planning horizon H: commitment arrays cover days t .. t+H.
 DEFAULT_HORIZON = 40
 
@@ -113,8 +115,7 @@ class Snapshot:
             if f.name in ("buy_issues", "sell_issues", "buy_partners", "sell_partners", "partner_offers", "extra"):
                 continue
             if isinstance(value, tuple):
-                for i, v in enumerate(value):
-                    _check_number(f"{f.name}[{i}]", v, allow_negative=False)
+                _check_days(f.name, value)
             elif not isinstance(value, bool):
                 _check_number(f.name, value, allow_negative=(f.name == "balance"))
         if self.n_steps < 1:
@@ -182,6 +183,20 @@ def _integral(x: Any) -> bool:
         return float(x) == int(x)
     except (TypeError, ValueError, OverflowError):
         return False
+
+
+def _check_days(name: str, values: tuple) -> None:
+    """A per-day tuple: finite and >= 0 (vectorised; the message names the first bad day)."""
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        bad = next(i for i, v in enumerate(values) if not isinstance(v, (int, float)))
+        raise ValueError(f"{name}[{bad}] must be a number, got {values[bad]!r}") from None
+    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+    if len(bad):
+        i = int(bad[0])
+        reason = "finite" if not np.isfinite(arr[i]) else ">= 0"
+        raise ValueError(f"{name}[{i}] must be {reason}, got {values[i]}")
 
 
 def _check_number(name: str, value: Any, allow_negative: bool = False) -> None:

@@ -15,13 +15,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """x (B,T,D); keep (B,T) True for real tokens (padding is never attended to)."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v))
-        mask = None if keep is None else keep[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=keep[:, None, None, :])
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -33,6 +31,6 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), keep)
         return x + self.mlp(self.ln2(x))

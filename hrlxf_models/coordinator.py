@@ -37,7 +37,7 @@ class Coordinator(nn.Module):
         """threads (B,N,F), keep (B,N) bool, global (B,G) -> alpha (B,N) in (-1, 1)."""
         B = threads.shape[0]
         x = torch.cat([self.globl(global_features)[:, None], self.thread(threads)], dim=1)
-        mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), keep.bool()], dim=1)
+        mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), keep.to(torch.bool)], dim=1)
         for block in self.blocks:
             x = block(x, mask)
         return torch.tanh(self.head(self.ln(x[:, 1:]))).squeeze(-1)

@@ -79,7 +79,7 @@ class Executor(nn.Module):
         hist = self.round(rounds) + self.position(torch.arange(N, device=rounds.device))[None]
         x = torch.cat([prefix, hist, self.decision.expand(B, 1, -1)], dim=1)
         keep = torch.cat(
-            [torch.ones(B, prefix.shape[1], dtype=torch.bool), rounds_keep.bool(), torch.ones(B, 1, dtype=torch.bool)], dim=1
+            [torch.ones(B, prefix.shape[1], dtype=torch.bool), rounds_keep.to(torch.bool), torch.ones(B, 1, dtype=torch.bool)], dim=1
         )
         for block in self.blocks:
             x = block(x, keep)
