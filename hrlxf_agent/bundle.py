@@ -65,7 +65,7 @@ class Bundle:
 def _compiled(module: torch.nn.Module) -> Any:
     """TorchScript cuts the Python overhead of these small networks by 20-40% per call."""
     try:
-        return torch.jit.script(module)
+        return torch.jit.script(module.eval())
     except Exception:
         return module
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from negmas.sao import ResponseType, SAOResponse
@@ -57,11 +58,13 @@ class Goal:
         )
 
 
+@lru_cache(maxsize=8)
 def bucket_index(horizon: int) -> np.ndarray:
-    """bucket of every day offset 0..H."""
+    """bucket of every day offset 0..H (shared, read-only)."""
     out = np.zeros(horizon + 1, dtype=int)
     for b, (lo, hi) in enumerate(bucket_edges(horizon)):
         out[lo : min(hi, horizon) + 1] = b
+    out.setflags(write=False)
     return out
 
 

@@ -87,11 +87,18 @@ class HRLPolicy(StdSyncAgent):
         return self._decide(offers, states)
 
     def on_clipped(self, kind: str, offers: dict, responses: dict[str, SAOResponse]) -> None:
-        """Called by the shield hook with what was finally sent: the threads' history."""
+        """Called by the shield hook with what was finally sent: each thread's history, as L3 reads it."""
+        snap = self._batch_snapshot
+        if snap is None:
+            return
+        suppliers = set(self.awi.my_suppliers)
         for p, r in responses.items():
             op = {ResponseType.ACCEPT_OFFER: "accept", ResponseType.REJECT_OFFER: "reject"}.get(r.response, "end")
             out = r.outcome if r.response == ResponseType.REJECT_OFFER else None
-            self.history[p].append((offers.get(p), out, op, self._rel_time.get(p, 0.0)))
+            offer = offers.get(p)
+            self.history[p].append(round_features(
+                snap, p in suppliers, tuple(offer) if offer is not None else None, out, op, self._rel_time.get(p, 0.0), snap.horizon
+            ))
 
     def snapshot_for_shield(self) -> Snapshot | None:
         """The snapshot this batch was decided on, if nothing changed since (saves building it twice)."""
@@ -213,12 +220,9 @@ class HRLPolicy(StdSyncAgent):
         masks = np.zeros((B, H + 1), dtype=np.float32)
         roles = np.zeros((B, 2), dtype=np.float32)
         for i, p in enumerate(partners):
-            past = [(o_in, o_out, op, t) for o_in, o_out, op, t in self.history.get(p, [])]
-            past.append((offer_of[p], None, None, rel[p]))
-            past = past[-N:]
-            for j, (o_in, o_out, op, t) in enumerate(past):
-                rounds[i, N - len(past) + j] = round_features(snap, is_buy[p], o_in, o_out, op, t, H)
-                keep[i, N - len(past) + j] = True
+            past = self.history.get(p, [])[-(N - 1):] + [round_features(snap, is_buy[p], offer_of[p], None, None, rel[p], H)]
+            rounds[i, N - len(past):] = np.stack(past)
+            keep[i, N - len(past):] = True
             masks[i] = bounds.time_mask_buy if is_buy[p] else bounds.time_mask_sell
             roles[i] = self.builder.role_one_hot(is_buy[p])
         static = np.repeat(self.builder.static(snap)[None], B, axis=0)
@@ -232,7 +236,8 @@ class HRLPolicy(StdSyncAgent):
         op_logits, delta_logits = out["op"].numpy(), out["delta"].numpy()
         if not (np.all(np.isfinite(op_logits)) and np.all(np.isfinite(out["q"].numpy())) and np.all(np.isfinite(out["p"].numpy()))):
             raise FloatingPointError("executor returned non-finite values")
-        responses = {}
+        responses: dict[str, SAOResponse] = {}
+        wanted: list[tuple[int, str, int]] = []  # (row, partner, delta) of the counter-offers to price
         for i, p in enumerate(partners):
             rule, rule_k = rules[p]
             prior_op = np.zeros(3)
@@ -246,23 +251,36 @@ class HRLPolicy(StdSyncAgent):
                 continue
             prior_delta = np.zeros(H + 1)
             prior_delta[min(max(rule_k, 0), H)] = PRIOR
-            k = int(np.argmax(delta_logits[i] + prior_delta))
-            responses[p] = SAOResponse(ResponseType.REJECT_OFFER, self._offer(snap, bounds, goal, is_buy[p], k, out, i))
+            wanted.append((i, p, int(np.argmax(delta_logits[i] + prior_delta))))
+        if wanted:
+            responses.update(self._offers(snap, bounds, goal, is_buy, wanted, out))
         return responses
 
-    def _offer(self, snap: Snapshot, bounds: Bounds, goal: Goal, is_buy: bool, k: int, out: dict, i: int) -> tuple:
-        catalog = snap.catalog_price_in if is_buy else snap.catalog_price_out
-        base = self.shield.baseline(snap, bounds, is_buy, k)
-        b = bucket_index(snap.horizon)[k]
-        if base is None:
-            base_q, base_p = 1.0 / snap.n_lines, (goal.p_buy if is_buy else goal.p_sell)[b] / catalog
-        else:
-            base_q, base_p = base[0] / snap.n_lines, base[2] / catalog
-        q, p = self.models.executor.quantity_price(
-            {"q": out["q"][i : i + 1], "p": out["p"][i : i + 1]}, torch.tensor([base_q]), torch.tensor([base_p])
+    def _offers(self, snap: Snapshot, bounds: Bounds, goal: Goal, is_buy: dict, wanted: list, out: dict) -> dict[str, SAOResponse]:
+        """(q, p) of every counter-offer at once: around L1's baseline (residual) or absolute (direct)."""
+        idx = bucket_index(snap.horizon)
+        rows, base_q, base_p, catalogs = [], [], [], []
+        for i, p, k in wanted:
+            buy = is_buy[p]
+            catalog = snap.catalog_price_in if buy else snap.catalog_price_out
+            base = self.shield.baseline(snap, bounds, buy, k)
+            if base is None:
+                base_q.append(1.0 / snap.n_lines)
+                base_p.append((goal.p_buy if buy else goal.p_sell)[idx[k]] / catalog)
+            else:
+                base_q.append(base[0] / snap.n_lines)
+                base_p.append(base[2] / catalog)
+            rows.append(i)
+            catalogs.append(catalog)
+        sel = torch.tensor(rows)
+        q, price = self.models.executor.quantity_price(
+            {"q": out["q"][sel], "p": out["p"][sel]}, torch.tensor(base_q), torch.tensor(base_p)
         )
-        quantity = max(1, int(round(float(q[0]) * snap.n_lines)))
-        return (quantity, snap.step + k, float(p[0]) * catalog)
+        result = {}
+        for j, (i, p, k) in enumerate(wanted):
+            quantity = max(1, int(round(float(q[j]) * snap.n_lines)))
+            result[p] = SAOResponse(ResponseType.REJECT_OFFER, (quantity, snap.step + k, float(price[j]) * catalogs[j]))
+        return result
 
     def _fallback(self, layer: str, error: Exception) -> None:
         if not self.fallbacks[layer]:

@@ -76,3 +76,11 @@ def test_untrained_bundle_has_zero_l3_heads(bundle):
     assert torch.count_nonzero(b.executor.q_head.weight) == 0
     assert isinstance(b.coordinator, Coordinator) and isinstance(b.executor, Executor)
     assert CoordinatorConfig() == b.coordinator.config and ExecutorConfig(mode="direct") == b.executor.config
+
+
+def test_manifest_matches_its_schema(bundle):
+    import jsonschema
+
+    import schemas
+
+    jsonschema.validate(json.loads((bundle / "manifest.json").read_text()), schemas.load("bundle_manifest"))
