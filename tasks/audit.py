@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hrlxf_agent.registry import WINNERS_2025, resolve_all
+from tasks.report import md_table
 
 AUDIT_SCHEMA_VERSION = 1
 
@@ -81,25 +82,30 @@ def world_config(seed: int, opponent_types: list[type], steps: int) -> tuple[dic
     raise RuntimeError(f"no audited slot in 100 configurations from seed {seed}")
 
 
+def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types: list[type], steps: int) -> Any:
+    """The world of configuration ``seed`` with ``subject`` in the audited slots, seeded to play the same way."""
+    from scml.std import SCML2024StdWorld
+
+    config, slots = world_config(seed, opponent_types, steps)
+    for i in slots:
+        config["agent_params"][i]["controller_type"] = subject
+        if params:
+            config["agent_params"][i]["controller_params"] = dict(params)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    return SCML2024StdWorld(**config, construct_graphs=False)
+
+
 def run_world(job: WorldJob) -> dict[str, Any]:
     """Play one audited world; never raises (a crash is returned as the row's error)."""
     start = time.perf_counter()
     row: dict[str, Any] = {"world": job.world, "seed": job.seed, "agent": job.agent, "error": None}
     try:
-        from scml.std import SCML2024StdWorld
-
         from hrlxf_agent.audit import AuditCounts, audited
 
         classes = resolve_all([job.agent, *job.opponents])
         subject = audited(classes[job.agent])
-        config, slots = world_config(job.seed, [classes[o] for o in job.opponents], job.steps)
-        for i in slots:
-            config["agent_params"][i]["controller_type"] = subject
-            if job.params:
-                config["agent_params"][i]["controller_params"] = dict(job.params)
-        random.seed(job.seed)
-        np.random.seed(job.seed % (2**32))
-        world = SCML2024StdWorld(**config, construct_graphs=False)
+        world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps)
         world.run()
         scores = world.scores()
         counts = AuditCounts()
@@ -222,21 +228,18 @@ def paired_differences(agents: tuple[str, ...], rows: list[dict]) -> dict[str, A
 
 def markdown_table(doc: dict[str, Any]) -> str:
     cfg = doc["config"]
-    lines = [
-        f"Audit: {cfg['worlds']} worlds x {cfg['steps']} steps, seed {cfg['seed']}, against {', '.join(cfg['opponents'])}",
-        "",
-        "| agent | worlds | decisions | unsafe_buy | unsafe_sell | unsafe_any | unsafe_rate | illegal | score mean | score std |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, a in doc["agents"].items():
-        lines.append(
-            f"| {name} | {a['worlds']} | {a['decisions']} | {a['unsafe_buy']} | {a['unsafe_sell']} | {a['unsafe_any']} "
-            f"| {100 * a['unsafe_rate']:.2f}% | {a['illegal']} | {a['score_mean']:.4f} | {a['score_std']:.4f} |"
-        )
+    lines = [f"Audit: {cfg['worlds']} worlds x {cfg['steps']} steps, seed {cfg['seed']}, against {', '.join(cfg['opponents'])}", ""]
+    lines += md_table(
+        ["agent", "worlds", "decisions", "unsafe_buy", "unsafe_sell", "unsafe_any", "unsafe_rate", "illegal", "score mean", "score std"],
+        [[name, a["worlds"], a["decisions"], a["unsafe_buy"], a["unsafe_sell"], a["unsafe_any"], f"{100 * a['unsafe_rate']:.2f}%",
+          a["illegal"], f"{a['score_mean']:.4f}", f"{a['score_std']:.4f}"] for name, a in doc["agents"].items()],
+    )
     if doc.get("paired"):
-        lines += ["", "| paired, same worlds | minus | mean diff | std err | wins | losses |", "|---|---|---:|---:|---:|---:|"]
-        for name, p in doc["paired"].items():
-            lines.append(f"| {name} | {p['baseline']} | {p['mean_diff']:+.4f} | {p['stderr']:.4f} | {p['wins']} | {p['losses']} |")
+        lines += [""] + md_table(
+            ["paired, same worlds", "minus", "mean diff", "std err", "wins", "losses"],
+            [[name, p["baseline"], f"{p['mean_diff']:+.4f}", f"{p['stderr']:.4f}", p["wins"], p["losses"]] for name, p in doc["paired"].items()],
+            left=2,
+        )
     if doc["failed"]:
         lines += ["", "Failed worlds:", ""] + [f"- world {f['world']} ({f['agent']}): {f['error']}" for f in doc["failed"]]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,6 @@ included).
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from hrlxf_agent.registry import WINNERS_2025, resolve_all
+from tasks.report import md_table
 
 
 @dataclass(frozen=True)
@@ -51,18 +51,9 @@ def _timed(cls: type, sink: list[float]) -> type:
 
 
 def _play(config_seed: int, steps: int, subject: type, params: dict, opponents: list[type]) -> tuple[float, float]:
-    from scml.std import SCML2024StdWorld
+    from tasks.audit import build_world
 
-    from tasks.audit import world_config
-
-    config, slots = world_config(config_seed, opponents, steps)
-    for i in slots:
-        config["agent_params"][i]["controller_type"] = subject
-        if params:
-            config["agent_params"][i]["controller_params"] = dict(params)
-    random.seed(config_seed)
-    np.random.seed(config_seed % (2**32))
-    world = SCML2024StdWorld(**config, construct_graphs=False)
+    world = build_world(config_seed, subject, params, opponents, steps)
     t0 = time.perf_counter()
     world.run()
     seconds = time.perf_counter() - t0
@@ -108,15 +99,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
 def render(doc: dict[str, Any]) -> str:
     c = doc["config"]
-    lines = [
-        f"bench agent: {c['worlds']} worlds x {c['steps']} steps (same configurations for every variant)",
-        "",
-        "| variant | world s (total) | ratio to PenguinAgent | batch ms median | batch ms p99 | batches | score |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, v in doc["variants"].items():
-        lines.append(
-            f"| {name} | {v['world_seconds_total']} | {v['ratio_to_penguin']} | {v['batch_ms_median']} | {v['batch_ms_p99']} "
-            f"| {v['batches']} | {v['score_mean']} |"
-        )
+    lines = [f"bench agent: {c['worlds']} worlds x {c['steps']} steps (same configurations for every variant)", ""]
+    lines += md_table(
+        ["variant", "world s (total)", "ratio to PenguinAgent", "batch ms median", "batch ms p99", "batches", "score"],
+        [[name, v["world_seconds_total"], v["ratio_to_penguin"], v["batch_ms_median"], v["batch_ms_p99"], v["batches"], v["score_mean"]]
+         for name, v in doc["variants"].items()],
+    )
     return "\n".join(lines)
