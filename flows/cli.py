@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     untrained.add_argument("--latest", action="store_true", help="also point DATA/bundles/LATEST at it")
     untrained.set_defaults(func=_bundle_untrained)
 
+    collect = sub.add_parser("collect", help="forensics tournaments: expert worlds with every agent tracked")
+    collect.add_argument("--profile", choices=("smoke", "default"), default="smoke")
+    collect.add_argument("--run-id", default=None, help="name of the run under DATA/raw (default: the profile name)")
+    collect.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
+    collect.add_argument("--workers", type=int, default=None, help="parallel world processes (default: the profile's)")
+    collect.set_defaults(func=_collect)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     agent = bsub.add_parser("agent", help="world wall time with LitaAgentHRL vs PenguinAgent in the same slots")
@@ -88,6 +95,36 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--out", default=None, help="where to write bench_agent.json (default: DATA/reports/bench)")
     agent.set_defaults(func=_bench_agent)
     return parser
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from hrlxf_agent.registry import UnknownAgentError
+    from tasks.collect import DONE, PROFILES, jobs_for, render, run_collect
+
+    profile = PROFILES[args.profile]
+    if args.workers:
+        profile = replace(profile, workers=args.workers)
+    raw = Path(args.raw) if args.raw else data_root() / "raw"
+    run_id = args.run_id or args.profile
+    try:
+        profile.validate()
+    except (UnknownAgentError, ValueError) as e:
+        print(f"hrlxf collect: {e}", file=sys.stderr)
+        return 2
+    todo = sum(1 for j in jobs_for(profile, raw, run_id) if not (Path(j.out_dir) / DONE).exists())
+    with tqdm(total=todo, desc=f"collect {run_id}", unit="world") as bar:
+
+        def progress(row: dict) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{row['world_id']} " + ("FAILED" if row["error"] else f"{row['events']} events"))
+
+        summary = run_collect(profile, raw, run_id, progress)
+    print(render(summary))
+    return 0 if summary["worlds_failed"] == 0 else 1
 
 
 def _bundle_untrained(args: argparse.Namespace) -> int:

@@ -34,6 +34,12 @@ class DecisionHook:
     def on_day(self, agent: Any) -> None:
         """A new day starts (after the agent's own before_step)."""
 
+    def on_deal(self, agent: Any, partner: str, agreement: Any) -> None:
+        """A negotiation with ``partner`` ended in ``agreement``."""
+
+    def on_failure(self, agent: Any, partner: str) -> None:
+        """A negotiation with ``partner`` ended without agreement."""
+
 
 def _partner_of(agent: Any, partners: Any) -> str | None:
     others = [p for p in partners if p != agent.id]
@@ -82,12 +88,15 @@ def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: st
         partner = _partner_of(self, contract.partners)
         if partner is not None:
             hook(self).on_answered(self, partner)
+            a = contract.agreement
+            hook(self).on_deal(self, partner, (a["quantity"], a["time"], a["unit_price"]))
         return cls.on_negotiation_success(self, contract, mechanism)
 
     def on_negotiation_failure(self, partners, annotation, mechanism, state):
         partner = _partner_of(self, partners)
         if partner is not None:
             hook(self).on_answered(self, partner)
+            hook(self).on_failure(self, partner)
         return cls.on_negotiation_failure(self, partners, annotation, mechanism, state)
 
     def propose(self, negotiator_id, state, *args, **kwargs):
@@ -159,6 +168,5 @@ def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: st
 
     name = cls.__name__ + suffix
     wrapped = type(name, (cls,), body)
-    # reachable as hrlxf_agent.intercept.<name> in this process, so scml can name it
-    globals().setdefault(name, wrapped)
-    return globals()[name]
+    globals()[name] = wrapped  # reachable as hrlxf_agent.intercept.<name> in this process, so scml can name it
+    return wrapped

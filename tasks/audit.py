@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hrlxf_agent.registry import WINNERS_2025, resolve_all
+from tasks import parallel
 from tasks.report import md_table
 
 AUDIT_SCHEMA_VERSION = 1
@@ -132,47 +133,13 @@ def jobs_for(config: AuditConfig) -> list[WorldJob]:
 
 
 def run_jobs(jobs: list[WorldJob], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run the jobs on ``workers`` processes; a job whose process dies fails alone.
+    """Every audited world on ``workers`` processes, sorted by world and agent."""
+    def died(job: WorldJob) -> dict:
+        return {"world": job.world, "seed": job.seed, "agent": job.agent, "seconds": None,
+                "error": "the worker process died while playing this world (also when run alone)"}
 
-    When a worker dies, loky fails every job in flight with it, so those are
-    run again one by one, each in a fresh process: the culprit fails again and
-    is recorded with its error, the others complete.
-    """
-    rows: list[dict] = []
-
-    def done(row: dict) -> None:
-        rows.append(row)
-        if progress:
-            progress(row)
-
-    if workers <= 1:
-        for job in jobs:
-            done(run_world(job))
-        return rows
-    suspects = _run_pool(jobs, workers, done)
-    for job in suspects:
-        if _run_pool([job], 1, done):  # it died again, alone: it is the culprit
-            done({"world": job.world, "seed": job.seed, "agent": job.agent, "seconds": None,
-                  "error": "the worker process died while playing this world (also when run alone)"})
+    rows = parallel.run_jobs(run_world, jobs, workers, died, progress)
     return sorted(rows, key=lambda r: (r["world"], r["agent"]))
-
-
-def _run_pool(jobs: list[WorldJob], workers: int, done: Callable[[dict], None]) -> list[WorldJob]:
-    """Run ``jobs`` on a fresh pool; return the jobs lost to a dying worker."""
-    from concurrent.futures import as_completed
-
-    from loky import ProcessPoolExecutor
-
-    lost: list[WorldJob] = []
-    # agents iterate over sets of partner ids: a fixed hash seed makes worlds repeatable
-    with ProcessPoolExecutor(max_workers=workers, env={"PYTHONHASHSEED": "0"}) as executor:
-        futures = {executor.submit(run_world, job): job for job in jobs}
-        for fut in as_completed(futures):
-            try:
-                done(fut.result())
-            except Exception:  # TerminatedWorkerError / BrokenProcessPool: some worker died
-                lost.append(futures[fut])
-    return lost
 
 
 def summarize(config: AuditConfig, rows: list[dict]) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""The collect stage: complete worlds on disk, resume without redoing or losing a world (also after kill -9)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks.collect import DONE, FAILED, CollectProfile, run_collect
+
+SMALL = CollectProfile(worlds=3, steps=10, experts=("PenguinAgent", "AS0"), agents_per_world=(4, 6), workers=2)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _done_times(run: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in run.glob(f"*/{DONE}")}
+
+
+def test_worlds_are_complete_and_a_rerun_redoes_only_partial_ones(tmp_path):
+    summary = run_collect(SMALL, tmp_path, "r1")
+    assert summary["worlds_done"] == 3 and summary["worlds_failed"] == 0 and summary["events"] > 0
+    run = tmp_path / "r1"
+    for w in run.glob("w*"):
+        meta = json.loads((w / "world.json").read_text())
+        assert set(meta["agents"]) == {p.stem for p in (w / "events").glob("*.jsonl")}
+        assert (w / "contracts.jsonl").exists() and (w / DONE).exists()
+    before = _done_times(run)
+    (run / "w0001" / DONE).unlink()  # as if the run died while writing w0001
+    (run / "w0001" / "events" / "junk.jsonl").write_text("{half a line")
+    again = run_collect(SMALL, tmp_path, "r1")
+    assert again["worlds_skipped"] == 2 and again["worlds_done"] == 1
+    after = _done_times(run)
+    assert after["w0000"] == before["w0000"] and after["w0002"] == before["w0002"]
+    assert not (run / "w0001" / "events" / "junk.jsonl").exists()
+    assert run_collect(SMALL, tmp_path, "r1")["worlds_skipped"] == 3  # nothing left to do
+
+
+def test_a_failing_world_is_marked_and_the_others_complete(tmp_path):
+    profile = CollectProfile(worlds=2, steps=10, experts=("crashing_agents:RaisingAgent",), agents_per_world=(4, 4), workers=1)
+    summary = run_collect(profile, tmp_path, "bad")
+    assert summary["worlds_failed"] == 2 and "boom on day 2" in summary["failed"][0]["error"]
+    assert (tmp_path / "bad" / "w0000" / FAILED).exists() and not (tmp_path / "bad" / "w0000" / DONE).exists()
+
+
+def test_resume_after_kill_minus_9(tmp_path):
+    env = dict(os.environ, HRLXF_DATA=str(tmp_path), PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "flows.cli", "collect", "--profile", "smoke", "--run-id", "k"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run = tmp_path / "raw" / "k"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(run.glob(f"*/{DONE}")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = _done_times(run)
+    assert 1 <= len(finished) < 4, finished  # killed mid-run
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    after = _done_times(run)
+    assert len(after) == 4
+    assert all(after[w] == t for w, t in finished.items())  # no world run twice
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["worlds_skipped"] == len(finished) and summary["worlds_failed"] == 0
