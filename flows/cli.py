@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--run-id", default=None, help="name of the run under DATA/raw (default: the profile name)")
     collect.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
     collect.add_argument("--workers", type=int, default=None, help="parallel world processes (default: the profile's)")
+    collect.add_argument("--dask-address", default=None, help="run the worlds on this Dask scheduler (tcp://host:port)")
     collect.set_defaults(func=_collect)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
@@ -94,7 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--seed", type=int, default=0)
     agent.add_argument("--out", default=None, help="where to write bench_agent.json (default: DATA/reports/bench)")
     agent.set_defaults(func=_bench_agent)
+    tracker = bsub.add_parser("tracker", help="world wall time with every agent tracked vs untracked")
+    tracker.add_argument("--worlds", type=int, default=4)
+    tracker.add_argument("--steps", type=int, default=50)
+    tracker.add_argument("--seed", type=int, default=0)
+    tracker.add_argument("--out", default=None, help="where to write bench_tracker.json (default: DATA/reports/bench)")
+    tracker.set_defaults(func=_bench_tracker)
     return parser
+
+
+def _bench_tracker(args: argparse.Namespace) -> int:
+    import json
+
+    from tasks.bench_tracker import TrackerBenchConfig, render, run_bench
+
+    out = Path(args.out) if args.out else data_root() / "reports" / "bench"
+    doc = run_bench(TrackerBenchConfig(worlds=args.worlds, steps=args.steps, seed=args.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_tracker.json").write_text(json.dumps(doc, indent=2))
+    print(render(doc))
+    print(f"wrote {out / 'bench_tracker.json'}")
+    return 0
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -122,7 +143,7 @@ def _collect(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix_str(f"{row['world_id']} " + ("FAILED" if row["error"] else f"{row['events']} events"))
 
-        summary = run_collect(profile, raw, run_id, progress)
+        summary = run_collect(profile, raw, run_id, progress, dask_address=args.dask_address)
     print(render(summary))
     return 0 if summary["worlds_failed"] == 0 else 1
 

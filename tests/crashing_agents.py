@@ -21,3 +21,15 @@ class DyingAgent(PenguinAgent):
         if self.awi.current_step == 2:
             os._exit(3)
         return super().before_step()
+
+
+class HangingAgent(PenguinAgent):
+    """Never returns from day 2 (a world that must time out)."""
+
+    def before_step(self):
+        if self.awi.current_step == 2:
+            import time
+
+            while True:
+                time.sleep(0.05)
+        return super().before_step()

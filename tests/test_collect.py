@@ -62,3 +62,22 @@ def test_resume_after_kill_minus_9(tmp_path):
     assert all(after[w] == t for w, t in finished.items())  # no world run twice
     summary = json.loads((run / "summary.json").read_text())
     assert summary["worlds_skipped"] == len(finished) and summary["worlds_failed"] == 0
+
+
+def test_the_same_worlds_run_on_a_dask_cluster(tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = run_collect(SMALL, tmp_path, "dask", dask_address=cluster.scheduler_address)
+    assert summary["worlds_done"] == 3 and summary["worlds_failed"] == 0
+    assert len(_done_times(tmp_path / "dask")) == 3
+
+
+def test_a_hanging_world_times_out_and_is_marked_failed(tmp_path):
+    profile = CollectProfile(worlds=1, steps=10, experts=("crashing_agents:HangingAgent",), agents_per_world=(4, 4),
+                             workers=2, world_timeout=5.0)
+    start = time.time()
+    summary = run_collect(profile, tmp_path, "hang")
+    assert summary["worlds_failed"] == 1 and "limit" in summary["failed"][0]["error"]
+    assert time.time() - start < 60
+    assert (tmp_path / "hang" / "w0000" / FAILED).exists()
