@@ -89,32 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
-    agent = bsub.add_parser("agent", help="world wall time with LitaAgentHRL vs PenguinAgent in the same slots")
-    agent.add_argument("--worlds", type=int, default=4)
-    agent.add_argument("--steps", type=int, default=50)
-    agent.add_argument("--seed", type=int, default=0)
-    agent.add_argument("--out", default=None, help="where to write bench_agent.json (default: DATA/reports/bench)")
-    agent.set_defaults(func=_bench_agent)
-    tracker = bsub.add_parser("tracker", help="world wall time with every agent tracked vs untracked")
-    tracker.add_argument("--worlds", type=int, default=4)
-    tracker.add_argument("--steps", type=int, default=50)
-    tracker.add_argument("--seed", type=int, default=0)
-    tracker.add_argument("--out", default=None, help="where to write bench_tracker.json (default: DATA/reports/bench)")
-    tracker.set_defaults(func=_bench_tracker)
+    for name, text in (("agent", "world wall time with LitaAgentHRL vs PenguinAgent in the same slots"),
+                       ("tracker", "world wall time with every agent tracked vs untracked")):
+        b = bsub.add_parser(name, help=text)
+        b.add_argument("--worlds", type=int, default=4)
+        b.add_argument("--steps", type=int, default=50)
+        b.add_argument("--seed", type=int, default=0)
+        b.add_argument("--out", default=None, help=f"where to write bench_{name}.json (default: DATA/reports/bench)")
+        b.set_defaults(func=_bench, bench=name)
     return parser
 
 
-def _bench_tracker(args: argparse.Namespace) -> int:
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
     import json
 
-    from tasks.bench_tracker import TrackerBenchConfig, render, run_bench
-
+    module = importlib.import_module(f"tasks.bench_{args.bench}")
+    doc = module.run_bench(module.Config(worlds=args.worlds, steps=args.steps, seed=args.seed))
     out = Path(args.out) if args.out else data_root() / "reports" / "bench"
-    doc = run_bench(TrackerBenchConfig(worlds=args.worlds, steps=args.steps, seed=args.seed))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_tracker.json").write_text(json.dumps(doc, indent=2))
-    print(render(doc))
-    print(f"wrote {out / 'bench_tracker.json'}")
+    (out / f"bench_{args.bench}.json").write_text(json.dumps(doc, indent=2))
+    print(module.render(doc))
+    print(f"wrote {out / f'bench_{args.bench}.json'}")
     return 0
 
 
@@ -157,20 +153,6 @@ def _bundle_untrained(args: argparse.Namespace) -> int:
     if args.latest:
         set_latest(path)
     print(f"wrote {path}" + (" (LATEST)" if args.latest else ""))
-    return 0
-
-
-def _bench_agent(args: argparse.Namespace) -> int:
-    import json
-
-    from tasks.bench_agent import BenchConfig, render, run_bench
-
-    out = Path(args.out) if args.out else data_root() / "reports" / "bench"
-    doc = run_bench(BenchConfig(worlds=args.worlds, steps=args.steps, seed=args.seed))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_agent.json").write_text(json.dumps(doc, indent=2))
-    print(render(doc))
-    print(f"wrote {out / 'bench_agent.json'}")
     return 0
 
 

@@ -23,7 +23,7 @@ from tasks.report import md_table
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class Config:
     worlds: int = 4
     steps: int = 50
     seed: int = 0
@@ -61,7 +61,7 @@ def _play(config_seed: int, steps: int, subject: type, params: dict, opponents: 
     return seconds, float(np.mean(scores))
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
+def run_bench(config: Config) -> dict[str, Any]:
     from hrlxf_agent.bundle import write_untrained_bundle
 
     classes = resolve_all(["PenguinAgent", "LitaAgentHRL", *config.opponents])

@@ -18,7 +18,7 @@ from tasks.report import md_table
 
 
 @dataclass(frozen=True)
-class TrackerBenchConfig:
+class Config:
     worlds: int = 4
     steps: int = 50
     seed: int = 0
@@ -44,7 +44,7 @@ def _play(seed: int, steps: int, types: list[type]) -> float:
     return seconds
 
 
-def run_bench(config: TrackerBenchConfig) -> dict[str, Any]:
+def run_bench(config: Config) -> dict[str, Any]:
     from hrlxf_agent.tracker import tracked
 
     classes = resolve_all(list(config.experts))

@@ -81,3 +81,30 @@ def test_a_hanging_world_times_out_and_is_marked_failed(tmp_path):
     assert summary["worlds_failed"] == 1 and "limit" in summary["failed"][0]["error"]
     assert time.time() - start < 60
     assert (tmp_path / "hang" / "w0000" / FAILED).exists()
+
+
+def test_an_unknown_agent_fails_before_any_world(tmp_path):
+    import pytest
+
+    from hrlxf_agent.registry import UnknownAgentError
+
+    with pytest.raises(UnknownAgentError, match="NoSuchAgent"):
+        run_collect(CollectProfile(worlds=2, steps=10, experts=("PenguinAgent", "NoSuchAgent")), tmp_path, "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_write_error_marks_the_world_failed_never_complete(tmp_path, monkeypatch):
+    import errno
+
+    from hrlxf_agent import tracker
+
+    def full_disk(self):
+        if self.buffer:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tracker.TrackerHook, "flush", full_disk)
+    profile = CollectProfile(worlds=1, steps=10, experts=("PenguinAgent", "AS0"), agents_per_world=(4, 4), workers=1)
+    summary = run_collect(profile, tmp_path, "disk")
+    assert summary["worlds_failed"] == 1 and "No space left" in summary["failed"][0]["error"]
+    world = tmp_path / "disk" / "w0000"
+    assert (world / FAILED).exists() and not (world / DONE).exists()
