@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--dask-address", default=None, help="run the worlds on this Dask scheduler (tcp://host:port)")
     collect.set_defaults(func=_collect)
 
+    events = sub.add_parser("events", help="raw tracker logs -> typed Parquet event tables (incremental)")
+    events.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
+    events.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
+    events.set_defaults(func=_events)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     for name, text in (("agent", "world wall time with LitaAgentHRL vs PenguinAgent in the same slots"),
@@ -142,6 +147,23 @@ def _collect(args: argparse.Namespace) -> int:
         summary = run_collect(profile, raw, run_id, progress, dask_address=args.dask_address)
     print(render(summary))
     return 0 if summary["worlds_failed"] == 0 else 1
+
+
+def _events(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tasks.events import run_events
+
+    raw = Path(args.raw) if args.raw else data_root() / "raw"
+    lake = Path(args.lake) if args.lake else data_root() / "lake"
+    with tqdm(desc="events", unit="world") as bar:
+        summary = run_events(raw, lake, lambda row: bar.update(1))
+    print(f"converted {summary['converted']} worlds, skipped {summary['skipped']} already converted, "
+          f"quarantined {len(summary['quarantined'])}")
+    print("rows written: " + ", ".join(f"{k} {v}" for k, v in summary["rows"].items()))
+    for q in summary["quarantined"]:
+        print(f"QUARANTINED {q['run_id']}/{q['world_id']}: {q['reason']}")
+    return 0
 
 
 def _bundle_untrained(args: argparse.Namespace) -> int:
