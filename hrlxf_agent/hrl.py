@@ -53,6 +53,7 @@ class HRLPolicy(StdSyncAgent):
         self._rel_time: dict[str, float] = {}
         self._batch_snapshot: Snapshot | None = None
         self.fallbacks: dict[str, int] = defaultdict(int)
+        self.feature_log: list[dict[str, Any]] | None = None  # set to a list to keep the L2 inputs computed online
 
     # ------------------------------------------------------------ lifecycle
     def init(self):
@@ -165,6 +166,8 @@ class HRLPolicy(StdSyncAgent):
         if self.models is not None:
             try:
                 m = self.builder.macro(snap)
+                if self.feature_log is not None:
+                    self.feature_log.append({"step": snap.step, "x_static": m.x_static, "x_temporal": m.x_temporal, "x_role": m.x_role})
                 with torch.inference_mode():
                     g, _ = self.models.planner(
                         torch.from_numpy(m.x_static)[None], torch.from_numpy(m.x_temporal)[None], torch.from_numpy(m.x_role)[None]
