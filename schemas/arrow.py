@@ -51,7 +51,12 @@ CONTRACTS = pa.schema(_KEYS + [
     pa.field("signed_at", pa.int64()), pa.field("executed_at", pa.int64()), pa.field("nullified_at", pa.int64()),
 ], metadata={"version": str(EVENT_TABLES_VERSION)})
 
+DAILY = pa.schema(_KEYS + [
+    pa.field("agent_id", pa.string(), nullable=False), pa.field("step", pa.int64(), nullable=False),
+    pa.field("shortfall_quantity", pa.int64()), pa.field("inventory_input", pa.int64()), pa.field("balance", pa.float64()),
+], metadata={"version": str(EVENT_TABLES_VERSION)})
+
 QUARANTINE = pa.schema(_KEYS + [pa.field("reason", pa.string(), nullable=False)],
                        metadata={"version": str(EVENT_TABLES_VERSION)})
 
-TABLES = {"agents": AGENTS, "days": DAYS, "decisions": DECISIONS, "outcomes": OUTCOMES, "contracts": CONTRACTS}
+TABLES = {"agents": AGENTS, "days": DAYS, "decisions": DECISIONS, "outcomes": OUTCOMES, "contracts": CONTRACTS, "daily": DAILY}

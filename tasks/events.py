@@ -90,6 +90,11 @@ def world_tables(run_id: str, world_id: str, world: Path) -> dict[str, list[dict
                 raise BadWorld(f"events/{aid}.jsonl line {n}: {kind} without field {missing}") from None
         if init is None:
             raise BadWorld(f"events/{aid}.jsonl: no agent_initialized event")
+        daily = meta.get("daily", {}).get(aid, {})
+        for step, (short, stock, balance) in enumerate(zip(daily.get("shortfall_quantity", []), daily.get("inventory_input", []),
+                                                           daily.get("balance", []))):
+            rows["daily"].append({**keys, "agent_id": aid, "step": step, "shortfall_quantity": short,
+                                  "inventory_input": stock, "balance": balance})
         rows["agents"].append({**keys, "agent_id": aid, "agent_class": info["class"], "module": info["module"],
                                "level": init["level"], "can_buy": init["can_buy"], "can_sell": init["can_sell"],
                                "n_lines": init["n_lines"], "n_steps": init["n_steps"],

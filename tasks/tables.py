@@ -1,16 +1,19 @@
-"""Stage: event tables -> training tables. First part: ``macro`` features.
+"""Stage: event tables -> training tables. First part: ``macro``.
 
 ``macro`` has one row per agent-day: x_static (12), X_temporal ((H+1) x 10,
 flattened row-major) and x_role (2), computed by calling the runtime
 `StateBuilder` on the logged Snapshot, so offline features are the online ones
-(tests/test_tables.py proves it on a live LitaAgentHRL). The v2 goal labels,
-reward parts and the micro / l4_distill tables come next.
+(tests/test_tables.py proves it on a live LitaAgentHRL); the v2 goal label and
+its mask (`tasks.labels`); the L2 reward parts: the day's cash delta, the
+change of the potential Phi (stock at market value) to the next morning, and
+the day's shortfall. The micro and l4_distill tables come next.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import pyarrow.parquet as pq
 from hrlxf_agent.snapshot import Snapshot
 from hrlxf_agent.state import FeatureSpec, StateBuilder
 from tasks.events import SUCCESS
+from tasks.labels import Trade, goal_label, potential
 
 MACRO_VERSION = 1
 
@@ -31,16 +35,43 @@ def macro_schema(spec: FeatureSpec) -> pa.Schema:
         pa.field("run_id", pa.string()), pa.field("world_id", pa.string()), pa.field("agent_id", pa.string()),
         pa.field("step", pa.int64()), pa.field("x_static", pa.list_(pa.float32(), len(spec.static))),
         pa.field("x_temporal", pa.list_(pa.float32(), k)), pa.field("x_role", pa.list_(pa.float32(), 2)),
+        pa.field("goal", pa.list_(pa.float32(), 16)), pa.field("goal_mask", pa.list_(pa.float32(), 16)),
+        pa.field("cash_delta", pa.float64()), pa.field("phi_delta", pa.float64()), pa.field("shortfall", pa.int64()),
     ], metadata={"version": str(MACRO_VERSION), "feature_fingerprint": spec.fingerprint, "horizon": str(spec.horizon)})
 
 
-def macro_rows(days: list[dict[str, Any]], builder: StateBuilder) -> list[dict[str, Any]]:
+def macro_rows(world: Path, builder: StateBuilder) -> list[dict[str, Any]]:
+    """Every agent-day of one converted world, with features, labels and reward parts."""
+    days = pq.read_table(world / "days.parquet").to_pylist()
+    decisions = pq.read_table(world / "decisions.parquet").to_pylist()
+    outcomes = pq.read_table(world / "outcomes.parquet").to_pylist()
+    daily = {(r["agent_id"], r["step"]): r for r in pq.read_table(world / "daily.parquet").to_pylist()}
+    side = {(d["agent_id"], d["partner"]): d["is_buy"] for d in decisions}
+    offers: dict[tuple[str, int], list[Trade]] = defaultdict(list)
+    for d in decisions:
+        if d["in_q"] is not None:
+            w = max(d["rel_time"] or 0.0, 0.05)  # later rounds say more about where the market is
+            offers[(d["agent_id"], d["step"])].append(Trade(d["is_buy"], d["in_t"] - d["step"], d["in_q"], d["in_p"], w))
+    deals: dict[tuple[str, int], list[Trade]] = defaultdict(list)
+    for o in outcomes:
+        if o["success"] and (o["agent_id"], o["partner"]) in side:
+            deals[(o["agent_id"], o["step"])].append(
+                Trade(side[(o["agent_id"], o["partner"])], o["agreement_t"] - o["step"], o["agreement_q"], o["agreement_p"]))
+    snaps = {(d["agent_id"], d["step"]): Snapshot.from_dict(json.loads(d["snapshot_json"])) for d in days}
     rows = []
     for d in days:
-        m = builder.macro(Snapshot.from_dict(json.loads(d["snapshot_json"])))
+        key = (d["agent_id"], d["step"])
+        snap = snaps[key]
+        m = builder.macro(snap)
+        goal, mask = goal_label(snap, deals.get(key, []), offers.get(key, []))
+        nxt = snaps.get((d["agent_id"], d["step"] + 1))
+        today, before = daily.get(key), daily.get((d["agent_id"], d["step"] - 1))
+        cash = (today["balance"] - (before["balance"] if before else snap.balance)) if today else None
         rows.append({"run_id": d["run_id"], "world_id": d["world_id"], "agent_id": d["agent_id"], "step": d["step"],
                      "x_static": m.x_static.tolist(), "x_temporal": m.x_temporal.reshape(-1).tolist(),
-                     "x_role": m.x_role.tolist()})
+                     "x_role": m.x_role.tolist(), "goal": goal.tolist(), "goal_mask": mask.tolist(),
+                     "cash_delta": cash, "phi_delta": (potential(nxt) - potential(snap)) if nxt else 0.0,
+                     "shortfall": today["shortfall_quantity"] if today else None})
     return rows
 
 
@@ -56,7 +87,7 @@ def build_macro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
         if out.exists():
             skipped += 1
             continue
-        rows = macro_rows(pq.read_table(world / "days.parquet").to_pylist(), builder)
+        rows = macro_rows(world, builder)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
