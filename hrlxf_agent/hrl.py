@@ -12,7 +12,6 @@ model raises or returns non-finite numbers (one warning per layer).
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
 from typing import Any
 
