@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
     events.set_defaults(func=_events)
 
+    tables = sub.add_parser("tables", help="raw logs -> event tables -> macro and micro training tables (incremental)")
+    tables.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
+    tables.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
+    tables.set_defaults(func=_tables)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     for name, text in (("agent", "world wall time with LitaAgentHRL vs PenguinAgent in the same slots"),
@@ -163,6 +168,19 @@ def _events(args: argparse.Namespace) -> int:
     print("rows written: " + ", ".join(f"{k} {v}" for k, v in summary["rows"].items()))
     for q in summary["quarantined"]:
         print(f"QUARANTINED {q['run_id']}/{q['world_id']}: {q['reason']}")
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    if _events(args) != 0:
+        return 1
+    from tasks.micro import build_micro
+    from tasks.tables import build_macro
+
+    lake = Path(args.lake) if args.lake else data_root() / "lake"
+    for name, build in (("macro", build_macro), ("micro", build_micro)):
+        summary = build(lake)
+        print(f"{name}: built {summary['built']} worlds ({summary['rows']} rows), skipped {summary['skipped']} already built")
     return 0
 
 
