@@ -143,25 +143,8 @@ def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
 
 
 def build_micro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """``<lake>/micro/<run_id>/<world_id>.parquet`` for every converted world not built yet."""
-    import os
-
-    from tasks.events import SUCCESS
+    """The micro table of every converted world not built yet."""
+    from tasks.tables import build_per_world
 
     spec = spec or FeatureSpec()
-    schema = micro_schema(spec)
-    built, skipped, total = 0, 0, 0
-    for ok in sorted((Path(lake) / "events").glob(f"*/*/{SUCCESS}")):
-        world = ok.parent
-        out = Path(lake) / "micro" / world.parent.name / f"{world.name}.parquet"
-        if out.exists():
-            skipped += 1
-            continue
-        rows = micro_rows(world, spec)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-        os.replace(tmp, out)
-        built += 1
-        total += len(rows)
-    return {"built": built, "skipped": skipped, "rows": total}
+    return build_per_world(lake, "micro", lambda world: micro_rows(world, spec), micro_schema(spec))

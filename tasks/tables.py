@@ -15,7 +15,7 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -75,26 +75,30 @@ def macro_rows(world: Path, builder: StateBuilder) -> list[dict[str, Any]]:
     return rows
 
 
-def build_macro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """``<lake>/macro/<run_id>/<world_id>.parquet`` for every converted world not built yet."""
-    spec = spec or FeatureSpec()
-    builder = StateBuilder(spec)
-    schema = macro_schema(spec)
-    built, skipped, rows_total = 0, 0, 0
+def build_per_world(lake: Path, table: str, rows_of: Callable[[Path], list[dict[str, Any]]], schema: pa.Schema) -> dict[str, Any]:
+    """``<lake>/<table>/<run_id>/<world_id>.parquet`` for every converted world not built yet (atomic writes)."""
+    built, skipped, total = 0, 0, 0
     for ok in sorted((Path(lake) / "events").glob(f"*/*/{SUCCESS}")):
         world = ok.parent
-        out = Path(lake) / "macro" / world.parent.name / f"{world.name}.parquet"
+        out = Path(lake) / table / world.parent.name / f"{world.name}.parquet"
         if out.exists():
             skipped += 1
             continue
-        rows = macro_rows(world, builder)
+        rows = rows_of(world)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
         os.replace(tmp, out)
         built += 1
-        rows_total += len(rows)
-    return {"built": built, "skipped": skipped, "rows": rows_total}
+        total += len(rows)
+    return {"built": built, "skipped": skipped, "rows": total}
+
+
+def build_macro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
+    """The macro table of every converted world not built yet."""
+    spec = spec or FeatureSpec()
+    builder = StateBuilder(spec)
+    return build_per_world(lake, "macro", lambda world: macro_rows(world, builder), macro_schema(spec))
 
 
 def macro_arrays(path: Path, spec: FeatureSpec | None = None) -> dict[str, np.ndarray]:
