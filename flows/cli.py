@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--seed", type=int, default=0)
         b.add_argument("--out", default=None, help=f"where to write bench_{name}.json (default: DATA/reports/bench)")
         b.set_defaults(func=_bench, bench=name)
+    b = bsub.add_parser("tables", help="events -> macro -> micro on 1x, 2x, 4x of a collected run")
+    b.add_argument("--run-id", default="default", help="collected run under DATA/raw")
+    b.add_argument("--out", default=None, help="where to write bench_tables.json (default: DATA/reports/bench)")
+    b.set_defaults(func=_bench, bench="tables")
     return parser
 
 
@@ -115,7 +119,11 @@ def _bench(args: argparse.Namespace) -> int:
     import json
 
     module = importlib.import_module(f"tasks.bench_{args.bench}")
-    doc = module.run_bench(module.Config(worlds=args.worlds, steps=args.steps, seed=args.seed))
+    if args.bench == "tables":
+        config = module.Config(raw=str(data_root() / "raw"), run_id=args.run_id)
+    else:
+        config = module.Config(worlds=args.worlds, steps=args.steps, seed=args.seed)
+    doc = module.run_bench(config)
     out = Path(args.out) if args.out else data_root() / "reports" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"bench_{args.bench}.json").write_text(json.dumps(doc, indent=2))
