@@ -44,19 +44,14 @@ class AuditLimits:
     @classmethod
     def of(cls, snap: Snapshot) -> "AuditLimits":
         n = snap.n_lines
-        k_days = snap.horizon + 1
-        supply = np.asarray(snap.supply_qty, dtype=float)
-        ex_in = np.zeros(k_days)
-        ex_in[0] = snap.exogenous_input_qty
-        ex_out = np.zeros(k_days)
-        ex_out[0] = snap.exogenous_output_qty
-        floor = physics.input_stock_floor(snap.inventory_input, supply + ex_in, n)
+        inputs = physics.daily_inputs(snap)
+        floor = physics.input_stock_floor(snap.inventory_input, inputs, n)
         still_obtainable = 0.0
         if snap.can_buy and snap.buy_issues is not None and snap.buy_issues.t_min <= snap.step:
             still_obtainable = snap.buy_issues.q_max * len(snap.buy_partners)
-        possible = np.full(k_days, float(n))
-        possible[0] = float(physics.deliverable(floor[0] + supply[0] + ex_in[0] + still_obtainable, n))
-        due = physics.demand(np.asarray(snap.sale_qty, dtype=float), ex_out, snap.inventory_output)
+        possible = np.full(len(inputs), float(n))
+        possible[0] = float(physics.deliverable(floor[0] + inputs[0] + still_obtainable, n))
+        due = physics.daily_demand(snap)
         income = np.asarray(snap.sale_revenue, dtype=float)
         income[0] += snap.exogenous_output_revenue
         spend = np.asarray(snap.supply_cost, dtype=float)

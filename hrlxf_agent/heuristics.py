@@ -83,10 +83,7 @@ def day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
     """
     K = snap.horizon + 1
     n = float(snap.n_lines)
-    supply, sales = np.asarray(snap.supply_qty, float), np.asarray(snap.sale_qty, float)
-    inputs, due = supply.copy(), sales + snap.inventory_output
-    inputs[0] += snap.exogenous_input_qty
-    due[0] += snap.exogenous_output_qty
+    inputs, due = physics.daily_inputs(snap), physics.daily_demand(snap)
     floor = physics.input_stock_floor(snap.inventory_input, inputs, snap.n_lines)
     days_left = np.asarray(snap.days_left(), float)
     alive = days_left > 0

@@ -29,9 +29,12 @@ and nothing else.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .snapshot import Snapshot
 
 #: scml 0.8.4 never takes produced units out of the stored input inventory.
 INPUT_STOCK_CONSUMED = False
@@ -73,9 +76,19 @@ def deliverable(input_available: np.ndarray | float, n_lines: int) -> np.ndarray
     return np.minimum(np.asarray(input_available, dtype=float), float(n_lines))
 
 
-def demand(sales: np.ndarray, exogenous_sales: np.ndarray, output_stock: float) -> np.ndarray:
-    """What the simulator asks the factory to deliver each day (output stock counts as demand in 0.8.4)."""
-    return np.asarray(sales, dtype=float) + np.asarray(exogenous_sales, dtype=float) + float(output_stock)
+def daily_inputs(snap: "Snapshot") -> np.ndarray:
+    """Input arriving each day k: signed supplies, plus today's exogenous supply (later ones are unknown)."""
+    inputs = np.asarray(snap.supply_qty, dtype=float).copy()
+    inputs[0] += snap.exogenous_input_qty
+    return inputs
+
+
+def daily_demand(snap: "Snapshot") -> np.ndarray:
+    """What the simulator asks the factory to deliver each day k: signed sales, today's exogenous
+    sales, and (0.8.4) the output stock, which counts as demand, never as supply."""
+    due = np.asarray(snap.sale_qty, dtype=float) + float(snap.inventory_output)
+    due[0] += snap.exogenous_output_qty
+    return due
 
 
 def buy_room(

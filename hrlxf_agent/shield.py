@@ -144,23 +144,17 @@ class SafetyShield:
 
     def _bounds(self, snap: Snapshot) -> Bounds:
         n = snap.n_lines
-        supply = np.asarray(snap.supply_qty, dtype=float)
-        sales = np.asarray(snap.sale_qty, dtype=float)
-        ex_in = np.zeros_like(supply)
-        ex_in[0] = snap.exogenous_input_qty
-        ex_out = np.zeros_like(sales)
-        ex_out[0] = snap.exogenous_output_qty
-        inputs = supply + ex_in
+        inputs = physics.daily_inputs(snap)
+        due = physics.daily_demand(snap)
         days_left = np.asarray(snap.days_left(), dtype=float)
         alive = days_left > 0
 
         floor = physics.input_stock_floor(snap.inventory_input, inputs, n)
         secured = floor + inputs
-        cap = np.full_like(sales, float(n))
+        cap = np.full_like(due, float(n))
         cap[0] = float(physics.deliverable(secured[0], n))
-        due = physics.demand(sales, ex_out, snap.inventory_output)
         q_sell = np.where(alive & snap.can_sell, np.maximum(0.0, cap - due), 0.0)
-        q_buy = physics.buy_room(floor, inputs, n, days_left) if snap.can_buy else np.zeros_like(supply)
+        q_buy = physics.buy_room(floor, inputs, n, days_left) if snap.can_buy else np.zeros_like(inputs)
 
         payables = float(np.sum(snap.supply_cost)) + snap.exogenous_input_cost
         b_free = max(0.0, snap.balance * (1.0 - self.config.reserve_fraction) - payables)

@@ -104,10 +104,8 @@ class StateBuilder:
         n = float(snap.n_lines)
         supply, sales = _fit(snap.supply_qty, K), _fit(snap.sale_qty, K)
         deal_cost, deal_revenue = _fit(snap.supply_cost, K), _fit(snap.sale_revenue, K)
-        inputs, due = supply.copy(), sales.copy()
-        inputs[0] += snap.exogenous_input_qty
-        due[0] += snap.exogenous_output_qty
-        due += snap.inventory_output  # 0.8.4: output stock is demand
+        inputs = _fit(physics.daily_inputs(snap), K)
+        due = _fit(physics.daily_demand(snap), K, fill=float(snap.inventory_output))  # 0.8.4: output stock is demand
         cost, revenue = deal_cost.copy(), deal_revenue.copy()
         cost[0] += snap.exogenous_input_cost
         revenue[0] += snap.exogenous_output_revenue
@@ -149,8 +147,8 @@ class StateBuilder:
         return X
 
 
-def _fit(values: tuple[float, ...], length: int) -> np.ndarray:
-    out = np.zeros(length)
+def _fit(values, length: int, fill: float = 0.0) -> np.ndarray:
+    out = np.full(length, fill)
     m = min(length, len(values))
     out[:m] = values[:m]
     return out
