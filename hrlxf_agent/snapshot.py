@@ -170,11 +170,11 @@ class Snapshot:
 def well_formed(outcome: Any) -> bool:
     """Is ``outcome`` a (quantity, time, unit_price) of finite numbers? (Some experts send None prices.)"""
     try:
-        return len(outcome) >= 3 and all(
-            not isinstance(x, bool) and isinstance(x, (int, float)) or hasattr(x, "__index__") or hasattr(x, "__float__")
-            for x in outcome[:3]
-        ) and all(math.isfinite(float(x)) for x in outcome[:3])
-    except TypeError:
+        head = outcome[:3]
+        if len(head) < 3 or any(isinstance(x, (str, bytes)) for x in head):
+            return False
+        return all(math.isfinite(float(x)) for x in head)
+    except (TypeError, ValueError):
         return False
 
 
