@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 
+from flows.train_cli import add_parsers as add_train_parsers
 from hrlxf_agent.paths import data_root
 
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     untrained.add_argument("--out", default=None, help="bundle directory (default: DATA/bundles/untrained-<mode>)")
     untrained.add_argument("--latest", action="store_true", help="also point DATA/bundles/LATEST at it")
     untrained.set_defaults(func=_bundle_untrained)
+    add_train_parsers(sub, bsub)
 
     collect = sub.add_parser("collect", help="forensics tournaments: expert worlds with every agent tracked")
     collect.add_argument("--profile", choices=("smoke", "default"), default="smoke")

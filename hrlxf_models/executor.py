@@ -33,6 +33,7 @@ class ExecutorConfig:
     mode: str = "residual"  # "residual": q, p = L1 baseline + scaled tanh; "direct": absolute q, p
     q_scale: float = 0.5  # residual quantity range, in units of n_lines
     p_scale: float = 0.1  # residual price range, relative
+    heuristic_prior: float = 3.0  # logit bonus the agent gives the rule-based op / delta: an untrained model follows the rules
 
 
 class Executor(nn.Module):

@@ -1,0 +1,140 @@
+"""`hrlxf train l2|l3|l4|all`, `hrlxf backfill`, `hrlxf bundle build`, `hrlxf evaluate`.
+
+The stages run directly, without Prefect (the `hrlxf run` flow orchestrates
+and caches them); outputs go under DATA/models unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hrlxf_agent.paths import data_root
+
+MODES = ("residual", "direct")
+
+
+def models_root(args: argparse.Namespace) -> Path:
+    return Path(args.models) if getattr(args, "models", None) else data_root() / "models"
+
+
+def lake_of(args: argparse.Namespace) -> Path:
+    return Path(args.lake) if getattr(args, "lake", None) else data_root() / "lake"
+
+
+def _preset(cls: type, smoke: bool, **kwargs: Any) -> Any:
+    return cls.smoke(**kwargs) if smoke else cls(**kwargs)
+
+
+def _stage_errors() -> tuple[type, ...]:
+    from tasks.training import DivergedError, TrainingDataError
+
+    return (TrainingDataError, DivergedError, ValueError)
+
+
+def run_train(layer: str, lake: Path, models: Path, smoke: bool, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
+    """One training stage (or all of them, then both bundles); returns what each wrote."""
+    from tasks.backfill import BackfillConfig, backfill
+    from tasks.bundle import BundleConfig, assemble
+    from tasks.train_l2 import L2Config, train_l2
+    from tasks.train_l3 import L3Config, train_l3
+    from tasks.train_l4 import L4Config, train_l4
+
+    done: dict[str, Any] = {}
+    if layer in ("l2", "all"):
+        done["l2"] = train_l2(lake, models / "l2", _preset(L2Config, smoke))
+    if layer in ("backfill", "all"):
+        done["backfill"] = backfill(lake, models / "l2", BackfillConfig())
+    if layer in ("l3", "all"):
+        for mode in modes:
+            done[f"l3-{mode}"] = train_l3(lake, models / f"l3-{mode}", _preset(L3Config, smoke, mode=mode))
+    if layer in ("l4", "all"):
+        done["l4"] = train_l4(lake, models / "l4", _preset(L4Config, smoke))
+    if layer == "all":
+        root = models.parent / "bundles" if models.name == "models" else models / "bundles"
+        for mode in reversed(modes):  # the first mode given ends up LATEST
+            done[f"bundle-{mode}"] = str(assemble(models / "l2", models / f"l3-{mode}", models / "l4", root, BundleConfig()))
+    return done
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        done = run_train(args.layer, lake_of(args), models_root(args), args.smoke, tuple(args.modes.split(",")))
+    except _stage_errors() as e:
+        print(f"hrlxf train {args.layer}: {e}", file=sys.stderr)
+        return 2
+    for name, result in done.items():
+        if isinstance(result, str):
+            print(f"{name}: {result}")
+        elif "final" in result:
+            f = result["final"]
+            print(f"{name}: val op accuracy {f['op_accuracy']:.3f} (majority {f['op_majority_baseline']:.3f}), "
+                  f"delta accuracy {f['delta_accuracy']:.3f}, q MAE {f['q_mae_items']:.2f} items, "
+                  f"p MAE {100 * f['p_mae_catalog_share']:.2f}% of catalog")
+        elif "val_mean_baseline" in result:
+            print(f"{name}: val MSE {result['val']['mse']:.4f} (mean-goal baseline {result['val_mean_baseline']['mse']:.4f}), "
+                  f"q MAE {result['val']['q_mae_items']:.2f} items, p MAE {100 * result['val']['p_mae_catalog_share']:.2f}%")
+        elif "val" in result:
+            print(f"{name}: val alpha MAE {result['val']['mae']:.4f}, rank agreement {result['val']['rank_agreement']:.3f}")
+        else:
+            print(f"{name}: {json.dumps(result)}")
+    return 0
+
+
+def _bundle_build(args: argparse.Namespace) -> int:
+    from hrlxf_agent.paths import bundles_root
+    from tasks.bundle import BundleConfig, assemble, metrics_table
+
+    models = models_root(args)
+    try:
+        path = assemble(models / "l2", models / f"l3-{args.mode}", models / "l4", bundles_root(),
+                        BundleConfig(set_latest=args.latest))
+    except _stage_errors() as e:
+        print(f"hrlxf bundle build: {e}", file=sys.stderr)
+        return 2
+    print(metrics_table(path))
+    print(f"wrote {path}" + (" (LATEST)" if args.latest else ""))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hrlxf_agent.bundle import BundleError
+    from tasks.evaluate import EvalConfig, evaluate, markdown
+
+    config = EvalConfig(configs=args.configs, steps=args.steps)
+    out = Path(args.out) if args.out else data_root() / "reports" / "evaluation"
+    try:
+        doc = evaluate([Path(b) if b != "latest" else b for b in args.bundle], out, config)
+    except (BundleError, ValueError) as e:
+        print(f"hrlxf evaluate: {e}", file=sys.stderr)
+        return 2
+    print(markdown(doc))
+    print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and {out / 'scores.png'}")
+    return 0
+
+
+def add_parsers(sub: Any, bundle_sub: Any) -> None:
+    """Register the training subcommands on the `hrlxf` parser."""
+    train = sub.add_parser("train", help="offline training stages (L2 BC, goal_hat backfill, L3 BC/AWR, L4 distillation)")
+    train.add_argument("layer", choices=("l2", "backfill", "l3", "l4", "all"), help="'all' also builds both bundles")
+    train.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
+    train.add_argument("--models", default=None, help="stage outputs (default: DATA/models)")
+    train.add_argument("--modes", default="residual,direct", help="L3 modes to train")
+    train.add_argument("--smoke", action="store_true", help="one epoch each, tiny minimum data (for tests)")
+    train.set_defaults(func=_train)
+
+    build = bundle_sub.add_parser("build", help="assemble a bundle from the trained stages")
+    build.add_argument("--mode", choices=MODES, default="residual", help="which L3 to put in")
+    build.add_argument("--models", default=None, help="stage outputs (default: DATA/models)")
+    build.add_argument("--latest", action="store_true", help="point DATA/bundles/LATEST at it")
+    build.set_defaults(func=_bundle_build)
+
+    ev = sub.add_parser("evaluate", help="scml std tournament: bundles vs rules, LitaAgentHS, PenguinAgent, 2025 winners")
+    ev.add_argument("--bundle", action="append", required=True, help="bundle path or 'latest' (once per L3 mode)")
+    ev.add_argument("--configs", type=int, default=4, help="world configurations (x rotations of the competitors)")
+    ev.add_argument("--steps", type=int, default=50)
+    ev.add_argument("--out", default=None, help="output directory (default: DATA/reports/evaluation)")
+    ev.set_defaults(func=_evaluate)

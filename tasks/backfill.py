@@ -1,0 +1,88 @@
+"""Stage: goal_hat backfill. The trained L2 predicts the goal of every agent-day in macro.
+
+L3 is conditioned on the goal L2 gives it online, not on the hindsight label,
+so its training rows must carry what the trained planner would have said that
+morning. Written as ``<lake>/goal_hat/<run_id>/<world_id>.parquet`` (run_id,
+world_id, agent_id, step, goal_hat[16]) with the planner's weight digest in the
+metadata: a world is recomputed only when the planner changed or it is new.
+The L3 stage joins it onto micro's ``goal`` column (``goal_filled`` true).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from hrlxf_agent.state import FeatureSpec
+from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
+from tasks.tables import macro_arrays
+from tasks.train_l2 import predict_goals
+from tasks.training import TrainingDataError, table_files
+
+GOAL_HAT_VERSION = 1
+
+
+@dataclass
+class BackfillConfig:
+    horizon: int = 40
+
+    @classmethod
+    def smoke(cls) -> "BackfillConfig":
+        return cls()
+
+
+def goal_hat_schema(planner_digest: str) -> pa.Schema:
+    return pa.schema([
+        pa.field("run_id", pa.string()), pa.field("world_id", pa.string()), pa.field("agent_id", pa.string()),
+        pa.field("step", pa.int64()), pa.field("goal_hat", pa.list_(pa.float32(), GOAL_DIM)),
+    ], metadata={"version": str(GOAL_HAT_VERSION), "planner_digest": planner_digest})
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+
+
+def load_planner(l2_dir: Path, config: PlannerConfig) -> Planner:
+    weights = Path(l2_dir) / "planner.pt"
+    if not weights.is_file():
+        raise TrainingDataError(f"{weights}: missing (run the train_l2 stage first)")
+    planner = Planner(config)
+    planner.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return planner.eval()
+
+
+def backfill(lake: Path, l2_dir: Path, config: BackfillConfig) -> dict[str, Any]:
+    """goal_hat for every macro agent-day whose world or planner is new; returns counts."""
+    lake = Path(lake)
+    spec = FeatureSpec(horizon=config.horizon)
+    planner = load_planner(l2_dir, PlannerConfig(horizon=config.horizon))
+    digest = file_digest(Path(l2_dir) / "planner.pt")
+    schema = goal_hat_schema(digest)
+    built = skipped = rows = 0
+    for macro in table_files(lake, "macro"):
+        out = lake / "goal_hat" / macro.parent.name / macro.name
+        if out.exists() and (pq.read_schema(out).metadata or {}).get(b"planner_digest", b"").decode() == digest:
+            skipped += 1
+            continue
+        a = macro_arrays(macro, spec)
+        goals = predict_goals(planner, a["x_static"], a["x_temporal"], a["x_role"])
+        t = pq.read_table(macro, columns=["run_id", "world_id", "agent_id", "step"])
+        table = pa.table({
+            "run_id": t.column("run_id"), "world_id": t.column("world_id"), "agent_id": t.column("agent_id"),
+            "step": t.column("step"),
+            "goal_hat": pa.FixedSizeListArray.from_arrays(pa.array(goals.reshape(-1), pa.float32()), GOAL_DIM),
+        }).cast(schema)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, out)
+        built += 1
+        rows += len(goals)
+    return {"built": built, "skipped": skipped, "rows": rows, "planner_digest": digest}

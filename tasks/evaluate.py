@@ -1,0 +1,248 @@
+"""Stage: evaluate trained bundles in scml's own standard-track tournament (``anac2024_std``).
+
+Competitors: LitaAgentHRL with each bundle given (one per L3 mode), LitaAgentHRL
+on rules alone, LitaAgentHS and PenguinAgent, with and against the 2025
+winners. Every one of ours (and Penguin) is audited inside the tournament's
+worker processes: the `AuditHook` verdicts are written to files the stage
+sums afterwards. ``evaluation.json``: per agent the worlds, mean score and
+its 95% interval, unsafe_any and illegal counts; the per-world paired
+difference of each agent against PenguinAgent and of the two L3 modes;
+``scores.png``: the score distributions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hrlxf_agent.audit import AuditHook
+from hrlxf_agent.hrl import LitaAgentHRL
+from hrlxf_agent.intercept import intercept
+from hrlxf_agent.penguin import LitaAgentHS as _HS
+from hrlxf_agent.registry import WINNERS_2025, resolve
+
+EVALUATION_SCHEMA_VERSION = 1
+AUDIT_DIR_ENV = "HRLXF_EVAL_AUDIT"
+
+
+class FileAuditHook(AuditHook):
+    """The audit verdicts of one agent instance, kept in a JSON file (tournament workers are other processes)."""
+
+    def __init__(self, agent: Any):
+        super().__init__(agent)
+        root = os.environ.get(AUDIT_DIR_ENV)
+        self.path = Path(root) / f"{type(agent).__name__}-{uuid.uuid4().hex}.json" if root else None
+
+    def write(self, agent: Any) -> None:
+        if self.path is None:
+            return
+        c = self.counts
+        doc = {"agent_type": type(agent).__name__, "decisions": c.decisions, "unsafe_any": c.unsafe_any,
+               "illegal": c.illegal, "off_grid": c.off_grid}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.path)
+
+    def on_day(self, agent: Any) -> None:
+        self.write(agent)
+
+    def on_batch(self, agent: Any, kind: str, offers: Any, responses: Any) -> Any:
+        out = super().on_batch(agent, kind, offers, responses)
+        if agent.awi.current_step >= agent.awi.n_steps - 1:  # no later on_day will write the last day
+            self.write(agent)
+        return out
+
+
+def _audited(cls: type) -> type:
+    return intercept(cls, FileAuditHook, "Evaluated")
+
+
+# Module-level classes: the tournament's worker processes import competitors by name.
+class LitaAgentHRLResidual(_audited(LitaAgentHRL)):  # type: ignore[misc]
+    """LitaAgentHRL with a residual-mode bundle."""
+
+
+class LitaAgentHRLDirect(_audited(LitaAgentHRL)):  # type: ignore[misc]
+    """LitaAgentHRL with a direct-mode bundle."""
+
+
+class LitaAgentHRLRules(_audited(LitaAgentHRL)):  # type: ignore[misc]
+    """LitaAgentHRL with no bundle: the rule-based layers."""
+
+
+class LitaAgentHS(_audited(_HS)):  # type: ignore[misc]
+    """PenguinAgent behind the L1 shield."""
+
+
+class PenguinAgent(_audited(resolve("PenguinAgent"))):  # type: ignore[misc]
+    """The 2024 champion, audited."""
+
+
+_BY_MODE = {"residual": LitaAgentHRLResidual, "direct": LitaAgentHRLDirect}
+
+
+@dataclass
+class EvalConfig:
+    configs: int = 4  # world configurations; each is played once per rotation of the competitors over its slots
+    steps: int = 50
+    opponents: tuple[str, ...] = WINNERS_2025
+    parallelism: str = "parallel"
+    baseline: str = "PenguinAgent"
+
+    def worlds(self, n_competitors: int) -> int:
+        return self.configs * n_competitors
+
+    def validate(self) -> None:
+        if self.configs < 1:
+            raise ValueError(f"configs must be >= 1, got {self.configs}")
+        if self.steps < 3:
+            raise ValueError(f"steps must be >= 3, got {self.steps}")
+        if self.parallelism not in ("parallel", "serial"):
+            raise ValueError(f"parallelism must be 'parallel' or 'serial', got {self.parallelism!r}")
+        for name in self.opponents:
+            resolve(name)
+
+    @classmethod
+    def smoke(cls) -> "EvalConfig":
+        return cls(configs=1, steps=10)
+
+
+def competitors(bundles: Sequence[Path], config: EvalConfig) -> tuple[list[type], list[dict[str, Any]]]:
+    from hrlxf_agent.bundle import load_bundle
+
+    types: list[type] = []
+    params: list[dict[str, Any]] = []
+    for path in bundles:
+        bundle = load_bundle(path)  # a bad bundle fails here, before any world
+        cls = _BY_MODE[bundle.manifest.l3_mode]
+        if cls in types:
+            raise ValueError(f"two bundles with L3 mode {bundle.manifest.l3_mode!r}: give one per mode")
+        types.append(cls)
+        params.append({"controller_params": {"bundle": str(bundle.path.resolve())}})
+    for cls in (LitaAgentHRLRules, LitaAgentHS, PenguinAgent):
+        types.append(cls)
+        params.append({})
+    for name in config.opponents:
+        types.append(resolve(name))
+        params.append({})
+    return types, params
+
+
+def interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean and a normal 95% interval of the mean."""
+    x = np.asarray(values, float)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    half = float(1.96 * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "ci95": [mean - half, mean + half], "half_width": half, "n": n}
+
+
+def summarize(scores: Any, audits: list[dict[str, Any]], config: EvalConfig) -> dict[str, Any]:
+    """Per agent type: per-world mean scores -> mean and interval; audit sums; paired differences."""
+    per_world = scores.groupby(["agent_type", "world"])["score"].mean().unstack("agent_type")
+    per_world.columns = [str(c).split(".")[-1].split(":")[-1] for c in per_world.columns]
+    agents: dict[str, Any] = {}
+    for name in per_world.columns:
+        col = per_world[name].dropna()
+        entry: dict[str, Any] = {"worlds": int(len(col)), "score": interval(col.tolist())}
+        mine = [a for a in audits if a["agent_type"] == name]
+        if mine:
+            entry.update({k: int(sum(a[k] for a in mine)) for k in ("decisions", "unsafe_any", "illegal", "off_grid")})
+        agents[name] = entry
+    paired: dict[str, Any] = {}
+    base = config.baseline
+    for name in per_world.columns:
+        if name == base or base not in per_world.columns:
+            continue
+        d = (per_world[name] - per_world[base]).dropna()
+        paired[f"{name} - {base}"] = interval(d.tolist())
+    if {"LitaAgentHRLResidual", "LitaAgentHRLDirect"} <= set(per_world.columns):
+        d = (per_world["LitaAgentHRLResidual"] - per_world["LitaAgentHRLDirect"]).dropna()
+        paired["LitaAgentHRLResidual - LitaAgentHRLDirect"] = interval(d.tolist())
+    return {"schema_version": EVALUATION_SCHEMA_VERSION, "config": asdict(config), "worlds": int(len(per_world)),
+            "agents": agents, "paired": paired, "per_world": per_world.reset_index().to_dict(orient="list")}
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_world = doc["per_world"]
+    names = sorted((k for k in per_world if k != "world"), key=lambda k: -doc["agents"][k]["score"]["mean"])
+    data = [[v for v in per_world[k] if v is not None and not math.isnan(v)] for k in names]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.5))
+    ax.boxplot(data, vert=False, showmeans=True)
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"mean score per world ({doc['worlds']} worlds, {doc['config']['steps']} steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    from tasks.report import md_table
+
+    rows = []
+    for name, a in sorted(doc["agents"].items(), key=lambda kv: -kv[1]["score"]["mean"]):
+        s = a["score"]
+        rows.append([name, a["worlds"], f"{s['mean']:.4f}", f"± {s['half_width']:.4f}",
+                     a.get("unsafe_any", "-"), a.get("illegal", "-"), a.get("decisions", "-")])
+    lines = md_table(["agent", "worlds", "mean score", "95% CI", "unsafe_any", "illegal", "decisions"], rows)
+    lines += ["", *md_table(["paired difference (per world)", "mean", "95% CI", "worlds"],
+                            [[k, f"{v['mean']:+.4f}", f"± {v['half_width']:.4f}", v["n"]] for k, v in doc["paired"].items()])]
+    return "\n".join(lines)
+
+
+def evaluate(bundles: Sequence[Path] | Path, out: Path, config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the tournament; write ``out/evaluation.json``, ``out/evaluation.md`` and ``out/scores.png``."""
+    from scml.utils import anac2024_std
+
+    config.validate()
+    bundles = [bundles] if isinstance(bundles, (str, Path)) else list(bundles)
+    out = Path(out)
+    audit_dir = out / "audit"
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    for f in audit_dir.glob("*.json"):
+        f.unlink()
+    types, params = competitors(bundles, config)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.worlds(len(types)), desc="evaluate worlds", unit="world")
+    old = os.environ.get(AUDIT_DIR_ENV)
+    os.environ[AUDIT_DIR_ENV] = str(audit_dir.resolve())
+    try:
+        results = anac2024_std(
+            # every competitor in every world (paired comparisons), rotated over the slots of each configuration
+            competitors=types, competitor_params=params, n_configs=config.configs, n_competitors_per_world=len(types),
+            max_worlds_per_config=len(types), n_runs_per_world=1, n_steps=config.steps,
+            tournament_path=str(out / "tournament"), parallelism=config.parallelism, compact=True, verbose=False,
+            tournament_progress_callback=(lambda *_: bar.update(1)) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+        if old is None:
+            os.environ.pop(AUDIT_DIR_ENV, None)
+        else:
+            os.environ[AUDIT_DIR_ENV] = old
+    audits = [json.loads(f.read_text()) for f in sorted(audit_dir.glob("*.json"))]
+    doc = summarize(results.scores, audits, config)
+    doc["bundles"] = [str(Path(b).resolve()) for b in bundles]
+    tmp = out / "evaluation.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out / "evaluation.json")
+    (out / "evaluation.md").write_text(markdown(doc) + "\n")
+    plot(doc, out / "scores.png")
+    return doc

@@ -1,0 +1,158 @@
+"""Stage: L2 behaviour cloning on the macro table's v2 goal labels.
+
+Loss per agent-day, over the sides the agent can negotiate (the goal mask):
+quantities through log1p (the labels are heavy-tailed: a few days ask for
+5x n_lines, most for under 1), prices as they are (ratios to the catalog
+price). Split by world; metrics in the game's units (items, share of the
+catalog price) beside the plain masked MSE the reference implementation reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from hrlxf_agent.state import FeatureSpec
+from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
+from tasks.tables import MACRO_VERSION, macro_schema
+from tasks.training import (
+    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best, require_rows, table_files, world_split,
+    write_stage_output,
+)
+
+Q_COLUMNS = np.array([b * 4 + c for b in range(4) for c in (0, 2)])  # Q_buy, Q_sell of each bucket
+P_COLUMNS = np.array([b * 4 + c for b in range(4) for c in (1, 3)])
+
+
+@dataclass
+class L2Config:
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    price_weight: float = 4.0  # prices vary ~0.1 around 0.85; quantities ~1 in log1p: comparable losses
+    min_relative_score: float = 1.0  # expert classes kept (see training.expert_agents)
+
+    @classmethod
+    def smoke(cls) -> "L2Config":
+        return cls(fit=FitConfig(max_epochs=2, batch_size=64, min_train_rows=20, min_val_rows=5), min_relative_score=0.0)
+
+
+@dataclass
+class MacroData:
+    x_static: np.ndarray
+    x_temporal: np.ndarray
+    x_role: np.ndarray
+    goal: np.ndarray
+    mask: np.ndarray
+    n_lines: np.ndarray
+    val: np.ndarray  # bool per row
+    keys: pl.DataFrame  # run_id, world_id, agent_id, step
+
+
+def load_macro(lake: Path, spec: FeatureSpec, fit: FitConfig, min_relative_score: float) -> MacroData:
+    files = table_files(lake, "macro")
+    check_schema(files, macro_schema(spec), str(MACRO_VERSION))
+    df = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+    df = df.join(expert_agents(lake, min_relative_score), on=["run_id", "world_id", "agent_id"], how="inner")
+    if df.is_empty():
+        raise TrainingDataError(f"{lake}/macro: no rows of expert agents (is the agents table of `hrlxf events` there?)")
+    K = (spec.horizon + 1) * len(spec.temporal)
+    return MacroData(
+        x_static=list_array(df, "x_static", len(spec.static)),
+        x_temporal=list_array(df, "x_temporal", K).reshape(len(df), spec.horizon + 1, len(spec.temporal)),
+        x_role=list_array(df, "x_role", 2),
+        goal=list_array(df, "goal", GOAL_DIM),
+        mask=list_array(df, "goal_mask", GOAL_DIM),
+        n_lines=df["n_lines"].to_numpy().astype(np.float32),
+        val=world_split(df, fit).to_numpy(),
+        keys=df.select("run_id", "world_id", "agent_id", "step"),
+    )
+
+
+def goal_loss(pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, price_weight: float) -> torch.Tensor:
+    """Masked: (log1p q - log1p q*)^2 + w (p - p*)^2, averaged over the unmasked entries."""
+    q, p = torch.as_tensor(Q_COLUMNS), torch.as_tensor(P_COLUMNS)
+    err_q = (torch.log1p(pred[:, q]) - torch.log1p(label[:, q])) ** 2 * mask[:, q]
+    err_p = price_weight * (pred[:, p] - label[:, p]) ** 2 * mask[:, p]
+    return (err_q.sum() + err_p.sum()) / mask.sum().clamp_min(1.0)
+
+
+def goal_metrics(pred: np.ndarray, label: np.ndarray, mask: np.ndarray, n_lines: np.ndarray) -> dict[str, float]:
+    """Plain masked MSE (the reference's figure) and errors in the game's units."""
+    m = mask > 0
+    q_err = np.abs(pred[:, Q_COLUMNS] - label[:, Q_COLUMNS]) * n_lines[:, None]
+    p_err = np.abs(pred[:, P_COLUMNS] - label[:, P_COLUMNS])
+    return {
+        "mse": float(((pred - label) ** 2)[m].mean()),
+        "q_mae_items": float(q_err[m[:, Q_COLUMNS]].mean()),
+        "p_mae_catalog_share": float(p_err[m[:, P_COLUMNS]].mean()),
+        "rows": int(len(pred)),
+    }
+
+
+def _module(config: L2Config) -> Any:
+    import lightning.pytorch as L
+
+    class L2Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.planner = Planner(config.planner)
+
+        def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            xs, xt, xr, goal, mask = batch
+            pred, _ = self.planner(xs, xt, xr)
+            return goal_loss(pred, goal, mask, config.price_weight)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = self._loss(batch)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", self._loss(batch), on_epoch=True, prog_bar=True)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=config.fit.lr, weight_decay=config.fit.weight_decay)
+
+    return L2Module()
+
+
+def predict_goals(planner: Planner, x_static: np.ndarray, x_temporal: np.ndarray, x_role: np.ndarray,
+                  batch: int = 2048) -> np.ndarray:
+    planner.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x_static), batch):
+            g, _ = planner(torch.from_numpy(x_static[i:i + batch]), torch.from_numpy(x_temporal[i:i + batch]),
+                           torch.from_numpy(x_role[i:i + batch]))
+            out.append(g.numpy())
+    return np.concatenate(out) if out else np.zeros((0, GOAL_DIM), np.float32)
+
+
+def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> dict[str, Any]:
+    """macro table -> ``out/planner.pt`` + ``out/metrics.json``; returns the metrics."""
+    spec = FeatureSpec(horizon=config.planner.horizon)
+    data = load_macro(Path(lake), spec, config.fit, config.min_relative_score)
+    tr, va = ~data.val, data.val
+    require_rows("L2 (macro agent-days)", int(tr.sum()), int(va.sum()), config.fit)
+    arrays = (data.x_static, data.x_temporal, data.x_role, data.goal, data.mask)
+
+    module = _module(config)
+    result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, va), config.fit, Path(out), progress)
+    load_best(module, result)
+    planner = module.planner.eval()
+    metrics: dict[str, Any] = {"stage": "train_l2", "best_val_loss": result.best_val_loss, "epochs": result.epochs,
+                               "history": result.history, "config": asdict(config), "resumed_from": result.resumed_from}
+    for name, rows in (("train", tr), ("val", va)):
+        pred = predict_goals(planner, data.x_static[rows], data.x_temporal[rows], data.x_role[rows])
+        metrics[name] = goal_metrics(pred, data.goal[rows], data.mask[rows], data.n_lines[rows])
+    # the floor any planner must beat: the mean label of the training days
+    mean_goal = (data.goal[tr] * data.mask[tr]).sum(0) / np.maximum(data.mask[tr].sum(0), 1)
+    metrics["val_mean_baseline"] = goal_metrics(np.repeat(mean_goal[None], int(va.sum()), 0) * data.mask[va],
+                                                data.goal[va], data.mask[va], data.n_lines[va])
+    write_stage_output(Path(out), {"planner": planner.state_dict()}, metrics)
+    return metrics

@@ -1,0 +1,305 @@
+"""Stage: L3 behaviour cloning on the micro table, then advantage-weighted regression (AWR).
+
+Inputs per row are exactly what the runtime executor reads (`HRLPolicy._execute`):
+static, goal (goal_hat from the backfill stage, as L2 gives it online), role,
+broadcast c, alpha, the rounds window and L1's time_mask. Losses:
+* op: cross-entropy on every row (accept / reject / end);
+* delta: cross-entropy under the time_mask, on counter-offers whose offset L1 allows;
+* q, p: on those counter-offers, in the executor's output space: around the L1
+  baseline in ``residual`` mode, absolute in ``direct`` mode (q through log1p).
+AWR then re-weights the same losses by exp(A / beta), clipped, where the
+advantage A = R - V(s) is taken against a learned value baseline V (a small MLP
+on the same inputs) and R is the thread's deal value against the spot price
+(0 without a deal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hrlxf_agent.state import FeatureSpec
+from hrlxf_models.executor import Executor, ExecutorConfig
+from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
+from tasks.training import (
+    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best, require_rows,
+    table_files, world_split, write_stage_output,
+)
+
+ROUND = 12
+#: tensor order of one L3 batch
+FIELDS = ("static", "goal", "role", "broadcast", "alpha", "rounds", "keep", "time_mask",
+          "op", "delta", "delta_ok", "q", "p", "base_q", "base_p", "qp_ok", "ret", "weight")
+
+
+@dataclass
+class L3Config:
+    mode: str = "residual"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=12, batch_size=512, lr=5e-4, patience=3))
+    awr_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=4, batch_size=512, lr=2e-4, patience=2))
+    value_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=6, batch_size=1024, lr=1e-3, patience=2))
+    awr: bool = True
+    awr_beta: float = 1.0  # temperature on the standardised advantage
+    awr_max_weight: float = 20.0
+    delta_weight: float = 0.5
+    qp_weight: float = 4.0
+    min_relative_score: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.executor = ExecutorConfig(**{**asdict(self.executor), "mode": self.mode, "heuristic_prior": 0.0})
+
+    @classmethod
+    def smoke(cls, mode: str = "residual") -> "L3Config":
+        tiny = FitConfig(max_epochs=1, batch_size=256, min_train_rows=50, min_val_rows=10)
+        return cls(mode=mode, fit=tiny, awr_fit=tiny, value_fit=tiny, min_relative_score=0.0)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every expert row with its goal_hat, as the arrays of FIELDS; and the validation flags."""
+    lake = Path(lake)
+    files = table_files(lake, "micro")
+    check_schema(files, micro_schema(spec), str(MICRO_VERSION))
+    goal_files = table_files(lake, "goal_hat")
+    keys = ["run_id", "world_id", "agent_id", "step"]
+    micro = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+    goals = pl.concat([pl.read_parquet(f) for f in goal_files], how="vertical")
+    df = (micro.join(expert_agents(lake, config.min_relative_score), on=keys[:3], how="inner")
+          .join(goals, on=keys, how="left"))
+    missing = int(df["goal_hat"].is_null().sum())
+    if missing:
+        raise TrainingDataError(f"{lake / 'goal_hat'}: {missing} micro rows have no goal_hat (run the backfill stage)")
+    if df.is_empty():
+        raise TrainingDataError(f"{lake / 'micro'}: no rows of expert agents")
+    return micro_arrays(df, spec, config), world_split(df, config.fit).to_numpy()
+
+
+def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[str, np.ndarray]:
+    n, H = len(df), spec.horizon
+    hist_len = df["history_len"].to_numpy()
+    keep = np.arange(HISTORY)[None, :] >= (HISTORY - hist_len)[:, None]
+    time_mask = list_array(df, "time_mask", H + 1)
+    op = df["op"].to_numpy().astype(np.int64)
+    delta = df["delta"].to_numpy().astype(np.int64)
+    in_range = (delta >= 0) & (delta <= H)
+    allowed = in_range & (time_mask[np.arange(n), np.clip(delta, 0, H)] == 0)
+    q = df["q"].fill_null(np.nan).to_numpy().astype(np.float32)
+    p = df["p"].fill_null(np.nan).to_numpy().astype(np.float32)
+    base_q = df["base_q"].fill_null(np.nan).to_numpy().astype(np.float32)
+    base_p = df["base_p"].fill_null(np.nan).to_numpy().astype(np.float32)
+    counter = (op == 1) & allowed & np.isfinite(q) & np.isfinite(p)
+    qp_ok = counter & (np.isfinite(base_q) & np.isfinite(base_p) if config.mode == "residual" else True)
+    ret = np.where(df["deal"].to_numpy(), df["deal_value"].fill_null(0.0).to_numpy(), 0.0).astype(np.float32)
+    return {
+        "static": list_array(df, "static", 12), "goal": list_array(df, "goal_hat", 16), "role": list_array(df, "role", 2),
+        "broadcast": list_array(df, "broadcast", 12), "alpha": df["alpha"].to_numpy().astype(np.float32)[:, None],
+        "rounds": list_array(df, "history", HISTORY * ROUND).reshape(n, HISTORY, ROUND), "keep": keep,
+        "time_mask": time_mask, "op": op, "delta": np.where(counter, delta, 0), "delta_ok": counter,
+        "q": np.nan_to_num(q), "p": np.nan_to_num(p, nan=1.0), "base_q": np.nan_to_num(base_q),
+        "base_p": np.nan_to_num(base_p, nan=1.0), "qp_ok": qp_ok, "ret": ret, "weight": np.ones(n, np.float32),
+        "n_lines": df["n_lines"].to_numpy().astype(np.float32),
+    }
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def executor_outputs(ex: Executor, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = ex(b["static"], b["goal"], b["role"], b["broadcast"], b["alpha"], b["rounds"], b["keep"], b["time_mask"])
+    out["q_hat"], out["p_hat"] = ex.quantity_price(out, b["base_q"], b["base_p"])
+    return out
+
+
+def l3_losses(ex: Executor, b: dict[str, torch.Tensor], config: L3Config) -> dict[str, torch.Tensor]:
+    """Weighted op / delta / q-p losses of one batch (weights are 1 in BC, AWR's in AWR)."""
+    out = executor_outputs(ex, b)
+    w = b["weight"]
+    op = (F.cross_entropy(out["op"], b["op"], reduction="none") * w).sum() / w.sum().clamp_min(1e-9)
+    dw = w * b["delta_ok"]
+    logits = out["delta"].clamp_min(-1e4)  # masked offsets stay masked without -inf arithmetic
+    delta = (F.cross_entropy(logits, b["delta"], reduction="none") * dw).sum() / dw.sum().clamp_min(1e-9)
+    qw = w * b["qp_ok"]
+    if config.mode == "direct":
+        err_q = (torch.log1p(out["q_hat"]) - torch.log1p(b["q"])) ** 2
+    else:
+        err_q = (out["q_hat"] - b["q"]) ** 2
+    err_p = (out["p_hat"] - b["p"]) ** 2
+    qp = ((err_q + err_p) * qw).sum() / qw.sum().clamp_min(1e-9)
+    total = op + config.delta_weight * delta + config.qp_weight * qp
+    return {"loss": total, "op": op, "delta": delta, "qp": qp}
+
+
+def as_batch(tensors: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    b = dict(zip(FIELDS, tensors))
+    b["keep"] = b["keep"].to(torch.bool)
+    b["delta_ok"] = b["delta_ok"].to(torch.float32)
+    b["qp_ok"] = b["qp_ok"].to(torch.float32)
+    return b
+
+
+def _executor_module(config: L3Config, fit: FitConfig, init: dict[str, torch.Tensor] | None) -> Any:
+    import lightning.pytorch as L
+
+    class L3Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.executor = Executor(config.executor)
+            if init is not None:
+                self.executor.load_state_dict(init)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            losses = l3_losses(self.executor, as_batch(batch), config)
+            self.log("train_loss", losses["loss"], on_step=False, on_epoch=True)
+            return losses["loss"]
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            losses = l3_losses(self.executor, as_batch(batch), config)
+            self.log("val_loss", losses["loss"], on_epoch=True, prog_bar=True)
+            for k in ("op", "delta", "qp"):
+                self.log(f"val_{k}", losses[k], on_epoch=True)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+
+    return L3Module()
+
+
+# ---------------------------------------------------------------------------- value baseline
+
+
+class ValueNet(nn.Module):
+    """V(s): the expected deal value of a thread from what L3 sees at one round."""
+
+    def __init__(self, n_in: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def value_inputs(a: dict[str, np.ndarray]) -> np.ndarray:
+    last = a["rounds"][:, -1, :]
+    return np.concatenate([a["static"], a["goal"], a["role"], a["broadcast"], a["alpha"], last], axis=1).astype(np.float32)
+
+
+def _value_module(n_in: int, fit: FitConfig) -> Any:
+    import lightning.pytorch as L
+
+    class ValueModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.value = ValueNet(n_in)
+
+        def _loss(self, batch: Any) -> torch.Tensor:
+            x, r = batch
+            return F.mse_loss(self.value(x), r)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = self._loss(batch)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", self._loss(batch), on_epoch=True)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+
+    return ValueModule()
+
+
+def awr_weights(ret: np.ndarray, value: np.ndarray, beta: float, max_weight: float) -> np.ndarray:
+    """exp(standardised advantage / beta), clipped to [0, max_weight]."""
+    adv = ret - value
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return np.minimum(np.exp(np.clip(adv / beta, -30, 30)), max_weight).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def l3_metrics(ex: Executor, a: dict[str, np.ndarray], rows: np.ndarray, mode: str) -> dict[str, float]:
+    """op / delta accuracy and q, p errors (items; share of the catalog price) on ``rows``."""
+    ex.eval()
+    idx = np.flatnonzero(rows)
+    op_hit = delta_hit = 0
+    q_err, p_err = [], []
+    with torch.inference_mode():
+        for i in range(0, len(idx), 4096):
+            sel = idx[i:i + 4096]
+            b = as_batch(tuple(torch.from_numpy(np.ascontiguousarray(a[k][sel])) for k in FIELDS))
+            out = executor_outputs(ex, b)
+            op_hit += int((out["op"].argmax(-1) == b["op"]).sum())
+            ok = b["delta_ok"] > 0
+            delta_hit += int((out["delta"].argmax(-1)[ok] == b["delta"][ok]).sum())
+            qp = b["qp_ok"] > 0
+            n_lines = torch.from_numpy(a["n_lines"][sel])
+            q_err.append(((out["q_hat"] - b["q"]).abs() * n_lines)[qp].numpy())
+            p_err.append((out["p_hat"] - b["p"]).abs()[qp].numpy())
+    n_delta = int(a["delta_ok"][idx].sum())
+    majority = np.bincount(a["op"][idx], minlength=3).max() / max(len(idx), 1)
+    q_all, p_all = np.concatenate(q_err), np.concatenate(p_err)
+    return {
+        "rows": int(len(idx)), "op_accuracy": op_hit / max(len(idx), 1), "op_majority_baseline": float(majority),
+        "delta_rows": n_delta, "delta_accuracy": delta_hit / max(n_delta, 1),
+        "q_mae_items": float(q_all.mean()) if len(q_all) else float("nan"),
+        "p_mae_catalog_share": float(p_all.mean()) if len(p_all) else float("nan"),
+    }
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> dict[str, Any]:
+    """micro + goal_hat -> ``out/executor.pt`` (BC, then AWR if enabled) + ``out/metrics.json``."""
+    out = Path(out)
+    spec = FeatureSpec(horizon=config.executor.horizon)
+    a, val = load_micro(Path(lake), spec, config)
+    tr = ~val
+    require_rows(f"L3 ({config.mode}, micro rows)", int(tr.sum()), int(val.sum()), config.fit)
+    arrays = tuple(a[k] for k in FIELDS)
+
+    bc = _executor_module(config, config.fit, None)
+    bc_result = fit_module(bc, Batches.of(arrays, tr), Batches.of(arrays, val), config.fit, out / "bc", progress)
+    load_best(bc, bc_result)
+    executor = bc.executor.eval()
+    metrics: dict[str, Any] = {
+        "stage": "train_l3", "mode": config.mode, "config": asdict(config),
+        "bc": {"epochs": bc_result.epochs, "best_val_loss": bc_result.best_val_loss, "history": bc_result.history,
+               "train": l3_metrics(executor, a, tr, config.mode), "val": l3_metrics(executor, a, val, config.mode)},
+    }
+    if config.awr:
+        x = value_inputs(a)
+        vm = _value_module(x.shape[1], config.value_fit)
+        v_result = fit_module(vm, Batches.of((x, a["ret"]), tr), Batches.of((x, a["ret"]), val), config.value_fit,
+                              out / "value", progress)
+        load_best(vm, v_result)
+        with torch.inference_mode():
+            v = vm.value.eval()(torch.from_numpy(x)).numpy()
+        a["weight"] = awr_weights(a["ret"], v, config.awr_beta, config.awr_max_weight)
+        arrays = tuple(a[k] for k in FIELDS)
+        awr = _executor_module(config, config.awr_fit, executor.state_dict())
+        awr_result = fit_module(awr, Batches.of(arrays, tr), Batches.of(arrays, val), config.awr_fit, out / "awr", progress)
+        load_best(awr, awr_result)
+        executor = awr.executor.eval()
+        ret_var = float(np.var(a["ret"][val]))
+        metrics["value"] = {"best_val_mse": v_result.best_val_loss, "return_variance": ret_var,
+                            "explained_variance": 1.0 - v_result.best_val_loss / ret_var if ret_var > 0 else float("nan")}
+        metrics["awr"] = {"epochs": awr_result.epochs, "best_val_loss": awr_result.best_val_loss,
+                          "history": awr_result.history, "weight_mean": float(a["weight"].mean()),
+                          "weight_max": float(a["weight"].max()), "clipped_share": float((a["weight"] >= config.awr_max_weight).mean()),
+                          "val": l3_metrics(executor, a, val, config.mode)}
+    metrics["final"] = metrics["awr"]["val"] if config.awr else metrics["bc"]["val"]
+    write_stage_output(out, {"executor": executor.state_dict()}, metrics)
+    return metrics

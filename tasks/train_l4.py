@@ -1,0 +1,126 @@
+"""Stage: L4 distillation. The coordinator learns the rule teacher's alpha per thread.
+
+One row of the l4_distill table is one batch decision: the features of its
+threads, the global features (x_static ++ broadcast c) and the teacher's alpha.
+Rows are padded to the largest batch; the loss is the MSE over the real threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from hrlxf_models.coordinator import THREAD_FEATURES, Coordinator, CoordinatorConfig
+from tasks.training import (
+    Batches, FitConfig, TrainingDataError, expert_agents, fit_module, list_array, load_best, require_rows, table_files,
+    world_split, write_stage_output,
+)
+
+
+@dataclass
+class L4Config:
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=10, batch_size=256, patience=3))
+    min_relative_score: float = 0.0  # the teacher is a rule: every expert's batches teach it
+
+    @classmethod
+    def smoke(cls) -> "L4Config":
+        return cls(fit=FitConfig(max_epochs=1, batch_size=64, min_train_rows=20, min_val_rows=5))
+
+
+def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """(threads (B,N,F), keep (B,N), global (B,G), alpha (B,N)) padded to the largest batch; validation flags."""
+    files = table_files(lake, "l4_distill")
+    df = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+    for col in ("threads", "n_threads", "global", "teacher_alpha"):
+        if col not in df.columns:
+            raise TrainingDataError(f"{Path(lake) / 'l4_distill'}: column {col!r} missing (rebuild with `hrlxf tables`)")
+    df = df.join(expert_agents(lake, config.min_relative_score), on=["run_id", "world_id", "agent_id"], how="inner")
+    df = df.filter(pl.col("n_threads") > 0)
+    if df.is_empty():
+        raise TrainingDataError(f"{Path(lake) / 'l4_distill'}: no batch rows of expert agents")
+    n = df["n_threads"].to_numpy()
+    B, N, F = len(df), int(n.max()), THREAD_FEATURES
+    threads = np.zeros((B, N, F), np.float32)
+    alpha = np.zeros((B, N), np.float32)
+    keep = np.arange(N)[None, :] < n[:, None]
+    flat = np.concatenate([np.asarray(x, np.float32) for x in df["threads"].to_list()])
+    flat_alpha = np.concatenate([np.asarray(x, np.float32) for x in df["teacher_alpha"].to_list()])
+    threads[keep] = flat.reshape(-1, F)
+    alpha[keep] = flat_alpha
+    glob = list_array(df, "global", config.coordinator.global_dim)
+    return (threads, keep, glob, alpha), world_split(df, config.fit).to_numpy()
+
+
+def _module(config: L4Config) -> Any:
+    import lightning.pytorch as L
+
+    class L4Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.coordinator = Coordinator(config.coordinator)
+
+        def _loss(self, batch: Any) -> torch.Tensor:
+            threads, keep, glob, alpha = batch
+            keep = keep.to(torch.bool)
+            pred = self.coordinator(threads, keep, glob)
+            return ((pred - alpha) ** 2)[keep].mean()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = self._loss(batch)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", self._loss(batch), on_epoch=True, prog_bar=True)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=config.fit.lr, weight_decay=config.fit.weight_decay)
+
+    return L4Module()
+
+
+def alpha_metrics(coordinator: Coordinator, arrays: tuple[np.ndarray, ...], rows: np.ndarray) -> dict[str, float]:
+    threads, keep, glob, alpha = (a[rows] for a in arrays)
+    with torch.inference_mode():
+        pred = coordinator.eval()(torch.from_numpy(threads), torch.from_numpy(keep), torch.from_numpy(glob)).numpy()
+    err = (pred - alpha)[keep]
+    teacher = alpha[keep]
+    return {"batches": int(rows.sum()), "threads": int(keep.sum()), "mae": float(np.abs(err).mean()),
+            "mse": float((err ** 2).mean()), "teacher_variance": float(teacher.var()),
+            "rank_agreement": _rank_agreement(pred, alpha, keep)}
+
+
+def _rank_agreement(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray) -> float:
+    """Share of thread pairs within a batch that the coordinator orders as the teacher does (L1 clips in this order)."""
+    agree = total = 0
+    for p, a, k in zip(pred, alpha, keep):
+        p, a = p[k], a[k]
+        if len(a) < 2:
+            continue
+        dp, da = np.sign(p[:, None] - p[None, :]), np.sign(a[:, None] - a[None, :])
+        upper = np.triu(np.ones_like(dp, dtype=bool), 1) & (da != 0)
+        agree += int((dp[upper] == da[upper]).sum())
+        total += int(upper.sum())
+    return agree / total if total else float("nan")
+
+
+def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> dict[str, Any]:
+    """l4_distill -> ``out/coordinator.pt`` + ``out/metrics.json``; returns the metrics."""
+    arrays, val = load_l4(Path(lake), config)
+    tr = ~val
+    require_rows("L4 (l4_distill batches)", int(tr.sum()), int(val.sum()), config.fit)
+    module = _module(config)
+    result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, val), config.fit, Path(out), progress)
+    load_best(module, result)
+    coordinator = module.coordinator.eval()
+    metrics = {"stage": "train_l4", "config": asdict(config), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
+               "history": result.history, "train": alpha_metrics(coordinator, arrays, tr),
+               "val": alpha_metrics(coordinator, arrays, val)}
+    write_stage_output(Path(out), {"coordinator": coordinator.state_dict()}, metrics)
+    return metrics

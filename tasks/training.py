@@ -1,0 +1,279 @@
+"""What every offline training stage shares: reading a table safely, a split by world,
+and one Lightning fit with checkpoints, resume, early stopping and a NaN guard.
+
+Lightning is imported only here and in the stage modules; the runtime agent
+never needs it (it loads plain state dicts from a bundle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+
+class TrainingDataError(ValueError):
+    """Training cannot start on this table: the message says why and what is needed."""
+
+
+class DivergedError(RuntimeError):
+    """The loss went non-finite; the last good checkpoint is kept."""
+
+
+#: classes the stages never imitate (a random baseline is not an expert)
+NOT_EXPERTS = ("SyncRandomStdAgent",)
+
+
+@dataclass
+class FitConfig:
+    """How long and how to fit; the same for every stage."""
+
+    max_epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 4  # epochs without a better validation loss before stopping
+    val_fraction: float = 0.2  # of the worlds, not of the rows
+    seed: int = 0
+    min_train_rows: int = 200
+    min_val_rows: int = 20
+
+    def validate(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("max_epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def table_files(lake: Path, table: str) -> list[Path]:
+    files = sorted((Path(lake) / table).glob("*/*.parquet"))
+    if not files:
+        raise TrainingDataError(f"{Path(lake) / table}: no Parquet files (run `hrlxf tables` first)")
+    return files
+
+
+def check_schema(files: list[Path], expected: pa.Schema, version: str) -> None:
+    """Every file has the code's schema version and every column with its type; the error names the column."""
+    for f in files:
+        schema = pq.read_schema(f)
+        got = (schema.metadata or {}).get(b"version", b"?").decode()
+        if got != version:
+            raise TrainingDataError(f"{f}: table version {got}, this code reads version {version} (rebuild with `hrlxf tables`)")
+        for want in expected:
+            if want.name not in schema.names:
+                raise TrainingDataError(f"{f}: column {want.name!r} missing (schema version {version} expects it)")
+            have = schema.field(want.name).type
+            if have != want.type:
+                raise TrainingDataError(f"{f}: column {want.name!r} is {have}, expected {want.type}")
+
+
+def expert_agents(lake: Path, min_relative_score: float = 1.0) -> pl.DataFrame:
+    """(run_id, world_id, agent_id, agent_class, n_lines) of the agents worth imitating.
+
+    A class is kept when its mean score in the data is at least
+    ``min_relative_score`` x the mean of all agents (0 keeps every class but
+    the random baseline): imitating the weaker half teaches the weaker half.
+    """
+    files = sorted((Path(lake) / "events").glob("*/*/agents.parquet"))
+    if not files:
+        raise TrainingDataError(f"{Path(lake) / 'events'}: no agents tables (run `hrlxf events` first)")
+    agents = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+    agents = agents.filter(~pl.col("agent_class").is_in(NOT_EXPERTS))
+    overall = agents["score"].mean() or 0.0
+    by_class = agents.group_by("agent_class").agg(pl.col("score").mean().alias("class_score"))
+    keep = by_class.filter(pl.col("class_score") >= min_relative_score * overall)["agent_class"]
+    return agents.filter(pl.col("agent_class").is_in(keep)).select("run_id", "world_id", "agent_id", "agent_class", "n_lines")
+
+
+def is_validation_world(world_key: str, fraction: float, seed: int) -> bool:
+    """A stable split by world (hash of run/world), so rows of one world never sit on both sides."""
+    h = hashlib.blake2b(f"{seed}:{world_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64 < fraction
+
+
+def world_split(df: pl.DataFrame, fit: FitConfig) -> pl.Series:
+    keys = (df["run_id"] + "/" + df["world_id"]).to_list()
+    val = pl.Series("val", [is_validation_world(k, fit.val_fraction, fit.seed) for k in keys])
+    if val.all() or not val.any():  # tiny data: force at least one world on each side
+        worlds = sorted(set(keys))
+        if len(worlds) < 2:
+            raise TrainingDataError(f"need rows from at least 2 worlds to hold one out for validation, got {len(worlds)}")
+        held = worlds[0]
+        val = pl.Series("val", [k == held for k in keys])
+    return val
+
+
+def require_rows(what: str, n_train: int, n_val: int, fit: FitConfig) -> None:
+    if n_train < fit.min_train_rows or n_val < fit.min_val_rows:
+        raise TrainingDataError(
+            f"{what}: {n_train} training and {n_val} validation rows; need at least {fit.min_train_rows} and "
+            f"{fit.min_val_rows} (collect more worlds, e.g. `hrlxf collect --profile default`)"
+        )
+
+
+def list_array(df: pl.DataFrame, column: str, width: int) -> np.ndarray:
+    """A fixed-width list column as a float32 (N, width) array."""
+    s = df[column]
+    if isinstance(s.dtype, pl.List):
+        s = s.list.to_array(width)
+    return s.to_numpy().astype(np.float32, copy=False).reshape(len(df), width)
+
+
+# ---------------------------------------------------------------------------- fitting
+
+
+class Batches(torch.utils.data.Dataset):
+    """Tensors indexed a whole batch at a time (a per-row Dataset costs more than the step)."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        if len({len(t) for t in tensors}) != 1:
+            raise ValueError("all tensors need the same number of rows")
+        self.tensors = tensors
+
+    @classmethod
+    def of(cls, arrays: tuple[np.ndarray, ...], rows: np.ndarray) -> "Batches":
+        return cls(*(torch.from_numpy(np.ascontiguousarray(a[rows])) for a in arrays))
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, idx: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(t[idx] for t in self.tensors)
+
+
+@dataclass
+class FitResult:
+    best_path: str
+    last_path: str
+    epochs: int
+    best_val_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    import lightning.pytorch as pl_
+
+    pl_.seed_everything(seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _callbacks(out: Path, fit: FitConfig, history: list[dict[str, float]]) -> list[Any]:
+    import lightning.pytorch as L
+
+    class History(L.Callback):
+        """Per-epoch metrics for the curves saved with the bundle."""
+
+        def on_validation_epoch_end(self, trainer: Any, module: Any) -> None:
+            if trainer.sanity_checking:
+                return
+            row = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            row["epoch"] = int(trainer.current_epoch)
+            history.append(row)
+
+    class NanGuard(L.Callback):
+        """Stop on a non-finite loss before a bad step reaches a checkpoint."""
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if loss is not None and not torch.isfinite(loss).all():
+                raise DivergedError(f"non-finite training loss at epoch {trainer.current_epoch}, batch {batch_idx}")
+
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
+                                       save_last=True, save_top_k=1, enable_version_counter=False)
+    stop = L.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=fit.patience, check_finite=True)
+    return [ckpt, stop, History(), NanGuard()]
+
+
+def fit_module(module: Any, train: torch.utils.data.Dataset, val: torch.utils.data.Dataset, fit: FitConfig, out: Path,
+               progress: bool = True) -> FitResult:
+    """Fit ``module`` (a LightningModule logging ``val_loss``), resuming from ``out/checkpoints/last.ckpt``.
+
+    A killed run restarts at its last finished epoch. A non-finite loss raises
+    DivergedError and leaves the last good checkpoint in place.
+    """
+    import lightning.pytorch as L
+
+    fit.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(fit.seed)
+    history_file = out / "history.json"
+    history: list[dict[str, float]] = json.loads(history_file.read_text()) if history_file.exists() else []
+    callbacks = _callbacks(out, fit, history)
+    last = out / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.exists() else None
+    if resume is None:
+        history.clear()
+    g = torch.Generator().manual_seed(fit.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train, batch_size=None,
+        sampler=torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(train, generator=g), fit.batch_size, False),
+    )
+    val_loader = torch.utils.data.DataLoader(
+        val, batch_size=None,
+        sampler=torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(val), max(fit.batch_size, 1024), False),
+    )
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    trainer = L.Trainer(
+        max_epochs=fit.max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
+        enable_progress_bar=progress, enable_model_summary=False, deterministic="warn", default_root_dir=str(out),
+        num_sanity_val_steps=0,
+    )
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    finally:
+        _write_json(history_file, history)
+    ckpt = callbacks[0]
+    best = ckpt.best_model_path or str(last)
+    best_loss = float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan
+    return FitResult(best_path=best, last_path=str(last), epochs=int(trainer.current_epoch), best_val_loss=best_loss,
+                     history=list(history), resumed_from=resume)
+
+
+def load_best(module: Any, result: FitResult) -> Any:
+    """The module's weights from the best checkpoint (Lightning stores them under ``state_dict``)."""
+    state = torch.load(result.best_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    return module
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=_plain))
+    os.replace(tmp, path)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if hasattr(x, "__dataclass_fields__"):
+        return asdict(x)
+    raise TypeError(f"not JSON: {type(x).__name__}")
+
+
+def write_stage_output(out: Path, weights: dict[str, dict[str, torch.Tensor]], metrics: dict[str, Any]) -> None:
+    """The stage's deliverables: plain state dicts (what a bundle holds) and metrics.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, state in weights.items():
+        tmp = out / f".{name}.pt.tmp"
+        torch.save({k: v.detach().clone() for k, v in state.items()}, tmp)
+        os.replace(tmp, out / f"{name}.pt")
+    _write_json(out / "metrics.json", metrics)
