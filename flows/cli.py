@@ -182,15 +182,30 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _tables(args: argparse.Namespace) -> int:
+    """events -> macro -> micro -> l4_distill, each incremental; then what every table holds and what was quarantined."""
+    import time
+
+    import pyarrow.parquet as pq
+
     if _events(args) != 0:
         return 1
+    from tasks.l4_distill import build_l4_distill
     from tasks.micro import build_micro
     from tasks.tables import build_macro
 
     lake = Path(args.lake) if args.lake else data_root() / "lake"
-    for name, build in (("macro", build_macro), ("micro", build_micro)):
+    for name, build in (("macro", build_macro), ("micro", build_micro), ("l4_distill", build_l4_distill)):
+        t = time.perf_counter()
         summary = build(lake)
-        print(f"{name}: built {summary['built']} worlds ({summary['rows']} rows), skipped {summary['skipped']} already built")
+        files = sorted((lake / name).glob("*/*.parquet"))
+        total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        print(f"{name}: built {summary['built']} worlds ({summary['rows']} rows) in {time.perf_counter() - t:.1f} s, "
+              f"skipped {summary['skipped']} already built; the table holds {len(files)} worlds, {total} rows")
+    quarantine = lake / "events" / "quarantine.parquet"
+    held = pq.read_table(quarantine).to_pylist() if quarantine.exists() else []
+    print(f"quarantined worlds: {len(held)}")
+    for q in held:
+        print(f"  {q['run_id']}/{q['world_id']}: {q['reason']}")
     return 0
 
 

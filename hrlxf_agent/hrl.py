@@ -25,8 +25,8 @@ from .heuristics import GlobalMonitor, Goal, bucket_index, heuristic_action, heu
 from .intercept import intercept
 from .shield import Bounds, SafetyShield
 from .shielded import ShieldHook
-from .snapshot import DEFAULT_HORIZON, TIME, Snapshot, snapshot_from_awi
-from .state import FeatureSpec, StateBuilder, round_features, thread_features
+from .snapshot import DEFAULT_HORIZON, Snapshot, snapshot_from_awi
+from .state import FeatureSpec, StateBuilder, batch_thread_features, round_features
 
 log = logging.getLogger("hrlxf")
 OPS = ("accept", "reject", "end")
@@ -53,6 +53,7 @@ class HRLPolicy(StdSyncAgent):
         self._batch_snapshot: Snapshot | None = None
         self.fallbacks: dict[str, int] = defaultdict(int)
         self.feature_log: list[dict[str, Any]] | None = None  # set to a list to keep the L2 inputs computed online
+        self.l3_log: list[dict[str, Any]] | None = None  # set to a list to keep the L3 inputs computed online
 
     # ------------------------------------------------------------ lifecycle
     def init(self):
@@ -199,16 +200,7 @@ class HRLPolicy(StdSyncAgent):
             return teacher
 
     def _thread_features(self, snap, bounds, remaining, partners, is_buy, offer_of, rel) -> np.ndarray:
-        idx = bucket_index(snap.horizon)
-        rows = []
-        for p in partners:
-            o = offer_of[p]
-            k = int(o[TIME]) - snap.step if o is not None else 0
-            b = idx[min(max(k, 0), snap.horizon)]
-            gap = (remaining[0] if is_buy[p] else remaining[1])[b]
-            q_safe = bounds.q_safe_buy if is_buy[p] else bounds.q_safe_sell
-            rows.append(thread_features(snap, q_safe, bounds.b_free, gap, is_buy[p], o, rel[p], snap.horizon))
-        return np.stack(rows)
+        return batch_thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
 
     def _execute(self, snap, bounds: Bounds, goal: Goal, c, alpha, partners, is_buy, offer_of, rel, rules) -> dict[str, SAOResponse]:
         """L3 for every thread of the batch in one forward pass; decoding op -> delta -> (q, p)."""
@@ -229,6 +221,11 @@ class HRLPolicy(StdSyncAgent):
             roles[i] = self.builder.role_one_hot(is_buy[p])
         static = np.repeat(self.builder.static(snap)[None], B, axis=0)
         goal_vec = np.repeat(goal.vector(snap)[None], B, axis=0)
+        if self.l3_log is not None:  # a test's record of the inputs L3 reads; off by default
+            for i, p in enumerate(partners):
+                self.l3_log.append({"partner": p, "step": snap.step, "round": int(self.negotiators[p][0].nmi.state.step),
+                                    "static": static[i], "goal": goal_vec[i], "role": roles[i], "broadcast": c, "alpha": alpha[p],
+                                    "rounds": rounds[i], "keep": keep[i], "time_mask": masks[i]})
         with torch.inference_mode():
             out = self.models.executor_fn(
                 torch.from_numpy(static), torch.from_numpy(goal_vec), torch.from_numpy(roles),

@@ -200,3 +200,21 @@ def thread_features(snap: Snapshot, q_safe: np.ndarray, b_free: float, gap_of_bu
     x = [float(is_buy), float(not is_buy), rel_time, enc[3], enc[0], enc[1], enc[2],
          gap_of_bucket / snap.n_lines, room / snap.n_lines, budget]
     return np.asarray(x, dtype=np.float32)
+
+
+def batch_thread_features(snap: Snapshot, bounds, remaining: tuple[np.ndarray, np.ndarray], partners: list[str],
+                          is_buy: dict[str, bool], offer_of: dict[str, tuple | None], rel: dict[str, float]) -> np.ndarray:
+    """L4's input for a batch, (len(partners), 10) in ``partners`` order: each thread's `thread_features`,
+    with the goal gap of the bucket of its offer's day (today without an offer). The agent and the
+    l4_distill table both call this (one implementation)."""
+    from .heuristics import bucket_index  # heuristics imports the shield; kept local so state stays a leaf module
+
+    idx = bucket_index(snap.horizon)
+    rows = []
+    for p in partners:
+        o = offer_of[p]
+        k = int(o[1]) - snap.step if o is not None else 0
+        gap = (remaining[0] if is_buy[p] else remaining[1])[idx[min(max(k, 0), snap.horizon)]]
+        q_safe = bounds.q_safe_buy if is_buy[p] else bounds.q_safe_sell
+        rows.append(thread_features(snap, q_safe, bounds.b_free, gap, is_buy[p], o, rel[p], snap.horizon))
+    return np.stack(rows) if rows else np.zeros((0, THREAD_FEATURES), dtype=np.float32)

@@ -7,8 +7,13 @@ without editing it. Each agent instance appends JSON lines to
 * ``agent_initialized``: class and full module path, level, roles, lines, steps, initial balance;
 * ``day_snapshot``: the full `Snapshot` at the start of each day;
 * ``decision``: one row per thread per batch: negotiation id, partner, role,
-  round and relative time, the offer received, the op, the offer sent, and
-  the version of the Snapshot the agent saw (it changes with every deal);
+  round and relative time, the offer received, the op, the offer sent, the
+  version of the Snapshot the agent saw (it changes with every deal) and the
+  batch id (the agent's count of earlier batches), so the tables can group
+  the threads decided together. A thread whose negotiation is already over
+  has no negotiation id and no round (negmas ignores the response). The END
+  negmas echoes through ``propose`` after ``first_proposals`` left a thread
+  out is the same decision and is logged once;
 * ``negotiation_end``: success (with the agreement) or failure.
 
 Contracts, shortfalls and scores are world facts: the collect stage writes
@@ -28,6 +33,7 @@ from .intercept import DecisionHook, Offers, Responses, intercept
 from .snapshot import DEFAULT_HORIZON, snapshot_from_awi, well_formed
 
 EVENTS_SCHEMA_VERSION = 1
+_BATCH_KINDS = ("first_proposals", "counter_all")
 _OPS = {ResponseType.ACCEPT_OFFER: "accept", ResponseType.REJECT_OFFER: "reject", ResponseType.END_NEGOTIATION: "end"}
 
 
@@ -43,6 +49,8 @@ class TrackerHook(DecisionHook):
         self.horizon = horizon
         self.buffer: list[str] = []
         self.version = 0
+        self.batches = 0  # on_batch calls so far: the next batch's id
+        self.echo: set[str] = set()  # partners whose last batch decision was END: negmas' next propose repeats it
         self.initial_balance: float | None = None
         self.started = False
 
@@ -78,6 +86,7 @@ class TrackerHook(DecisionHook):
     def on_day(self, agent: Any) -> None:
         self._start(agent)
         self.flush()
+        self.echo.clear()
         snap = snapshot_from_awi(agent.awi, horizon=self.horizon, version=self.version,
                                  initial_balance=self.initial_balance or 0.0)
         self.emit({"type": "day_snapshot", "step": snap.step, "version": self.version, "snapshot": snap.to_dict()})
@@ -88,12 +97,21 @@ class TrackerHook(DecisionHook):
         suppliers = set(awi.my_suppliers)
         step = int(awi.current_step)
         negotiators = getattr(agent, "negotiators", {})
+        batch = self.batches
+        self.batches += 1
         for partner, r in responses.items():
+            ended = r.response == ResponseType.END_NEGOTIATION
+            if kind in _BATCH_KINDS:
+                (self.echo.add if ended else self.echo.discard)(partner)
+            elif partner in self.echo:
+                self.echo.discard(partner)
+                if ended:
+                    continue  # negmas' propose echoing the END (no offer) a batch just decided and logged: one decision
             entry = negotiators.get(partner)
             nmi = getattr(entry[0], "nmi", None) if entry else None
             state = nmi.state if nmi is not None else None
             self.emit({
-                "type": "decision", "step": step, "version": self.version, "kind": kind, "partner": partner,
+                "type": "decision", "step": step, "version": self.version, "batch": batch, "kind": kind, "partner": partner,
                 "negotiation_id": getattr(nmi, "id", None), "is_buy": partner in suppliers,
                 "round": int(state.step) if state is not None else None,
                 "rel_time": float(state.relative_time) if state is not None else None,

@@ -1,15 +1,19 @@
-"""Arrow schemas of the typed event tables (``<lake>/events/<run_id>/<world_id>/*.parquet``), version 1.
+"""Arrow schemas of the typed event tables (``<lake>/events/<run_id>/<world_id>/*.parquet``), version 2.
 
 One table per event kind, one directory per world. ``snapshot_json`` keeps the
 whole `Snapshot` exactly (``Snapshot.from_dict(json.loads(...))``): the tables
 stage rebuilds features from it with the runtime StateBuilder.
+
+Version 2 adds ``decisions.batch`` (the tracker's batch id; null for logs
+written before the tracker had it). Readers of version-1 tables treat a
+missing ``batch`` column as all null.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-EVENT_TABLES_VERSION = 1
+EVENT_TABLES_VERSION = 2
 
 _KEYS = [pa.field("run_id", pa.string(), nullable=False), pa.field("world_id", pa.string(), nullable=False)]
 _OUTCOME = [("q", pa.int64()), ("t", pa.int64()), ("p", pa.float64())]
@@ -33,8 +37,8 @@ DAYS = pa.schema(_KEYS + [
 
 DECISIONS = pa.schema(_KEYS + [
     pa.field("agent_id", pa.string(), nullable=False), pa.field("seq", pa.int64(), nullable=False),
-    pa.field("step", pa.int64(), nullable=False), pa.field("version", pa.int64()), pa.field("kind", pa.string()),
-    pa.field("partner", pa.string()), pa.field("negotiation_id", pa.string()), pa.field("is_buy", pa.bool_()),
+    pa.field("step", pa.int64(), nullable=False), pa.field("version", pa.int64()), pa.field("batch", pa.int64()),
+    pa.field("kind", pa.string()), pa.field("partner", pa.string()), pa.field("negotiation_id", pa.string()), pa.field("is_buy", pa.bool_()),
     pa.field("round", pa.int64()), pa.field("rel_time", pa.float64()),
     *_outcome_fields("in"), pa.field("op", pa.string()), *_outcome_fields("out"),
 ], metadata={"version": str(EVENT_TABLES_VERSION)})

@@ -74,7 +74,7 @@ def world_tables(run_id: str, world_id: str, world: Path) -> dict[str, list[dict
                     if e["version"] != deals:
                         raise BadWorld(f"events/{aid}.jsonl line {n}: decision saw version {e['version']} after {deals} deals")
                     rows["decisions"].append({
-                        **keys, "agent_id": aid, "seq": seq, "step": e["step"], "version": e["version"], "kind": e["kind"],
+                        **keys, "agent_id": aid, "seq": seq, "step": e["step"], "version": e["version"], "batch": e.get("batch"), "kind": e["kind"],
                         "partner": e["partner"], "negotiation_id": e["negotiation_id"], "is_buy": e["is_buy"],
                         "round": e["round"], "rel_time": e["rel_time"], **_outcome("in", e["offer_in"]), "op": e["op"],
                         **_outcome("out", e["offer_out"]),
@@ -161,6 +161,8 @@ def _update_quarantine(root: Path, new: list[dict[str, Any]]) -> None:
     converted = {(p.parent.parent.name, p.parent.name) for p in root.glob(f"*/*/{SUCCESS}")}
     merged = {(r["run_id"], r["world_id"]): r for r in old + new}
     keep = [r for k, r in sorted(merged.items()) if k not in converted]
+    if path.exists() and keep == old:
+        return  # nothing changed: a rerun with no new data writes nothing
     root.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     pq.write_table(pa.Table.from_pylist(keep, schema=arrow.QUARANTINE), tmp)

@@ -1,4 +1,4 @@
-"""Stage: event tables -> training tables. First part: ``macro``.
+"""Stage: event tables -> training tables: ``macro`` here, ``micro`` and ``l4_distill`` beside it.
 
 ``macro`` has one row per agent-day: x_static (12), X_temporal ((H+1) x 10,
 flattened row-major) and x_role (2), computed by calling the runtime
@@ -6,7 +6,9 @@ flattened row-major) and x_role (2), computed by calling the runtime
 (tests/test_tables.py proves it on a live LitaAgentHRL); the v2 goal label and
 its mask (`tasks.labels`); the L2 reward parts: the day's cash delta, the
 change of the potential Phi (stock at market value) to the next morning, and
-the day's shortfall. The micro and l4_distill tables come next.
+the day's shortfall. ``tasks.micro`` (one row per decision: L3's inputs and
+labels) and ``tasks.l4_distill`` (one row per batch: L4's inputs and the
+teacher's alpha) are built per world by the same `build_per_world`.
 """
 
 from __future__ import annotations
@@ -75,13 +77,23 @@ def macro_rows(world: Path, builder: StateBuilder) -> list[dict[str, Any]]:
     return rows
 
 
+def current(path: Path, schema: pa.Schema) -> bool:
+    """A table file written with this schema's metadata (version, feature fingerprint): it need not be rebuilt."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return all(meta.get(k) == v for k, v in (schema.metadata or {}).items())
+
+
 def build_per_world(lake: Path, table: str, rows_of: Callable[[Path], list[dict[str, Any]]], schema: pa.Schema) -> dict[str, Any]:
-    """``<lake>/<table>/<run_id>/<world_id>.parquet`` for every converted world not built yet (atomic writes)."""
+    """``<lake>/<table>/<run_id>/<world_id>.parquet`` for every converted world not built yet, or built by an
+    older version of the table or of the features (atomic writes)."""
     built, skipped, total = 0, 0, 0
     for ok in sorted((Path(lake) / "events").glob(f"*/*/{SUCCESS}")):
         world = ok.parent
         out = Path(lake) / table / world.parent.name / f"{world.name}.parquet"
-        if out.exists():
+        if out.exists() and current(out, schema):
             skipped += 1
             continue
         rows = rows_of(world)

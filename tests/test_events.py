@@ -30,14 +30,19 @@ def test_tables_are_typed_complete_incremental_and_bad_worlds_quarantined(tmp_pa
     events = sum(1 for a in meta["agents"] for line in (raw / "r" / "w0000" / "events" / f"{a}.jsonl").open()
                  if json.loads(line)["type"] == "decision")
     assert decisions.num_rows == events
+    assert decisions.column("batch").null_count == 0  # the threads of a batch can be grouped
 
     # a rerun with no new data writes nothing
-    mtime = (world / SUCCESS).stat().st_mtime_ns
+    mtimes = [(world / SUCCESS).stat().st_mtime_ns, (lake / "events" / "quarantine.parquet").stat().st_mtime_ns]
     again = run_events(raw, lake)
-    assert again["converted"] == 0 and again["skipped"] == 3 and (world / SUCCESS).stat().st_mtime_ns == mtime
+    assert again["converted"] == 0 and again["skipped"] == 3
+    assert [(world / SUCCESS).stat().st_mtime_ns, (lake / "events" / "quarantine.parquet").stat().st_mtime_ns] == mtimes
 
     # new worlds: only those are converted; a truncated log is quarantined with its reason
     run_collect(CollectProfile(**{**SMALL.__dict__, "worlds": 5}), raw, "r")
+    for log in (raw / "r" / "w0003" / "events").glob("*.jsonl"):  # a log written before decisions had a batch id
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        log.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "batch"}) + "\n" for e in lines))
     bad = next((raw / "r" / "w0004" / "events").glob("*.jsonl"))
     bad.write_text(bad.read_text()[:-40])  # cut the last line in half
     third = run_events(raw, lake)
@@ -46,3 +51,5 @@ def test_tables_are_typed_complete_incremental_and_bad_worlds_quarantined(tmp_pa
     quarantine = pq.read_table(lake / "events" / "quarantine.parquet").to_pylist()
     assert [(q["world_id"], "truncated" in q["reason"]) for q in quarantine] == [("w0004", True)]
     assert not (lake / "events" / "r" / "w0004").exists()
+    old = pq.read_table(lake / "events" / "r" / "w0003" / "decisions.parquet").column("batch")
+    assert len(old) > 0 and old.null_count == len(old)
