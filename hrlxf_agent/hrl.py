@@ -30,7 +30,6 @@ from .state import FeatureSpec, StateBuilder, batch_thread_features, round_featu
 
 log = logging.getLogger("hrlxf")
 OPS = ("accept", "reject", "end")
-PRIOR = 3.0  # logit bonus of the heuristic's choice: an untrained model follows it
 
 
 class HRLPolicy(StdSyncAgent):
@@ -235,12 +234,13 @@ class HRLPolicy(StdSyncAgent):
         op_logits, delta_logits = out["op"].numpy(), out["delta"].numpy()
         if not (np.all(np.isfinite(op_logits)) and np.all(np.isfinite(out["q"].numpy())) and np.all(np.isfinite(out["p"].numpy()))):
             raise FloatingPointError("executor returned non-finite values")
+        prior = ex.config.heuristic_prior
         responses: dict[str, SAOResponse] = {}
         wanted: list[tuple[int, str, int]] = []  # (row, partner, delta) of the counter-offers to price
         for i, p in enumerate(partners):
             rule, rule_k = rules[p]
             prior_op = np.zeros(3)
-            prior_op[{ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2)] = PRIOR
+            prior_op[{ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2)] = prior
             op = OPS[int(np.argmax(op_logits[i] + prior_op))]
             if op == "accept" and offer_of[p] is not None:
                 responses[p] = SAOResponse(ResponseType.ACCEPT_OFFER, offer_of[p])
@@ -249,7 +249,7 @@ class HRLPolicy(StdSyncAgent):
                 responses[p] = SAOResponse(ResponseType.END_NEGOTIATION, None)
                 continue
             prior_delta = np.zeros(H + 1)
-            prior_delta[min(max(rule_k, 0), H)] = PRIOR
+            prior_delta[min(max(rule_k, 0), H)] = prior
             wanted.append((i, p, int(np.argmax(delta_logits[i] + prior_delta))))
         if wanted:
             responses.update(self._offers(snap, bounds, goal, is_buy, wanted, out))

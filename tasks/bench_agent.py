@@ -1,8 +1,8 @@
 """Benchmark: what LitaAgentHRL costs a world, against PenguinAgent in the same slots.
 
 The same world configurations (paired, as in the audit) are played with
-PenguinAgent, LitaAgentHRL with rules only, and LitaAgentHRL with an untrained
-bundle, one after another in this process so the timings share a machine
+PenguinAgent, LitaAgentHRL with rules only, LitaAgentHRL with an untrained
+bundle (and with a trained one when given), one after another in this process so the timings share a machine
 state. Reports wall time per variant, ratios to PenguinAgent, and the median
 and p99 time of one batch decision (first_proposals / counter_all, shield
 included).
@@ -28,6 +28,7 @@ class Config:
     steps: int = 50
     seed: int = 0
     opponents: tuple[str, ...] = WINNERS_2025
+    bundle: str | None = None  # a trained bundle to time too (path or "latest")
 
 
 def _timed(cls: type, sink: list[float]) -> type:
@@ -73,6 +74,11 @@ def run_bench(config: Config) -> dict[str, Any]:
             "LitaAgentHRL(rules)": (classes["LitaAgentHRL"], {}),
             "LitaAgentHRL(untrained bundle)": (classes["LitaAgentHRL"], {"bundle": bundle}),
         }
+        if config.bundle:
+            from hrlxf_agent.bundle import load_bundle
+
+            trained = load_bundle(config.bundle)  # a bad bundle fails before any world
+            variants[f"LitaAgentHRL(trained {trained.manifest.l3_mode})"] = (classes["LitaAgentHRL"], {"bundle": str(trained.path)})
         out: dict[str, Any] = {name: {"seconds": [], "scores": [], "batch_seconds": []} for name in variants}
         for w in range(config.worlds):
             seed = config.seed * 1000 + w

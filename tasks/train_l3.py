@@ -2,11 +2,13 @@
 
 Inputs per row are exactly what the runtime executor reads (`HRLPolicy._execute`):
 static, goal (goal_hat from the backfill stage, as L2 gives it online), role,
-broadcast c, alpha, the rounds window and L1's time_mask. Losses:
+broadcast c (its goal gaps recomputed against goal_hat), alpha (the rule
+teacher's, which the L4 coordinator is distilled to), the rounds window and
+L1's time_mask. Rows answering threads already over are dropped. Losses:
 * op: cross-entropy on every row (accept / reject / end);
 * delta: cross-entropy under the time_mask, on counter-offers whose offset L1 allows;
 * q, p: on those counter-offers, in the executor's output space: around the L1
-  baseline in ``residual`` mode, absolute in ``direct`` mode (q through log1p).
+  baseline in ``residual`` mode, absolute in ``direct`` mode (q through log1p in both).
 AWR then re-weights the same losses by exp(A / beta), clipped, where the
 advantage A = R - V(s) is taken against a learned value baseline V (a small MLP
 on the same inputs) and R is the thread's deal value against the spot price
@@ -43,8 +45,9 @@ FIELDS = ("static", "goal", "role", "broadcast", "alpha", "rounds", "keep", "tim
 class L3Config:
     mode: str = "residual"
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=12, batch_size=512, lr=5e-4, patience=3))
-    awr_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=4, batch_size=512, lr=2e-4, patience=2))
+    # one epoch of the default collection (~170k expert rows) takes 1-2 minutes on 2 cores
+    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=6, batch_size=512, lr=1e-3, patience=2))
+    awr_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=2, batch_size=512, lr=3e-4, patience=1))
     value_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=6, batch_size=1024, lr=1e-3, patience=2))
     awr: bool = True
     awr_beta: float = 1.0  # temperature on the standardised advantage
@@ -79,9 +82,21 @@ def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[st
     missing = int(df["goal_hat"].is_null().sum())
     if missing:
         raise TrainingDataError(f"{lake / 'goal_hat'}: {missing} micro rows have no goal_hat (run the backfill stage)")
+    df = df.filter(pl.col("negotiation_id").is_not_null())  # answers to threads already over are no decisions
     if df.is_empty():
         raise TrainingDataError(f"{lake / 'micro'}: no rows of expert agents")
     return micro_arrays(df, spec, config), world_split(df, config.fit).to_numpy()
+
+
+def broadcast_with_goal(broadcast: np.ndarray, goal: np.ndarray, committed: np.ndarray) -> np.ndarray:
+    """c with its goal gaps (c[0:8]: per bucket, buy then sell) against ``goal`` instead of the rule goal.
+
+    Online, c[0:8] is L2's goal minus what was signed today (`GlobalMonitor.broadcast`);
+    micro keeps the signed part (``committed``), so the gaps follow goal_hat exactly.
+    """
+    out = broadcast.copy()
+    out[:, :8] = goal.reshape(-1, 4, 4)[:, :, [0, 2]].reshape(-1, 8) - committed
+    return out
 
 
 def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[str, np.ndarray]:
@@ -97,12 +112,15 @@ def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[
     p = df["p"].fill_null(np.nan).to_numpy().astype(np.float32)
     base_q = df["base_q"].fill_null(np.nan).to_numpy().astype(np.float32)
     base_p = df["base_p"].fill_null(np.nan).to_numpy().astype(np.float32)
-    counter = (op == 1) & allowed & np.isfinite(q) & np.isfinite(p)
+    legal = df["legal"].fill_null(False).to_numpy()
+    counter = (op == 1) & allowed & legal & np.isfinite(q) & np.isfinite(p)  # off-range offers teach nothing
     qp_ok = counter & (np.isfinite(base_q) & np.isfinite(base_p) if config.mode == "residual" else True)
     ret = np.where(df["deal"].to_numpy(), df["deal_value"].fill_null(0.0).to_numpy(), 0.0).astype(np.float32)
+    goal = list_array(df, "goal_hat", 16)
+    broadcast = broadcast_with_goal(list_array(df, "broadcast", 12), goal, list_array(df, "committed", 8))
     return {
-        "static": list_array(df, "static", 12), "goal": list_array(df, "goal_hat", 16), "role": list_array(df, "role", 2),
-        "broadcast": list_array(df, "broadcast", 12), "alpha": df["alpha"].to_numpy().astype(np.float32)[:, None],
+        "static": list_array(df, "static", 12), "goal": goal, "role": list_array(df, "role", 2),
+        "broadcast": broadcast, "alpha": df["alpha"].to_numpy().astype(np.float32)[:, None],
         "rounds": list_array(df, "history", HISTORY * ROUND).reshape(n, HISTORY, ROUND), "keep": keep,
         "time_mask": time_mask, "op": op, "delta": np.where(counter, delta, 0), "delta_ok": counter,
         "q": np.nan_to_num(q), "p": np.nan_to_num(p, nan=1.0), "base_q": np.nan_to_num(base_q),
@@ -129,10 +147,7 @@ def l3_losses(ex: Executor, b: dict[str, torch.Tensor], config: L3Config) -> dic
     logits = out["delta"].clamp_min(-1e4)  # masked offsets stay masked without -inf arithmetic
     delta = (F.cross_entropy(logits, b["delta"], reduction="none") * dw).sum() / dw.sum().clamp_min(1e-9)
     qw = w * b["qp_ok"]
-    if config.mode == "direct":
-        err_q = (torch.log1p(out["q_hat"]) - torch.log1p(b["q"])) ** 2
-    else:
-        err_q = (out["q_hat"] - b["q"]) ** 2
+    err_q = (torch.log1p(out["q_hat"].clamp_min(0.0)) - torch.log1p(b["q"])) ** 2  # q is heavy-tailed
     err_p = (out["p_hat"] - b["p"]) ** 2
     qp = ((err_q + err_p) * qw).sum() / qw.sum().clamp_min(1e-9)
     total = op + config.delta_weight * delta + config.qp_weight * qp

@@ -1,0 +1,170 @@
+"""The offline training stages on a real (smoke-sized) collection: end to end to a loadable bundle
+that plays safely, resume, divergence, and the errors for data that cannot train."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import agents_of, make_world
+from hrlxf_agent import LitaAgentHRL
+from hrlxf_agent.audit import audited
+from hrlxf_agent.bundle import load_bundle
+from hrlxf_agent.registry import resolve
+from tasks.backfill import BackfillConfig, backfill
+from tasks.bundle import BundleConfig, assemble
+from tasks.collect import CollectProfile, run_collect
+from tasks.events import run_events
+from tasks.l4_distill import build_l4_distill
+from tasks.micro import build_micro
+from tasks.tables import build_macro
+from tasks.train_l2 import L2Config, train_l2
+from tasks.train_l3 import L3Config, awr_weights, train_l3
+from tasks.train_l4 import L4Config, train_l4
+from tasks.training import Batches, DivergedError, FitConfig, TrainingDataError, fit_module, is_validation_world
+
+PROFILE = CollectProfile(worlds=4, steps=12, experts=("PenguinAgent", "AS0", "XenoSotaAgent"), agents_per_world=(6, 8), workers=2)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    assert run_collect(PROFILE, root / "raw", "t")["worlds_failed"] == 0
+    run_events(root / "raw", root / "lake")
+    for build in (build_macro, build_micro, build_l4_distill):
+        build(root / "lake")
+    return root / "lake"
+
+
+@pytest.fixture(scope="module")
+def trained(lake, tmp_path_factory) -> dict[str, Path]:
+    models = tmp_path_factory.mktemp("models")
+    train_l2(lake, models / "l2", L2Config.smoke(), progress=False)
+    backfill(lake, models / "l2", BackfillConfig())
+    for mode in ("residual", "direct"):
+        train_l3(lake, models / f"l3-{mode}", L3Config.smoke(mode), progress=False)
+    train_l4(lake, models / "l4", L4Config.smoke(), progress=False)
+    return {"models": models, "bundles": models / "bundles"}
+
+
+def test_stages_write_weights_and_metrics_in_game_units(trained):
+    models = trained["models"]
+    l2 = json.loads((models / "l2" / "metrics.json").read_text())
+    assert l2["val"]["rows"] > 0 and np.isfinite(l2["val"]["mse"]) and l2["val"]["q_mae_items"] >= 0
+    for mode in ("residual", "direct"):
+        l3 = json.loads((models / f"l3-{mode}" / "metrics.json").read_text())
+        assert l3["mode"] == mode and 0 <= l3["final"]["op_accuracy"] <= 1 and l3["final"]["delta_rows"] > 0
+        assert l3["awr"]["weight_max"] <= L3Config().awr_max_weight
+    l4 = json.loads((models / "l4" / "metrics.json").read_text())
+    assert l4["val"]["threads"] > 0 and 0 <= l4["val"]["rank_agreement"] <= 1
+
+
+def test_backfill_is_the_planners_goal_and_skips_what_is_done(lake, trained):
+    again = backfill(lake, trained["models"] / "l2", BackfillConfig())
+    assert again["built"] == 0 and again["skipped"] >= 1
+    goals = pq.read_table(next((lake / "goal_hat").glob("*/*.parquet"))).column("goal_hat").to_pylist()
+    assert np.isfinite(np.asarray(goals)).all() and np.asarray(goals).any()
+
+
+def test_trained_bundles_load_and_play_with_no_unsafe_or_illegal_decision(trained):
+    models = trained["models"]
+    for mode in ("residual", "direct"):
+        path = assemble(models / "l2", models / f"l3-{mode}", models / "l4", trained["bundles"], BundleConfig())
+        bundle = load_bundle(path)
+        assert bundle.manifest.l3_mode == mode and bundle.manifest.metrics["trained"]
+        assert bundle.executor.config.heuristic_prior == 0.0  # a trained executor decides alone
+        assert (trained["bundles"] / "LATEST").read_text().strip() == str(path.resolve())
+        cls = audited(LitaAgentHRL)
+        world = make_world([cls, resolve("PenguinAgent"), resolve("AS0")], steps=12, seed=5,
+                           agent_params=[{"controller_params": {"bundle": str(path)}}, {}, {}])
+        world.run()
+        for agent in agents_of(world, cls).values():
+            counts = agent.hook().counts
+            assert counts.decisions > 0 and counts.unsafe_any == 0 and counts.illegal == 0
+            assert not agent.fallbacks, agent.fallbacks  # the models ran; no layer fell back to rules
+
+
+def test_same_training_gives_the_same_bundle_id(trained):
+    models = trained["models"]
+    a = assemble(models / "l2", models / "l3-residual", models / "l4", trained["bundles"], BundleConfig(set_latest=False))
+    b = assemble(models / "l2", models / "l3-residual", models / "l4", trained["bundles"], BundleConfig(set_latest=False))
+    assert a == b
+
+
+def test_training_resumes_from_the_last_epoch(lake, tmp_path):
+    shutil.copytree(lake, tmp_path / "lake")
+    config = L2Config.smoke()
+    one = replace(config, fit=replace(config.fit, max_epochs=1))
+    first = train_l2(tmp_path / "lake", tmp_path / "l2", one, progress=False)
+    assert [h["epoch"] for h in first["history"]] == [0]
+    two = replace(config, fit=replace(config.fit, max_epochs=2))
+    second = train_l2(tmp_path / "lake", tmp_path / "l2", two, progress=False)
+    assert second["resumed_from"].endswith("last.ckpt")
+    assert [h["epoch"] for h in second["history"]] == [0, 1]  # epoch 0 not redone
+
+
+def test_too_little_data_says_how_much_is_needed(lake):
+    config = L2Config.smoke()
+    config = replace(config, fit=replace(config.fit, min_train_rows=10**7))
+    with pytest.raises(TrainingDataError, match="need at least 10000000"):
+        train_l2(lake, Path("/nonexistent/never-written"), config, progress=False)
+
+
+def test_a_table_of_another_schema_fails_naming_the_column(lake, tmp_path):
+    broken = tmp_path / "lake"
+    shutil.copytree(lake, broken)
+    f = next((broken / "macro").glob("*/*.parquet"))
+    t = pq.read_table(f)
+    pq.write_table(t.drop(["goal_mask"]).replace_schema_metadata(t.schema.metadata), f)
+    with pytest.raises(TrainingDataError, match="'goal_mask' missing"):
+        train_l2(broken, tmp_path / "out", L2Config.smoke(), progress=False)
+
+
+def test_empty_lake_is_a_clear_error(tmp_path):
+    with pytest.raises(TrainingDataError, match="hrlxf tables"):
+        train_l3(tmp_path, tmp_path / "out", L3Config.smoke())
+
+
+def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    import lightning.pytorch as L
+
+    class Explodes(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, i):
+            (x,) = batch
+            loss = (self.w * x).pow(2).mean()
+            return loss * (float("nan") if self.current_epoch >= 1 else 1.0)
+
+        def validation_step(self, batch, i):
+            self.log("val_loss", (self.w * batch[0]).pow(2).mean())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = Batches(torch.randn(64, 1))
+    fit = FitConfig(max_epochs=3, batch_size=16)
+    with pytest.raises(DivergedError, match="epoch 1"):
+        fit_module(Explodes(), data, data, fit, tmp_path, progress=False)
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert kept["epoch"] == 0 and torch.isfinite(kept["state_dict"]["w"]).all()
+
+
+def test_awr_weights_favour_better_than_expected_and_are_clipped():
+    ret = np.array([0.0, 0.0, 1.0, -1.0, 50.0])
+    w = awr_weights(ret, np.zeros(5), beta=0.5, max_weight=20.0)
+    assert w[2] > w[0] > w[3] and w.max() <= 20.0 and (w >= 0).all()
+
+
+def test_split_holds_whole_worlds_out():
+    keys = [f"r/w{i:04d}" for i in range(200)]
+    held = [k for k in keys if is_validation_world(k, 0.2, 0)]
+    assert 20 < len(held) < 60
+    assert held == [k for k in keys if is_validation_world(k, 0.2, 0)]  # stable
