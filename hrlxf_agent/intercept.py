@@ -106,7 +106,12 @@ def intercept(cls: type, hook_factory: Callable[[Any], DecisionHook], suffix: st
         else:
             outcome = cls.propose(self, negotiator_id, state, *args, **kwargs)
             seen = decided.pop(negotiator_id, None)
-            if seen is None or seen.response != ResponseType.REJECT_OFFER or not _same(seen.outcome, outcome):
+            # negmas asks again for what a batch already decided: the same offer, or no offer after an END
+            repeated = seen is not None and (
+                (seen.response == ResponseType.REJECT_OFFER and _same(seen.outcome, outcome))
+                or (seen.response == ResponseType.END_NEGOTIATION and outcome is None)
+            )
+            if not repeated:
                 r = SAOResponse(ResponseType.REJECT_OFFER, outcome) if outcome is not None else SAOResponse(ResponseType.END_NEGOTIATION, None)
                 r = hook(self).on_batch(self, "propose", {}, {negotiator_id: r}).get(negotiator_id, r)
                 outcome = r.outcome if r.response == ResponseType.REJECT_OFFER else None

@@ -11,9 +11,7 @@ without editing it. Each agent instance appends JSON lines to
   version of the Snapshot the agent saw (it changes with every deal) and the
   batch id (the agent's count of earlier batches), so the tables can group
   the threads decided together. A thread whose negotiation is already over
-  has no negotiation id and no round (negmas ignores the response). The END
-  negmas echoes through ``propose`` after ``first_proposals`` left a thread
-  out is the same decision and is logged once;
+  has no negotiation id and no round (negmas ignores the response);
 * ``negotiation_end``: success (with the agreement) or failure.
 
 Contracts, shortfalls and scores are world facts: the collect stage writes
@@ -33,7 +31,6 @@ from .intercept import DecisionHook, Offers, Responses, intercept
 from .snapshot import DEFAULT_HORIZON, snapshot_from_awi, well_formed
 
 EVENTS_SCHEMA_VERSION = 1
-_BATCH_KINDS = ("first_proposals", "counter_all")
 _OPS = {ResponseType.ACCEPT_OFFER: "accept", ResponseType.REJECT_OFFER: "reject", ResponseType.END_NEGOTIATION: "end"}
 
 
@@ -50,7 +47,6 @@ class TrackerHook(DecisionHook):
         self.buffer: list[str] = []
         self.version = 0
         self.batches = 0  # on_batch calls so far: the next batch's id
-        self.echo: set[str] = set()  # partners whose last batch decision was END: negmas' next propose repeats it
         self.initial_balance: float | None = None
         self.started = False
 
@@ -86,7 +82,6 @@ class TrackerHook(DecisionHook):
     def on_day(self, agent: Any) -> None:
         self._start(agent)
         self.flush()
-        self.echo.clear()
         snap = snapshot_from_awi(agent.awi, horizon=self.horizon, version=self.version,
                                  initial_balance=self.initial_balance or 0.0)
         self.emit({"type": "day_snapshot", "step": snap.step, "version": self.version, "snapshot": snap.to_dict()})
@@ -100,13 +95,6 @@ class TrackerHook(DecisionHook):
         batch = self.batches
         self.batches += 1
         for partner, r in responses.items():
-            ended = r.response == ResponseType.END_NEGOTIATION
-            if kind in _BATCH_KINDS:
-                (self.echo.add if ended else self.echo.discard)(partner)
-            elif partner in self.echo:
-                self.echo.discard(partner)
-                if ended:
-                    continue  # negmas' propose echoing the END (no offer) a batch just decided and logged: one decision
             entry = negotiators.get(partner)
             nmi = getattr(entry[0], "nmi", None) if entry else None
             state = nmi.state if nmi is not None else None
