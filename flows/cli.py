@@ -99,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
     tables.set_defaults(func=_tables)
 
+    run = sub.add_parser("run", help="the whole pipeline as a cached, resumable Prefect flow: collect -> ... -> evaluate")
+    run.add_argument("--profile", default="default", help="smoke, default or official")
+    run.add_argument("--force", nargs="+", action="extend", default=[], metavar="STAGE", help="stages to recompute from scratch")
+    run.add_argument("--dask-address", default=None, help="play the collect worlds on this Dask scheduler (tcp://host:port)")
+    run.add_argument("--set", dest="settings", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                     help="a stage setting (JSON value), e.g. train_l2.fit.max_epochs=5")
+    run.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
+    run.add_argument("--run-id", default=None, help="the collect run under DATA/raw (default: the profile name)")
+    run.add_argument("--workers", type=int, default=None, help="local world processes (default: the profile's)")
+    run.set_defaults(func=_run)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     for name, text in (("agent", "world wall time with LitaAgentHRL vs PenguinAgent in the same slots"),
@@ -206,6 +217,52 @@ def _tables(args: argparse.Namespace) -> int:
     print(f"quarantined worlds: {len(held)}")
     for q in held:
         print(f"  {q['run_id']}/{q['world_id']}: {q['reason']}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Validate everything, then the `hrlxf` flow on Prefect's ephemeral API (or the server PREFECT_API_URL names)."""
+    import json
+
+    data = data_root().resolve()
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(data / "prefect" / "home"))  # the run history stays with the data
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.stages import ParameterError, StageFailed, make_plan
+
+    overrides: dict[str, dict] = {}
+    try:
+        for item in args.settings:
+            key, eq, text = item.partition("=")
+            stage, dot, field = key.partition(".")
+            if not (eq and dot and field):
+                raise ParameterError(f"--set {item!r}: write STAGE.FIELD=VALUE")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            overrides.setdefault(stage, {})[field] = value
+        make_plan(args.profile, args.force, overrides, args.until, args.run_id, args.workers)
+    except ParameterError as e:
+        print(f"hrlxf run: {e}", file=sys.stderr)
+        return 2
+    Path(os.environ.get("PREFECT_HOME", data / "prefect" / "home")).mkdir(parents=True, exist_ok=True)
+    from flows.pipeline import hrlxf, prefect_api  # imports Prefect (which reads PREFECT_HOME)
+    from tasks.report import md_table
+
+    try:
+        with prefect_api():
+            report = hrlxf(profile=args.profile, force=args.force or None, dask_address=args.dask_address,
+                           overrides=overrides or None, until=args.until, run_id=args.run_id, workers=args.workers)
+    except StageFailed as e:
+        print(f"hrlxf run: {e}", file=sys.stderr)
+        print(f"earlier stages' outputs and caches are kept; report: {data / 'reports' / 'pipeline' / 'last.json'}", file=sys.stderr)
+        return 1
+    print("\n".join(md_table(["stage", "state", "seconds", "outputs"],
+                             [[s["stage"], s["state"], s["seconds"], ", ".join(s["outputs"].values())] for s in report["stages"]])))
+    print(f"bundle: {report['bundle'] or 'not built (stopped before the bundle stage)'}")
+    print(f"evaluation: {report['evaluation'] or 'not run (stopped before the evaluate stage)'}")
+    print(f"report: {report['report']} ({report['seconds']} s)")
     return 0
 
 

@@ -60,6 +60,8 @@ PROFILES = {
                            "CautiousStdAgent", "QuickDecisionAgent", "SyncRandomStdAgent"),
     ),
 }
+# for a submission: 4x the worlds of `default`, each twice as long (`hrlxf run --profile official`)
+PROFILES["official"] = CollectProfile(worlds=192, steps=100, experts=PROFILES["default"].experts, world_timeout=1800.0)
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,13 @@ def run_collect(
         rows = run_on_dask(todo, dask_address, progress)
     else:
         rows = parallel.run_jobs(collect_world, todo, profile.workers, died, progress)
-    seconds = time.perf_counter() - start
+    return summarize(profile, raw, run_id, rows, skipped, time.perf_counter() - start)
+
+
+def summarize(profile: CollectProfile, raw: Path, run_id: str, rows: list[dict], skipped: int, seconds: float) -> dict[str, Any]:
+    """The run's summary from the rows of the worlds played now (also by the Prefect flow's mapped world
+    tasks); written to ``<run>/summary.json``."""
+    jobs = jobs_for(profile, raw, run_id)
     done = [r for r in rows if r["error"] is None]
     by_type: dict[str, int] = {}
     for r in done:

@@ -1,0 +1,302 @@
+"""Prefect flows: ``hrlxf`` (the whole pipeline), ``collect`` (nightly collection) and ``evaluate``.
+
+collect -> events -> tables -> train_l2 -> backfill -> train_l3 -> train_l4 -> bundle -> evaluate
+(`flows/stages.py` declares them). Every stage is one Prefect task whose cache
+key is `tasks.fingerprint.stage_key`: the stage's recipe (config, code version)
+and the content fingerprints of its input artifacts, never their paths. Results
+(the stage records: output paths, their fingerprints, a summary) are stored as
+JSON under ``<data>/prefect/results``, so a cache hit holds across flow runs and
+processes. A cached record is used only if its outputs still have the
+fingerprints it recorded; otherwise the stage runs again, from scratch.
+
+The worlds of collect are mapped as ``play-world`` tasks on a task runner:
+local processes (Prefect's ProcessPoolTaskRunner) by default, or a Dask
+cluster (prefect-dask's DaskTaskRunner) given its scheduler address. Finished
+worlds (``DONE``) are never submitted again, which is how a killed run resumes.
+
+The three flows share the flow name ``hrlxf`` so that their deployments in
+``prefect.yaml`` are ``hrlxf/full-pipeline``, ``hrlxf/nightly-collect`` and
+``hrlxf/evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.stages import (
+    ARTIFACTS, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, StageCall, StageFailed, execute, make_plan,
+)
+from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
+from tasks.fingerprint import StageInputsPolicy, fingerprint
+
+Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
+StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
+
+
+# ------------------------------------------------------------------------------- tasks
+
+
+@task(name="play-world", cache_policy=NO_CACHE, persist_result=False, task_run_name="world-{job.world_id}")
+def play_world(job: CollectJob) -> dict[str, Any]:
+    """One collect world (never raises: a failing world comes back with its error and is marked FAILED)."""
+    row = collect_world(job)
+    return {**row, "pid": os.getpid(), "host": socket.gethostname()}
+
+
+@task(name="stage", cache_policy=StageInputsPolicy(), persist_result=True, result_serializer="json",
+      cache_result_in_memory=False)
+def stage_task(call: StageCall) -> dict[str, Any]:
+    return execute(call)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """The API this process and its world processes report to: PREFECT_API_URL if set, else Prefect's
+    ephemeral API started once here (otherwise every worker process would start one of its own)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("HRLXF_PREFECT_STARTUP_TIMEOUT", "120")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):  # deliver what is queued before the API goes away
+            worker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def _task_runner(dask_address: str | None, workers: int) -> Any:
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    return ProcessPoolTaskRunner(max_workers=workers)
+
+
+def _play(todo: list[CollectJob], dask_address: str | None, workers: int) -> list[dict]:
+    """Map the worlds on the task runner; a world whose process died is marked FAILED (retried next run)."""
+    os.environ.setdefault("PYTHONHASHSEED", "0")  # worlds iterate over sets of ids: the same seed, the same world
+    rows = []
+    with _task_runner(dask_address, max(1, min(workers, len(todo)))) as runner:
+        futures = [runner.submit(play_world, {"job": job}) for job in todo]
+        for job, future in zip(todo, futures):
+            try:
+                rows.append(future.result())
+            except Exception as e:  # the worker process died or the task was lost
+                out = Path(job.out_dir)
+                out.mkdir(parents=True, exist_ok=True)
+                (out / FAILED).write_text(f"the world's process died: {type(e).__name__}: {e}\n")
+                rows.append({"world_id": job.world_id, "seed": job.seed, "error": f"{type(e).__name__}: {e}",
+                             "events": 0, "bytes": 0, "seconds": None})
+    return rows
+
+
+def _error(state: Any) -> str:
+    exc = state.result(raise_on_failure=False)
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(state.message)
+
+
+def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False) -> tuple[dict, str, float]:
+    """Run (or reuse) one stage: (record, how, seconds); how is cached / computed / rebuilt: <why>.
+    ``force`` rebuilds its outputs from scratch; ``refresh`` only skips the cache lookup."""
+    start = time.perf_counter()
+    if force:
+        call = replace(call, rebuild="forced")
+    task_ = stage_task.with_options(name=call.stage, task_run_name=call.stage, result_storage=results,
+                                    refresh_cache=force or refresh)
+    state = task_(call, return_state=True)
+    if not state.is_completed():
+        raise StageFailed(call.stage, _error(state))
+    record = state.result()
+    if state.name == "Cached":
+        data = Path(call.data)
+        changed = [name for name, fp in record["fingerprints"].items()
+                   if fingerprint(data / record["outputs"][name], ARTIFACTS[name].layout) != fp]
+        if not changed:
+            return record, "cached", time.perf_counter() - start
+        call = replace(call, rebuild=f"{', '.join(changed)} changed since the cached run")
+        state = task_.with_options(refresh_cache=True)(call, return_state=True)
+        if not state.is_completed():
+            raise StageFailed(call.stage, _error(state))
+        record = state.result()
+    how = f"rebuilt: {record['rebuilt']}" if record.get("rebuilt") else "computed"
+    return record, how, time.perf_counter() - start
+
+
+def _fields(plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
+    return {"run_id": plan.run_id, "mode": getattr(plan.configs.get("train_l3"), "mode", "residual"),
+            "bundle_name": paths["bundle"].name if "bundle" in paths else "none"}
+
+
+def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = None) -> StageCall:
+    stage = BY_NAME[name]
+    fields = _fields(plan, paths)
+    outputs = {}
+    for out in stage.outputs:
+        path = paths[out] if out == "bundle" and out in paths else plan.data / ARTIFACTS[out].path.format(**fields)
+        outputs[out] = (str(path), ARTIFACTS[out].layout)
+    return StageCall(
+        stage=name, data=str(plan.data), recipe=plan.recipes[name], config=plan.configs[name],
+        inputs={i: (str(paths[i]), ARTIFACTS[i].layout) for i in stage.inputs}, outputs=outputs,
+        paths={k: str(plan.data / k) for k in ("raw", "lake", "models", "bundles")}, extra=extra or {},
+    )
+
+
+def _write_report(plan: Plan, report: dict) -> Path:
+    out = plan.data / "reports" / "pipeline"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{report['started'].replace(':', '').replace('-', '')}-{report['flow']}-{plan.profile}.json"
+    for p in (path, out / "last.json"):
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1, default=str))
+        os.replace(tmp, p)
+    return path
+
+
+def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "hrlxf",
+                 bundle: Path | None = None) -> dict[str, Any]:
+    """Run the plan's stages in order inside the current flow; write and return the run report."""
+    logger = get_run_logger()
+    results = plan.data / "prefect" / "results"
+    started = datetime.now(timezone.utc)
+    report: dict[str, Any] = {
+        "flow": flow_name, "profile": plan.profile, "run_id": plan.run_id, "data": str(plan.data),
+        "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "running", "failed_stage": None, "error": None,
+        "task_runner": f"dask {dask_address}" if dask_address else f"processes x{plan.workers}",
+        "stages": [], "worlds": None, "bundle": None, "evaluation": None,
+    }
+    paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
+    if bundle is not None:
+        paths["bundle"] = bundle
+    current = None
+    try:
+        for stage in plan.stages:
+            current = stage.name
+            forced = stage.name in plan.force
+            if stage.mode == "collect":
+                run_dir = plan.data / "raw" / plan.run_id
+                if forced and run_dir.exists():
+                    shutil.rmtree(run_dir)
+                jobs = jobs_for(plan.configs["collect"], plan.data / "raw", plan.run_id)
+                todo = [j for j in jobs if not (Path(j.out_dir) / DONE).exists()]
+                t0 = time.perf_counter()
+                rows = _play(todo, dask_address, plan.workers) if todo else []
+                report["worlds"] = {"played": len(rows), "skipped": len(jobs) - len(todo),
+                                    "failed": [{"world_id": r["world_id"], "error": r["error"]} for r in rows if r["error"]],
+                                    "seconds": round(time.perf_counter() - t0, 2),
+                                    "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows if "pid" in r})}
+                call = _call(plan, "collect", paths, {"rows": rows, "skipped": len(jobs) - len(todo),
+                                                      "seconds": time.perf_counter() - t0, "run_id": plan.run_id})
+                record, how, seconds = run_stage(call, forced, results, refresh=bool(rows))  # worlds played: a new summary
+            else:
+                record, how, seconds = run_stage(_call(plan, stage.name, paths), forced, results)
+            for name, rel in record["outputs"].items():
+                paths[name] = plan.data / rel
+            report["stages"].append({"stage": stage.name, "state": how, "seconds": round(seconds, 2),
+                                     "key": record["key"], "outputs": record["outputs"], "summary": record["summary"]})
+            logger.info(f"{stage.name}: {how} in {seconds:.1f} s -> {', '.join(record['outputs'].values())}")
+        current = None
+        if "bundle" in {s.name for s in plan.stages}:
+            from hrlxf_agent.bundle import set_latest
+
+            if getattr(plan.configs["bundle"], "set_latest", False):
+                set_latest(paths["bundle"], plan.data / "bundles")  # also when the bundle came from the cache
+            report["bundle"] = str(paths["bundle"])
+        if "evaluation" in paths and "evaluate" in {s.name for s in plan.stages}:
+            report["evaluation"] = str(paths["evaluation"] / "evaluation.json")
+        report["status"] = "completed"
+    except StageFailed as e:
+        report.update(status="failed", failed_stage=e.stage, error=e.error)
+        raise
+    except Exception as e:
+        report.update(status="failed", failed_stage=current, error=f"{type(e).__name__}: {e}")
+        if current is not None:
+            raise StageFailed(current, f"{type(e).__name__}: {e}") from e
+        raise
+    finally:
+        report["seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 2)
+        report["report"] = str(_write_report(plan, report))
+    return report
+
+
+# ------------------------------------------------------------------------------- flows
+
+
+@flow(name="hrlxf", flow_run_name="pipeline-{profile}", log_prints=True)
+def hrlxf(profile: Profile = "default", force: list[StageName] | None = None, dask_address: str | None = None,
+          overrides: dict[str, dict[str, Any]] | None = None, until: StageName | None = None, run_id: str | None = None,
+          workers: int | None = None) -> dict[str, Any]:
+    """The whole pipeline, collect -> ... -> evaluate.
+
+    profile: smoke (4 worlds x 10 steps, one-epoch training), default or official.
+    force: stages to recompute from scratch whatever the cache says.
+    dask_address: run the collect worlds on this Dask scheduler (tcp://host:port) instead of local processes.
+    overrides: per-stage settings, e.g. {"train_l2": {"fit.max_epochs": 5}}.
+    until: stop after this stage.
+    run_id: the collect run under DATA/raw (default: the profile name).
+    workers: local world processes (default: the profile's).
+    """
+    plan = make_plan(profile, force, overrides, until, run_id, workers)  # ParameterError before any task runs
+    return run_pipeline(plan, dask_address)
+
+
+def _nightly_date() -> datetime:
+    from prefect.runtime import flow_run
+
+    start = flow_run.scheduled_start_time
+    return datetime.fromtimestamp(start.timestamp(), timezone.utc) if start else datetime.now(timezone.utc)
+
+
+@flow(name="hrlxf", flow_run_name="collect-{profile}", log_prints=True)
+def collect(profile: Profile = "default", run_id: str | None = None, seed: int | None = None, worlds: int | None = None,
+            dask_address: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Nightly collection: one new run of expert worlds, ``nightly-YYYYMMDD`` with a seed from that date by
+    default. The next full-pipeline run converts and trains on it with everything else under DATA/raw."""
+    day = _nightly_date()
+    settings: dict[str, Any] = {"seed": int(day.strftime("%Y%m%d")) if seed is None else seed}
+    if worlds is not None:
+        settings["worlds"] = worlds
+    plan = make_plan(profile, overrides={"collect": settings}, until="collect",
+                     run_id=run_id or f"nightly-{day:%Y%m%d}", workers=workers)
+    return run_pipeline(plan, dask_address, flow_name="collect")
+
+
+@flow(name="hrlxf", flow_run_name="evaluate-{profile}", log_prints=True)
+def evaluate(bundle: str = "latest", profile: Profile = "default", overrides: dict[str, dict[str, Any]] | None = None,
+             force: bool = False) -> dict[str, Any]:
+    """Evaluate a bundle (a path, or 'latest') in scml's std tournament; cached on the bundle's content."""
+    from hrlxf_agent.bundle import BundleError, load_bundle
+
+    plan = make_plan(profile, overrides=overrides, force=["evaluate"] if force else None, only=["evaluate"])
+    try:
+        path = load_bundle(bundle).path.resolve()
+    except BundleError as e:
+        raise ParameterError(str(e)) from None
+    return run_pipeline(plan, flow_name="evaluate", bundle=path)

@@ -1,0 +1,522 @@
+"""The pipeline's stages as data: what each reads and writes, its config per profile, and how it runs.
+
+Nothing here imports Prefect's engine: `flows/pipeline.py` runs `execute` as a
+cached Prefect task and maps the collect worlds. To add a stage: one entry in
+STAGES (name, code modules, input and output artifacts, a config per profile,
+how to call it) and, if it writes a new artifact, one in ARTIFACTS.
+
+How a stage writes its outputs (``mode``):
+
+- ``collect``: one unit of work per world (``DONE`` last); the flow maps the
+  missing worlds as tasks, this stage only summarizes.
+- ``units``: the stage function updates its output tables in place, one
+  atomic file or directory per input unit (world). Before it runs, the outputs
+  of input units that changed or disappeared since the last run are deleted,
+  so the function rebuilds exactly those; a changed recipe (config or code), a
+  forced run or outputs changed outside the pipeline delete everything first.
+- ``fresh``: the function writes one directory, handed to it as
+  ``.<name>.partial-<cache key>`` and renamed into place when it returns. A run
+  killed in the middle resumes from that directory (training checkpoints) only
+  when the cache key, so the inputs, config and code, is the same.
+- ``publish``: the function writes a directory of its own choosing and
+  returns it (the bundle: its id is the digest of its weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tasks.collect import DONE, PROFILES as COLLECT_PROFILES, CollectProfile
+from tasks.fingerprint import MARKER, WHOLE, Layout, canonical, code_version, fingerprint, stage_key, units
+
+PROFILE_NAMES = ("smoke", "default", "official")
+SUCCESS = "_SUCCESS"  # tasks.events.SUCCESS (not imported: that module pulls pyarrow and the schemas)
+PER_WORLD = Layout(depth=2, suffix=".parquet")
+MODEL = Layout(skip=("checkpoints",))
+
+
+class ParameterError(ValueError):
+    """A pipeline parameter that cannot run; raised before any task starts. The message lists valid values."""
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; earlier stages' artifacts and cache records are untouched."""
+
+    def __init__(self, stage: str, error: str):
+        super().__init__(f"stage '{stage}' failed: {error}")
+        self.stage, self.error = stage, error
+
+    def __reduce__(self) -> tuple:
+        return StageFailed, (self.stage, self.error)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A named directory under the data root (``path`` may hold {run_id}, {mode} or {bundle_name})."""
+
+    path: str
+    layout: Layout = WHOLE
+
+
+ARTIFACTS: dict[str, Artifact] = {
+    "raw": Artifact("raw", Layout(depth=2, marker=DONE)),  # every complete world of every run (nightly ones too)
+    "raw_run": Artifact("raw/{run_id}", Layout(depth=1, marker=DONE)),  # the worlds this pipeline collects
+    "events": Artifact("lake/events", Layout(depth=2, marker=SUCCESS, extra=("quarantine.parquet",))),
+    "macro": Artifact("lake/macro", PER_WORLD),
+    "micro": Artifact("lake/micro", PER_WORLD),
+    "l4_distill": Artifact("lake/l4_distill", PER_WORLD),
+    "goal_hat": Artifact("lake/goal_hat", PER_WORLD),
+    "l2": Artifact("models/l2", MODEL),
+    "l3": Artifact("models/l3-{mode}", MODEL),
+    "l4": Artifact("models/l4", MODEL),
+    "bundle": Artifact("bundles/{bundle_name}"),
+    "evaluation": Artifact("reports/evaluation/{bundle_name}", Layout(skip=("tournament",))),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    modules: tuple[str, ...]  # the code: its version is these modules and every project module they import
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    config: Callable[[str], Any] | None  # profile -> config (a dataclass); None: the stage has no settings
+    run: Callable[[dict[str, Path], Any], Any]  # (paths by name, config) -> summary (publish: the path written)
+    mode: str = "units"
+    unit_input: str | None = None  # units: the input whose units map to output files
+    unit_outputs: Callable[[str], list[str]] | None = None  # units: input unit -> output paths (relative to the data root)
+
+
+# ------------------------------------------------------------------------------- stage calls
+
+
+def _events(p: dict[str, Path], config: Any) -> dict:
+    from tasks.events import run_events
+
+    summary = run_events(p["raw"], p["lake"])
+    return {**summary, "quarantined": [f"{q['run_id']}/{q['world_id']}: {q['reason']}" for q in summary["quarantined"]]}
+
+
+def _tables(p: dict[str, Path], spec: Any) -> dict:
+    from tasks.l4_distill import build_l4_distill
+    from tasks.micro import build_micro
+    from tasks.tables import build_macro
+
+    return {name: build(p["lake"], spec) for name, build in
+            (("macro", build_macro), ("micro", build_micro), ("l4_distill", build_l4_distill))}
+
+
+def _train_l2(p: dict[str, Path], config: Any) -> dict:
+    from tasks.train_l2 import train_l2
+
+    return _headline(train_l2(p["lake"], p["out"], config, progress=False))
+
+
+def _backfill(p: dict[str, Path], config: Any) -> dict:
+    from tasks.backfill import backfill
+
+    return backfill(p["lake"], p["l2"], config)
+
+
+def _train_l3(p: dict[str, Path], config: Any) -> dict:
+    from tasks.train_l3 import train_l3
+
+    return _headline(train_l3(p["lake"], p["out"], config, progress=False))
+
+
+def _train_l4(p: dict[str, Path], config: Any) -> dict:
+    from tasks.train_l4 import train_l4
+
+    return _headline(train_l4(p["lake"], p["out"], config, progress=False))
+
+
+def _bundle(p: dict[str, Path], config: Any) -> Path:
+    from tasks.bundle import assemble
+
+    return assemble(p["l2"], p["l3"], p["l4"], p["bundles"], config, trained_on={"lake": str(p["lake"])})
+
+
+def _evaluate(p: dict[str, Path], config: Any) -> dict:
+    from tasks.evaluate import evaluate
+
+    doc = evaluate(p["bundle"], p["out"], config, progress=False)
+    return {k: doc[k] for k in ("agents", "paired") if k in doc}
+
+
+def _headline(metrics: dict) -> dict:
+    """What a run report needs of a training stage's metrics (the full set is in its metrics.json)."""
+    keep = ("best_val_loss", "epochs", "mode", "val", "final", "val_mean_baseline")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def _preset(module: str, cls: str, **kwargs: Any) -> Callable[[str], Any]:
+    """A config class's ``smoke()`` preset for the smoke profile, its defaults otherwise."""
+
+    def make(profile: str) -> Any:
+        import importlib
+
+        c = getattr(importlib.import_module(module), cls)
+        return c.smoke(**kwargs) if profile == "smoke" else c(**kwargs)
+
+    return make
+
+
+def _feature_spec(profile: str) -> Any:
+    from hrlxf_agent.state import FeatureSpec
+
+    return FeatureSpec()
+
+
+def _eval_config(profile: str) -> Any:
+    from tasks.evaluate import EvalConfig
+
+    return {"smoke": EvalConfig.smoke(), "default": EvalConfig(), "official": EvalConfig(configs=8, steps=100)}[profile]
+
+
+def _per_world(*tables: str) -> Callable[[str], list[str]]:
+    """Output files of one input unit ``run/world`` (or ``run/world.parquet``) in per-world tables."""
+
+    def outputs(unit: str) -> list[str]:
+        if "/" not in unit:
+            return []  # a table-wide file (quarantine.parquet)
+        run, world = unit.split("/", 1)
+        world = world.removesuffix(".parquet")
+        return [f"{t}/{run}/{world}" + ("" if t == "lake/events" else ".parquet") for t in tables]
+
+    return outputs
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("collect", ("tasks.collect",), (), ("raw_run",), lambda profile: COLLECT_PROFILES[profile], run=lambda p, c: {},
+          mode="collect"),
+    Stage("events", ("tasks.events",), ("raw",), ("events",), None, _events, unit_input="raw",
+          unit_outputs=_per_world("lake/events")),
+    Stage("tables", ("tasks.tables", "tasks.micro", "tasks.l4_distill"), ("events",), ("macro", "micro", "l4_distill"),
+          _feature_spec, _tables, unit_input="events", unit_outputs=_per_world("lake/macro", "lake/micro", "lake/l4_distill")),
+    Stage("train_l2", ("tasks.train_l2",), ("macro", "events"), ("l2",), _preset("tasks.train_l2", "L2Config"), _train_l2,
+          mode="fresh"),
+    Stage("backfill", ("tasks.backfill",), ("macro", "l2"), ("goal_hat",), _preset("tasks.backfill", "BackfillConfig"),
+          _backfill, unit_input="macro", unit_outputs=_per_world("lake/goal_hat")),
+    Stage("train_l3", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3",), _preset("tasks.train_l3", "L3Config"),
+          _train_l3, mode="fresh"),
+    Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
+          _train_l4, mode="fresh"),
+    Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"), _bundle,
+          mode="publish"),
+    Stage("evaluate", ("tasks.evaluate",), ("bundle",), ("evaluation",), _eval_config, _evaluate, mode="fresh"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+BY_NAME = {s.name: s for s in STAGES}
+
+#: settings without a validate() of their own: (stage, dotted field) -> (min, max)
+RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("collect", "worlds"): (1, 100_000), ("collect", "steps"): (3, 1_000), ("collect", "workers"): (1, 256),
+    ("collect", "world_timeout"): (1, None), ("collect", "seed"): (0, None),
+    ("tables", "horizon"): (1, 40),  # the tracker logs 41 days ahead (today + 40)
+    ("backfill", "horizon"): (1, 40), ("train_l2", "planner.horizon"): (1, 40), ("train_l3", "executor.horizon"): (1, 40),
+    ("evaluate", "configs"): (1, 1_000), ("evaluate", "steps"): (3, 1_000),
+}
+#: settings that must agree across stages (the feature horizon)
+SAME = (("tables", "horizon"), ("train_l2", "planner.horizon"), ("backfill", "horizon"), ("train_l3", "executor.horizon"))
+#: collect settings that do not change what a world holds (left out of its cache key and of a run's identity)
+COLLECT_RUNTIME = ("workers", "world_timeout")
+
+
+# ------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """A validated pipeline run: what runs, with which configs and recipes, on which data."""
+
+    profile: str
+    run_id: str
+    data: Path
+    stages: list[Stage]
+    configs: dict[str, Any]
+    recipes: dict[str, str]
+    code: dict[str, dict]
+    force: tuple[str, ...]
+    workers: int
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ParameterError(f"{where} expects true or false, got {value!r}")
+    if isinstance(current, int):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ParameterError(f"{where} expects an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f"{where} expects a number, got {value!r}")
+        return float(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ParameterError(f"{where} expects a string, got {value!r}")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ParameterError(f"{where} expects a list, got {value!r}")
+        return tuple(value)
+    raise ParameterError(f"{where} cannot be set from the command line")
+
+
+def override(config: Any, dotted: str, value: Any, stage: str, where: str = "") -> Any:
+    """``config`` with the (possibly nested) field ``dotted`` set to ``value``; unknown names list the valid ones."""
+    head, _, rest = dotted.partition(".")
+    where = f"{where or stage}.{head}"
+    if config is None or not dataclasses.is_dataclass(config):
+        raise ParameterError(f"{where.rpartition('.')[0]} has no settings")
+    names = [f.name for f in dataclasses.fields(config)]
+    if head not in names:
+        raise ParameterError(f"{where.rpartition('.')[0]} has no setting {head!r}; valid: {', '.join(names)}")
+    current = getattr(config, head)
+    new = override(current, rest, value, stage, where) if rest else _coerce(value, current, where)
+    return dataclasses.replace(config, **{head: new})
+
+
+def _validate(stage: str, config: Any) -> None:
+    for (s, dotted), (lo, hi) in RANGES.items():
+        if s != stage:
+            continue
+        v = _get(config, dotted)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise ParameterError(f"{stage}.{dotted} = {v} is out of range: valid {span}")
+
+    def walk(obj: Any) -> None:
+        if dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                walk(getattr(obj, f.name))
+            if callable(getattr(obj, "validate", None)):
+                try:
+                    obj.validate()
+                except ParameterError:
+                    raise
+                except Exception as e:  # ValueError, UnknownAgentError (it lists the known agents)
+                    raise ParameterError(f"{stage}: {e}") from None
+
+    walk(config)
+
+
+def collect_identity(profile: CollectProfile) -> dict:
+    """What decides the content of a run's worlds (more worlds extend a run; these may not change)."""
+    return {k: v for k, v in json.loads(canonical(profile)).items() if k not in ("worlds", "__type__", *COLLECT_RUNTIME)}
+
+
+def _check_collect_run(run_dir: Path, profile: CollectProfile) -> None:
+    """A run id names one recipe: refuse to add worlds of another one to it."""
+    want = collect_identity(profile)
+    marker = run_dir / MARKER
+    if marker.exists():
+        have = json.loads(marker.read_text()).get("identity", {})
+    else:  # a run collected before the pipeline existed: read what one of its worlds says
+        world = next(iter(sorted(run_dir.glob(f"*/{DONE}"))), None)
+        if world is None:
+            return
+        meta = json.loads((world.parent / "world.json").read_text())
+        have = {**want, "steps": meta.get("n_steps"), "experts": meta.get("experts", want["experts"])}
+    diff = {k: (have.get(k), want[k]) for k in want if have.get(k) != want[k]}
+    if diff:
+        text = ", ".join(f"{k} {a!r} (now {b!r})" for k, (a, b) in diff.items())
+        raise ParameterError(f"{run_dir} holds worlds collected with {text}: give another run id, or --force collect "
+                             f"to replay the run")
+
+
+def make_plan(profile: str = "default", force: list[str] | tuple[str, ...] | None = None,
+              overrides: dict[str, dict[str, Any]] | None = None, until: str | None = None, run_id: str | None = None,
+              workers: int | None = None, data: Path | None = None, only: list[str] | None = None) -> Plan:
+    """Validate every parameter and build each stage's config and recipe; nothing runs and nothing is written.
+    ``until`` stops after a stage; ``only`` runs just the stages named (their inputs must exist)."""
+    from hrlxf_agent.paths import data_root
+
+    if profile not in PROFILE_NAMES:
+        raise ParameterError(f"unknown profile {profile!r}: valid profiles are {', '.join(PROFILE_NAMES)}")
+    force = tuple(force or ())
+    for name in (*force, *([until] if until else []), *(overrides or {}), *(only or ())):
+        if name not in BY_NAME:
+            raise ParameterError(f"unknown stage {name!r}: valid stages are {', '.join(STAGE_NAMES)}")
+    if workers is not None and not 1 <= workers <= 256:
+        raise ParameterError(f"workers = {workers} is out of range: valid [1, 256]")
+    run_id = run_id or profile
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise ParameterError(f"run id {run_id!r}: give a plain directory name")
+    stages = list(STAGES[: STAGE_NAMES.index(until) + 1]) if until else list(STAGES)
+    if only:
+        stages = [s for s in stages if s.name in only]
+    configs: dict[str, Any] = {}
+    for s in STAGES:
+        configs[s.name] = s.config(profile) if s.config else None
+        for dotted, value in (overrides or {}).get(s.name, {}).items():
+            configs[s.name] = override(configs[s.name], dotted, value, s.name)
+    if workers is not None:
+        configs["collect"] = dataclasses.replace(configs["collect"], workers=workers)
+    for s in stages:
+        _validate(s.name, configs[s.name])
+    horizons = {f"{s}.{d}": _get(configs[s], d) for s, d in SAME if s in {x.name for x in stages}}
+    if len(set(horizons.values())) > 1:
+        raise ParameterError("the feature horizon must be the same in every stage: "
+                             + ", ".join(f"{k} = {v}" for k, v in horizons.items()))
+    data = Path(data or data_root()).resolve()
+    if "collect" in {s.name for s in stages} and "collect" not in force:
+        _check_collect_run(data / "raw" / run_id, configs["collect"])
+    code = {s.name: code_version(list(s.modules)) for s in stages}
+    recipes = {s.name: recipe(s.name, configs[s.name], code[s.name]["digest"]) for s in stages}
+    return Plan(profile, run_id, data, stages, configs, recipes, code, force,
+                configs["collect"].workers)
+
+
+def key_config(stage: str, config: Any) -> Any:
+    """The part of a config that decides a stage's outputs."""
+    doc = json.loads(canonical(config))
+    if stage == "collect":
+        doc = {k: v for k, v in doc.items() if k not in COLLECT_RUNTIME}
+    return doc
+
+
+def recipe(stage: str, config: Any, code_digest: str) -> str:
+    return hashlib.sha256(canonical({"stage": stage, "config": key_config(stage, config), "code": code_digest}).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------- running one stage
+
+
+@dataclass
+class StageCall:
+    """Everything one stage run needs (the Prefect task's only parameter; its cache key reads recipe and inputs)."""
+
+    stage: str
+    data: str  # the data root, absolute
+    recipe: str
+    config: Any
+    inputs: dict[str, tuple[str, Layout]]  # name -> (absolute path, layout)
+    outputs: dict[str, tuple[str, Layout]]
+    paths: dict[str, str] = field(default_factory=dict)  # lake, raw, bundles, ... (absolute)
+    rebuild: str | None = None  # why every output is rebuilt from scratch ("forced", ...), else None
+    extra: dict[str, Any] = field(default_factory=dict)  # collect: the rows of the worlds played now
+
+
+def _rel(path: Path, data: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(data).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _write_marker(directory: Path, doc: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, directory / MARKER)
+
+
+def _swap(new: Path, final: Path) -> None:
+    """Put ``new`` where ``final`` is (the old one is renamed away first, then deleted)."""
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _prepare_units(stage: Stage, call: StageCall, data: Path) -> tuple[str | None, dict[str, str], list[str]]:
+    """Before a units stage runs: delete everything (returns why) or the outputs of changed input units."""
+    outs = [Path(p) for p, _ in call.outputs.values()]
+    markers = [json.loads((o / MARKER).read_text()) if (o / MARKER).exists() else None for o in outs]
+    path, layout = call.inputs[stage.unit_input]
+    now = units(Path(path), layout)
+    reason = call.rebuild
+    if reason is None:
+        for o, m in zip(outs, markers):
+            if m is None and o.exists() and any(o.iterdir()):
+                reason = f"{_rel(o, data)} was not written by this pipeline"
+            elif m is not None and m.get("recipe") != call.recipe:
+                reason = "config or code changed"
+    if reason:
+        for o in outs:
+            _remove(o)
+        return reason, now, []
+    before = next((m for m in markers if m), {}).get("units", {})
+    stale = sorted(u for u, d in before.items() if now.get(u) != d)
+    for u in stale:
+        for rel in stage.unit_outputs(u):
+            _remove(data / rel)
+    return None, now, stale
+
+
+def execute(call: StageCall) -> dict[str, Any]:
+    """Run one stage; returns its record (what the cache stores): outputs, their fingerprints, a summary."""
+    from tasks.collect import summarize
+
+    stage = BY_NAME[call.stage]
+    data = Path(call.data)
+    start = time.perf_counter()
+    inputs = {name: fingerprint(Path(p), layout) for name, (p, layout) in call.inputs.items()}
+    key = stage_key(call.recipe, inputs)
+    paths = {name: Path(p) for name, (p, _) in call.inputs.items()}
+    paths.update({name: Path(p) for name, (p, _) in call.outputs.items()})
+    paths.update({name: Path(p) for name, p in call.paths.items()})
+    rebuilt, stale = call.rebuild, []
+    outputs = {name: Path(p) for name, (p, _) in call.outputs.items()}
+    if stage.mode == "collect":
+        profile, run_id = call.config, call.extra["run_id"]
+        summary = summarize(profile, data / "raw", run_id, call.extra["rows"], call.extra["skipped"], call.extra["seconds"])
+        complete = len(list((data / "raw" / run_id).glob(f"*/{DONE}")))
+        if complete == 0:
+            errors = "; ".join(f"{f['world_id']}: {f['error']}" for f in summary["failed"][:3])
+            raise RuntimeError(f"no world of run {run_id!r} completed ({errors})")
+        _write_marker(data / "raw" / run_id, {"stage": "collect", "identity": collect_identity(profile)})
+        summary = {k: summary[k] for k in ("worlds_done", "worlds_failed", "worlds_skipped", "failed", "events", "bytes",
+                                           "seconds", "worlds_per_hour")} | {"worlds_complete": complete}
+    elif stage.mode == "units":
+        rebuilt, now, stale = _prepare_units(stage, call, data)
+        summary = stage.run(paths, call.config)
+        for out in outputs.values():
+            _write_marker(out, {"stage": stage.name, "recipe": call.recipe, "units": now})
+    elif stage.mode == "fresh":
+        (name, final), = outputs.items()
+        partial = final.parent / f".{final.name}.partial-{key[:16]}"
+        if call.rebuild:
+            _remove(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        summary = stage.run({**paths, "out": partial}, call.config)
+        _swap(partial, final)
+    elif stage.mode == "publish":
+        (name, _), = outputs.items()
+        outputs[name] = Path(stage.run(paths, call.config)).resolve()
+        summary = {"path": _rel(outputs[name], data)}
+    else:
+        raise ValueError(f"unknown stage mode {stage.mode!r}")
+    return {
+        "stage": stage.name, "key": key, "recipe": call.recipe, "inputs": inputs,
+        "outputs": {name: _rel(p, data) for name, p in outputs.items()},
+        "fingerprints": {name: fingerprint(p, ARTIFACTS[name].layout) for name, p in outputs.items()},
+        "rebuilt": rebuilt, "stale_units": stale, "summary": json.loads(canonical(summary)),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -1,0 +1,224 @@
+"""The Prefect pipeline on the smoke profile (4 worlds x 10 steps), through `hrlxf run` in child processes:
+resume after kill -9 in collect, all cache hits on a rerun, downstream-only recomputation when raw worlds
+are added or one stage's config changes, collect on a Dask LocalCluster, a failing stage, refused
+parameters, and the deployments of prefect.yaml on a real server started by `make serve`.
+
+The tests share one data root and run in file order: each leaves it complete for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.fingerprint import fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l4", "bundle", "evaluate"]
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return {**env, "HRLXF_DATA": str(data), "PYTHONPATH": str(ROOT), **extra}
+
+
+def hrlxf(data: Path, *args: str, timeout: float = 900) -> dict:
+    """`hrlxf run ...` in a child process: its exit code, output, wall time and the run report."""
+    start = time.time()
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=ROOT, env=_env(data),
+                       capture_output=True, text=True, timeout=timeout)
+    last = data / "reports" / "pipeline" / "last.json"
+    report = json.loads(last.read_text()) if last.exists() else None
+    return {"rc": p.returncode, "out": p.stdout, "err": p.stderr, "wall": time.time() - start, "report": report}
+
+
+def states(r: dict) -> dict[str, str]:
+    return {s["stage"]: s["state"] for s in r["report"]["stages"]}
+
+
+def done_times(run: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in run.glob("*/DONE")}
+
+
+def mtimes(paths) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in paths}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """A smoke pipeline whose first run is killed (kill -9, whole process group) once a world is complete,
+    then run again to the end."""
+    root = tmp_path_factory.mktemp("pipeline")
+    run = root / "raw" / "smoke"
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--profile", "smoke", "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not done_times(run) and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = done_times(run)
+    resumed = hrlxf(root, "--profile", "smoke")
+    return {"root": root, "finished": finished, "resumed": resumed}
+
+
+def test_a_run_killed_in_collect_resumes_without_redoing_finished_worlds(data):
+    finished, r = data["finished"], data["resumed"]
+    assert 1 <= len(finished) < 4, finished  # killed in the middle of collect
+    assert r["rc"] == 0, r["err"][-3000:]
+    after = done_times(data["root"] / "raw" / "smoke")
+    assert len(after) == 4
+    assert all(after[w] == t for w, t in finished.items())  # no finished world played again
+    worlds = r["report"]["worlds"]
+    assert worlds["skipped"] == len(finished) and worlds["played"] == 4 - len(finished) and not worlds["failed"]
+    assert list(states(r)) == STAGES and all(s == "computed" for s in states(r).values()), states(r)
+    assert Path(r["report"]["bundle"], "manifest.json").is_file() and Path(r["report"]["evaluation"]).is_file()
+    assert f"bundle: {r['report']['bundle']}" in r["out"] and f"evaluation: {r['report']['evaluation']}" in r["out"]
+    assert (data["root"] / "bundles" / "LATEST").read_text().strip() == r["report"]["bundle"]
+
+
+def test_a_second_run_with_nothing_changed_is_all_cache_hits_in_seconds(data):
+    r = hrlxf(data["root"], "--profile", "smoke")
+    assert r["rc"] == 0, r["err"][-3000:]
+    assert all(s == "cached" for s in states(r).values()), states(r)
+    assert r["report"]["worlds"]["played"] == 0
+    assert r["report"]["seconds"] < 15, r["report"]["seconds"]  # the flow itself; the rest is start-up
+    assert r["report"]["bundle"] == data["resumed"]["report"]["bundle"]
+    print(f"cached rerun: flow {r['report']['seconds']} s, command {r['wall']:.1f} s")
+
+
+def test_collect_runs_on_a_dask_local_cluster(data):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        r = hrlxf(data["root"], "--profile", "smoke", "--run-id", "dask", "--until", "collect",
+                  "--dask-address", cluster.scheduler_address)
+        with Client(cluster) as client:
+            pids = set(client.run(os.getpid).values())
+    assert r["rc"] == 0, r["err"][-3000:]
+    worlds = r["report"]["worlds"]
+    assert worlds["played"] == 4 and not worlds["failed"]
+    assert r["report"]["task_runner"].startswith("dask tcp://")
+    played_on = {int(w.rsplit(":", 1)[1]) for w in worlds["workers"]}
+    assert played_on and played_on <= pids, (played_on, pids)  # the worlds ran in the cluster's worker processes
+    assert len(done_times(data["root"] / "raw" / "dask")) == 4
+    assert states(r) == {"collect": "computed"}
+
+
+def test_added_raw_worlds_recompute_only_the_stages_after_collect(data):
+    root = data["root"]
+    old = mtimes([*root.glob("lake/events/smoke/*/_SUCCESS"), *root.glob("lake/macro/smoke/*.parquet"),
+                  *root.glob("lake/micro/smoke/*.parquet")])
+    r = hrlxf(root, "--profile", "smoke")
+    assert r["rc"] == 0, r["err"][-3000:]
+    got = states(r)
+    assert got["collect"] == "cached"
+    assert all(got[s] == "computed" for s in STAGES[1:]), got  # every stage after it, incrementally
+    events = r["report"]["stages"][1]["summary"]
+    assert events["converted"] == 4 and events["skipped"] == 4  # only the new worlds were converted
+    assert len(list(root.glob("lake/macro/dask/*.parquet"))) == 4
+    assert mtimes(Path(p) for p in old) == old  # the earlier worlds' tables were not rewritten
+
+
+def test_a_failing_stage_is_named_and_leaves_earlier_artifacts_and_caches_intact(data):
+    root = data["root"]
+    artifacts = {name: fingerprint(root / name) for name in ("raw", "lake", "models", "bundles")}
+    records = sorted(p.name for p in (root / "prefect" / "results").iterdir())
+    r = hrlxf(root, "--profile", "smoke", "--set", "train_l2.fit.min_train_rows=1000000")  # more than smoke has
+    assert r["rc"] == 1
+    assert "stage 'train_l2' failed" in r["err"] and "TrainingDataError" in r["err"], r["err"][-3000:]
+    report = r["report"]
+    assert report["status"] == "failed" and report["failed_stage"] == "train_l2"
+    assert [s["state"] for s in report["stages"]] == ["cached"] * 3  # collect, events, tables
+    assert {name: fingerprint(root / name) for name in artifacts} == artifacts
+    assert set(records) <= {p.name for p in (root / "prefect" / "results").iterdir()}  # every cache record kept
+
+
+def test_a_changed_stage_config_recomputes_only_that_stage_and_the_ones_after(data):
+    """(After the failing run above: the stages before train_l4 are still cache hits.)"""
+    r = hrlxf(data["root"], "--profile", "smoke", "--set", "train_l4.fit.max_epochs=2")
+    assert r["rc"] == 0, r["err"][-3000:]
+    got = states(r)
+    assert all(got[s] == "cached" for s in STAGES[:6]), got
+    assert all(got[s] == "computed" for s in ("train_l4", "bundle", "evaluate")), got
+
+
+def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
+    from flows.pipeline import hrlxf as flow
+    from flows.stages import ParameterError, make_plan
+
+    monkeypatch.setenv("HRLXF_DATA", str(tmp_path))
+
+    r = hrlxf(tmp_path, "--profile", "bogus")
+    assert r["rc"] == 2 and "smoke, default, official" in r["err"], r["err"]
+    assert not (tmp_path / "prefect").exists() and not (tmp_path / "raw").exists()  # no Prefect API, no task
+    cases = [
+        (dict(profile="bogus"), "valid profiles are smoke, default, official"),
+        (dict(profile="smoke", force=["train"]), "valid stages are collect, events, tables, train_l2, backfill"),
+        (dict(profile="smoke", overrides={"collect": {"worlds": 0}}), "collect.worlds = 0 is out of range: valid [1, 100000]"),
+        (dict(profile="smoke", overrides={"tables": {"nope": 1}}), "valid: horizon, version, static, temporal"),
+        (dict(profile="smoke", overrides={"tables": {"horizon": 20}}), "tables.horizon = 20, train_l2.planner.horizon = 40"),
+        (dict(profile="smoke", overrides={"train_l2": {"fit.lr": "fast"}}), "train_l2.fit.lr expects a number"),
+        (dict(profile="smoke", overrides={"train_l3": {"fit.max_epochs": 0}}), "max_epochs must be >= 1"),
+        (dict(profile="smoke", workers=0), "workers = 0 is out of range"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ParameterError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            make_plan(data=tmp_path, **kwargs)
+        with pytest.raises(ParameterError):
+            flow.fn(**kwargs)  # the flow's own first step, before any task
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_make_serve_registers_the_deployments_and_full_pipeline_completes(data):
+    """`make serve` (server on loopback, SQLite, a process worker, `prefect deploy --all`), then
+    `prefect deployment run hrlxf/full-pipeline` with smoke parameters on the same data root."""
+    root, port = data["root"], _free_port()
+    log = root / "serve.log"
+    env = _env(root, PREFECT_PORT=str(port))
+    with log.open("w") as out:
+        serve = subprocess.Popen(["make", "-o", ".venv/.installed", f"BIN={BIN}", "serve"], cwd=ROOT, env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    api = {**_env(root), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    try:
+        deadline = time.time() + 240
+        while "Worker 'ProcessWorker" not in log.read_text():
+            assert serve.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        ls = subprocess.run([BIN / "prefect", "deployment", "ls"], env=api, capture_output=True, text=True, timeout=120)
+        for name in ("hrlxf/full-pipeline", "hrlxf/nightly-collect", "hrlxf/evaluate"):
+            assert name in ls.stdout, ls.stdout
+        nightly = subprocess.run([BIN / "prefect", "deployment", "inspect", "hrlxf/nightly-collect"], env=api,
+                                 capture_output=True, text=True, timeout=120)
+        assert "0 2 * * *" in nightly.stdout, nightly.stdout
+        bad = subprocess.run([BIN / "prefect", "deployment", "run", "hrlxf/full-pipeline", "--param", "profile=bogus"],
+                             env=api, capture_output=True, text=True, timeout=120)
+        assert bad.returncode != 0 and "smoke" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+        run = subprocess.run([BIN / "prefect", "deployment", "run", "hrlxf/full-pipeline", "--param", "profile=smoke",
+                              "--watch", "--watch-timeout", "600"], env=api, capture_output=True, text=True, timeout=660)
+        assert run.returncode == 0 and "Completed" in run.stdout, (run.stdout + run.stderr)[-3000:]
+        report = json.loads((root / "reports" / "pipeline" / "last.json").read_text())
+        assert report["status"] == "completed" and [s["stage"] for s in report["stages"]] == STAGES
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)  # the worker stops, then make stops the server
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
