@@ -10,23 +10,24 @@ venv: $(STAMP)
 
 # torch is pinned first so pip takes the local CPU wheel, never a CUDA build.
 # scml-agents goes in last with --no-deps (see pyproject.toml, extra "experts").
-# Prefect 3.8's server needs fastapi < 0.151 (0.151 stopped reading a JSON null as a Body's default:
-# the worker and `prefect deploy` send {"limit": null} and get 422s; 0.155 dropped Body(**extra), and
-# neither `prefect server start` nor the ephemeral API starts) and SQLAlchemy < 2.1 (2.1's bulk
-# inserts fail in the scheduler, so cron schedules never make runs).
+# pyproject.toml pins fastapi < 0.151 and SQLAlchemy < 2.1 for Prefect 3.8's server (0.151 stopped reading
+# a JSON null as a Body's default: the worker and `prefect deploy` get 422s; 0.155 dropped Body(**extra),
+# so neither `prefect server start` nor the ephemeral API starts; 2.1's bulk inserts fail in the scheduler).
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e . "fastapi<0.151" "sqlalchemy<2.1"
+	$(BIN)/pip install -q -e .
 	$(BIN)/pip install -q --no-deps scml-agents==0.5.2
 	touch $(STAMP)
 
-# The main job, default settings. Grows into the full pipeline as stages land.
+# The main job: the whole pipeline on the default profile (Prefect's ephemeral API, no server needed):
+# collect -> events -> tables -> training -> bundles -> evaluation; prints where the bundle and the evaluation are.
 run: $(STAMP)
-	$(BIN)/hrlxf audit
+	$(BIN)/hrlxf run --profile default
 
-audit: run
+audit: $(STAMP)
+	$(BIN)/hrlxf audit
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -x -p no:cacheprovider

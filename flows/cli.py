@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub, bsub)
 
     collect = sub.add_parser("collect", help="forensics tournaments: expert worlds with every agent tracked")
-    collect.add_argument("--profile", choices=("smoke", "default"), default="smoke")
+    collect.add_argument("--profile", choices=("smoke", "default", "official"), default="smoke")
     collect.add_argument("--run-id", default=None, help="name of the run under DATA/raw (default: the profile name)")
     collect.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
     collect.add_argument("--workers", type=int, default=None, help="parallel world processes (default: the profile's)")
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
     events.set_defaults(func=_events)
 
-    tables = sub.add_parser("tables", help="raw logs -> event tables -> macro and micro training tables (incremental)")
+    tables = sub.add_parser("tables", help="raw logs -> event tables -> macro, micro and l4_distill training tables (incremental)")
     tables.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
     tables.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
     tables.set_defaults(func=_tables)
@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--steps", type=int, default=50)
         b.add_argument("--seed", type=int, default=0)
         b.add_argument("--out", default=None, help=f"where to write bench_{name}.json (default: DATA/reports/bench)")
+        if name == "agent":
+            b.add_argument("--bundle", default=None, help="also time LitaAgentHRL with this trained bundle (path or 'latest')")
         b.set_defaults(func=_bench, bench=name)
-    b = bsub.add_parser("tables", help="events -> macro -> micro on 1x, 2x, 4x of a collected run")
+    b = bsub.add_parser("tables", help="events -> macro -> micro -> l4_distill on 1x, 2x, 4x of a collected run")
     b.add_argument("--run-id", default="default", help="collected run under DATA/raw")
     b.add_argument("--out", default=None, help="where to write bench_tables.json (default: DATA/reports/bench)")
     b.set_defaults(func=_bench, bench="tables")
@@ -135,7 +137,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.bench == "tables":
         config = module.Config(raw=str(data_root() / "raw"), run_id=args.run_id)
     else:
-        config = module.Config(worlds=args.worlds, steps=args.steps, seed=args.seed)
+        extra = {"bundle": args.bundle} if getattr(args, "bundle", None) else {}
+        config = module.Config(worlds=args.worlds, steps=args.steps, seed=args.seed, **extra)
     doc = module.run_bench(config)
     out = Path(args.out) if args.out else data_root() / "reports" / "bench"
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Prefect flows: ``hrlxf`` (the whole pipeline), ``collect`` (nightly collection) and ``evaluate``.
 
-collect -> events -> tables -> train_l2 -> backfill -> train_l3 -> train_l4 -> bundle -> evaluate
+collect -> events -> tables -> train_l2 -> backfill -> train_l3 (residual), train_l3_direct
+-> train_l4 -> bundle (residual, LATEST), bundle_direct -> evaluate (both L3 modes)
 (`flows/stages.py` declares them). Every stage is one Prefect task whose cache
 key is `tasks.fingerprint.stage_key`: the stage's recipe (config, code version)
 and the content fingerprints of its input artifacts, never their paths. Results
@@ -152,7 +153,8 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
 
 def _fields(plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
     return {"run_id": plan.run_id, "mode": getattr(plan.configs.get("train_l3"), "mode", "residual"),
-            "bundle_name": paths["bundle"].name if "bundle" in paths else "none"}
+            "bundle_name": paths["bundle"].name if "bundle" in paths else "none",
+            "bundle_direct_name": paths["bundle_direct"].name if "bundle_direct" in paths else "none"}
 
 
 def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = None) -> StageCall:
@@ -160,11 +162,12 @@ def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = No
     fields = _fields(plan, paths)
     outputs = {}
     for out in stage.outputs:
-        path = paths[out] if out == "bundle" and out in paths else plan.data / ARTIFACTS[out].path.format(**fields)
+        path = paths[out] if out.startswith("bundle") and out in paths else plan.data / ARTIFACTS[out].path.format(**fields)
         outputs[out] = (str(path), ARTIFACTS[out].layout)
     return StageCall(
         stage=name, data=str(plan.data), recipe=plan.recipes[name], config=plan.configs[name],
-        inputs={i: (str(paths[i]), ARTIFACTS[i].layout) for i in stage.inputs}, outputs=outputs,
+        # the evaluate flow has one bundle; the full pipeline both L3 modes' (an input not made is not read)
+        inputs={i: (str(paths[i]), ARTIFACTS[i].layout) for i in stage.inputs if i in paths}, outputs=outputs,
         paths={k: str(plan.data / k) for k in ("raw", "lake", "models", "bundles")}, extra=extra or {},
     )
 

@@ -77,8 +77,10 @@ ARTIFACTS: dict[str, Artifact] = {
     "goal_hat": Artifact("lake/goal_hat", PER_WORLD),
     "l2": Artifact("models/l2", MODEL),
     "l3": Artifact("models/l3-{mode}", MODEL),
+    "l3_direct": Artifact("models/l3-direct", MODEL),
     "l4": Artifact("models/l4", MODEL),
     "bundle": Artifact("bundles/{bundle_name}"),
+    "bundle_direct": Artifact("bundles/{bundle_direct_name}"),
     "evaluation": Artifact("reports/evaluation/{bundle_name}", Layout(skip=("tournament",))),
 }
 
@@ -145,10 +147,20 @@ def _bundle(p: dict[str, Path], config: Any) -> Path:
     return assemble(p["l2"], p["l3"], p["l4"], p["bundles"], config, trained_on={"lake": str(p["lake"])})
 
 
+def _bundle_direct(p: dict[str, Path], config: Any) -> Path:
+    from dataclasses import replace
+
+    from tasks.bundle import assemble
+
+    return assemble(p["l2"], p["l3_direct"], p["l4"], p["bundles"], replace(config, set_latest=False),
+                    trained_on={"lake": str(p["lake"])})
+
+
 def _evaluate(p: dict[str, Path], config: Any) -> dict:
     from tasks.evaluate import evaluate
 
-    doc = evaluate(p["bundle"], p["out"], config, progress=False)
+    bundles = [p[k] for k in ("bundle", "bundle_direct") if k in p]  # both L3 modes in the full pipeline
+    doc = evaluate(bundles, p["out"], config, progress=False)
     return {k: doc[k] for k in ("agents", "paired") if k in doc}
 
 
@@ -208,11 +220,16 @@ STAGES: tuple[Stage, ...] = (
           _backfill, unit_input="macro", unit_outputs=_per_world("lake/goal_hat")),
     Stage("train_l3", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3",), _preset("tasks.train_l3", "L3Config"),
           _train_l3, mode="fresh"),
+    Stage("train_l3_direct", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_direct",),
+          _preset("tasks.train_l3", "L3Config", mode="direct"), _train_l3, mode="fresh"),
     Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
           _train_l4, mode="fresh"),
     Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"), _bundle,
           mode="publish"),
-    Stage("evaluate", ("tasks.evaluate",), ("bundle",), ("evaluation",), _eval_config, _evaluate, mode="fresh"),
+    Stage("bundle_direct", ("tasks.bundle",), ("l2", "l3_direct", "l4"), ("bundle_direct",),
+          _preset("tasks.bundle", "BundleConfig"), _bundle_direct, mode="publish"),
+    Stage("evaluate", ("tasks.evaluate",), ("bundle", "bundle_direct"), ("evaluation",), _eval_config, _evaluate,
+          mode="fresh"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
@@ -223,10 +240,12 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("collect", "world_timeout"): (1, None), ("collect", "seed"): (0, None),
     ("tables", "horizon"): (1, 40),  # the tracker logs 41 days ahead (today + 40)
     ("backfill", "horizon"): (1, 40), ("train_l2", "planner.horizon"): (1, 40), ("train_l3", "executor.horizon"): (1, 40),
+    ("train_l3_direct", "executor.horizon"): (1, 40),
     ("evaluate", "configs"): (1, 1_000), ("evaluate", "steps"): (3, 1_000),
 }
 #: settings that must agree across stages (the feature horizon)
-SAME = (("tables", "horizon"), ("train_l2", "planner.horizon"), ("backfill", "horizon"), ("train_l3", "executor.horizon"))
+SAME = (("tables", "horizon"), ("train_l2", "planner.horizon"), ("backfill", "horizon"), ("train_l3", "executor.horizon"),
+        ("train_l3_direct", "executor.horizon"))
 #: collect settings that do not change what a world holds (left out of its cache key and of a run's identity)
 COLLECT_RUNTIME = ("workers", "world_timeout")
 

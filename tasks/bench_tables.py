@@ -1,7 +1,7 @@
 """Benchmark: the tables stages on collected data, at 1x, 2x and 4x the data.
 
 Takes the first quarter, half and all of a collected run's complete worlds
-(linked into fresh raw directories), runs events -> macro -> micro on each
+(linked into fresh raw directories), runs events -> macro -> micro -> l4_distill on each
 from scratch in a child process, and reports events per second and the child's
 peak memory: work per world should stay flat as the data grows.
 """
@@ -23,11 +23,12 @@ _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from tasks.events import run_events
+from tasks.l4_distill import build_l4_distill
 from tasks.micro import build_micro
 from tasks.tables import build_macro
 raw, lake = Path(sys.argv[1]), Path(sys.argv[2])
 t = time.perf_counter()
-run_events(raw, lake); build_macro(lake); build_micro(lake)
+run_events(raw, lake); build_macro(lake); build_micro(lake); build_l4_distill(lake)
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -65,5 +66,5 @@ def run_bench(config: Config) -> dict[str, Any]:
 def render(doc: dict[str, Any]) -> str:
     rows = [[r["scale"], r["worlds"], r["events"], r["seconds"], r["events_per_second"], r["seconds_per_world"], r["peak_mb"]]
             for r in doc["results"]]
-    return "\n".join(["bench tables: events -> macro -> micro from scratch", ""] + md_table(
+    return "\n".join(["bench tables: events -> macro -> micro -> l4_distill from scratch", ""] + md_table(
         ["scale", "worlds", "events", "seconds", "events / s", "s / world", "peak MB"], rows))

@@ -45,9 +45,9 @@ FIELDS = ("static", "goal", "role", "broadcast", "alpha", "rounds", "keep", "tim
 class L3Config:
     mode: str = "residual"
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    # one epoch of the default collection (~170k expert rows) takes 1-2 minutes on 2 cores
-    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=6, batch_size=512, lr=1e-3, patience=2))
-    awr_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=2, batch_size=512, lr=3e-4, patience=1))
+    # one epoch of the default collection (~75k live expert rows) takes ~10 s on 2 cores
+    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=20, batch_size=512, lr=5e-4, patience=3))
+    awr_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=4, batch_size=512, lr=2e-4, patience=2))
     value_fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=6, batch_size=1024, lr=1e-3, patience=2))
     awr: bool = True
     awr_beta: float = 1.0  # temperature on the standardised advantage
@@ -56,8 +56,14 @@ class L3Config:
     qp_weight: float = 4.0
     min_relative_score: float = 1.0
 
+    # the experts' quantities reach 3 x n_lines and their prices move ~20% around L1's baseline:
+    # a trained residual head needs that reach (the untrained bundle's narrower default is moot, its heads are 0)
+    residual_q_scale: float = 2.0
+    residual_p_scale: float = 0.25
+
     def __post_init__(self) -> None:
-        self.executor = ExecutorConfig(**{**asdict(self.executor), "mode": self.mode, "heuristic_prior": 0.0})
+        self.executor = ExecutorConfig(**{**asdict(self.executor), "mode": self.mode, "heuristic_prior": 0.0,
+                                          "q_scale": self.residual_q_scale, "p_scale": self.residual_p_scale})
 
     @classmethod
     def smoke(cls, mode: str = "residual") -> "L3Config":
@@ -296,19 +302,20 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     }
     if config.awr:
         x = value_inputs(a)
+        mu, sd = float(a["ret"][tr].mean()), float(a["ret"][tr].std()) + 1e-12
+        z = ((a["ret"] - mu) / sd).astype(np.float32)  # deal values are ~1e-2: fit V on the standardised return
         vm = _value_module(x.shape[1], config.value_fit)
-        v_result = fit_module(vm, Batches.of((x, a["ret"]), tr), Batches.of((x, a["ret"]), val), config.value_fit,
-                              out / "value", progress)
+        v_result = fit_module(vm, Batches.of((x, z), tr), Batches.of((x, z), val), config.value_fit, out / "value", progress)
         load_best(vm, v_result)
         with torch.inference_mode():
             v = vm.value.eval()(torch.from_numpy(x)).numpy()
-        a["weight"] = awr_weights(a["ret"], v, config.awr_beta, config.awr_max_weight)
+        a["weight"] = awr_weights(z, v, config.awr_beta, config.awr_max_weight)
         arrays = tuple(a[k] for k in FIELDS)
         awr = _executor_module(config, config.awr_fit, executor.state_dict())
         awr_result = fit_module(awr, Batches.of(arrays, tr), Batches.of(arrays, val), config.awr_fit, out / "awr", progress)
         load_best(awr, awr_result)
         executor = awr.executor.eval()
-        ret_var = float(np.var(a["ret"][val]))
+        ret_var = float(np.var(z[val]))
         metrics["value"] = {"best_val_mse": v_result.best_val_loss, "return_variance": ret_var,
                             "explained_variance": 1.0 - v_result.best_val_loss / ret_var if ret_var > 0 else float("nan")}
         metrics["awr"] = {"epochs": awr_result.epochs, "best_val_loss": awr_result.best_val_loss,

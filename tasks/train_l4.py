@@ -25,7 +25,7 @@ from tasks.training import (
 @dataclass
 class L4Config:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
-    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=10, batch_size=256, patience=3))
+    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=5, batch_size=256, patience=2))  # ~1 min an epoch
     min_relative_score: float = 0.0  # the teacher is a rule: every expert's batches teach it
 
     @classmethod

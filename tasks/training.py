@@ -179,14 +179,15 @@ def _callbacks(out: Path, fit: FitConfig, history: list[dict[str, float]]) -> li
     import lightning.pytorch as L
 
     class History(L.Callback):
-        """Per-epoch metrics for the curves saved with the bundle."""
+        """Per-epoch metrics for the curves saved with the bundle, on disk after every epoch (a killed run keeps them)."""
 
         def on_validation_epoch_end(self, trainer: Any, module: Any) -> None:
             if trainer.sanity_checking:
                 return
             row = {k: float(v) for k, v in trainer.callback_metrics.items()}
             row["epoch"] = int(trainer.current_epoch)
-            history.append(row)
+            history[:] = [h for h in history if h["epoch"] < row["epoch"]] + [row]
+            _write_json(out / "history.json", history)
 
     class NanGuard(L.Callback):
         """Stop on a non-finite loss before a bad step reaches a checkpoint."""
@@ -237,10 +238,7 @@ def fit_module(module: Any, train: torch.utils.data.Dataset, val: torch.utils.da
         enable_progress_bar=progress, enable_model_summary=False, deterministic="warn", default_root_dir=str(out),
         num_sanity_val_steps=0,
     )
-    try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
-    finally:
-        _write_json(history_file, history)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
     ckpt = callbacks[0]
     best = ckpt.best_model_path or str(last)
     best_loss = float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan

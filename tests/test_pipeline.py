@@ -23,7 +23,8 @@ from tasks.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l4", "bundle", "evaluate"]
+STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l3_direct", "train_l4", "bundle",
+          "bundle_direct", "evaluate"]
 
 
 def _env(data: Path, **extra: str) -> dict[str, str]:
@@ -149,8 +150,8 @@ def test_a_changed_stage_config_recomputes_only_that_stage_and_the_ones_after(da
     r = hrlxf(data["root"], "--profile", "smoke", "--set", "train_l4.fit.max_epochs=2")
     assert r["rc"] == 0, r["err"][-3000:]
     got = states(r)
-    assert all(got[s] == "cached" for s in STAGES[:6]), got
-    assert all(got[s] == "computed" for s in ("train_l4", "bundle", "evaluate")), got
+    assert all(got[s] == "cached" for s in STAGES[:7]), got
+    assert all(got[s] == "computed" for s in ("train_l4", "bundle", "bundle_direct", "evaluate")), got
 
 
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
