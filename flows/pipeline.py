@@ -226,14 +226,21 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
                                      "key": record["key"], "outputs": record["outputs"], "summary": record["summary"]})
             logger.info(f"{stage.name}: {how} in {seconds:.1f} s -> {', '.join(record['outputs'].values())}")
         current = None
-        if "bundle" in {s.name for s in plan.stages}:
-            from hrlxf_agent.bundle import set_latest
-
-            if getattr(plan.configs["bundle"], "set_latest", False):
-                set_latest(paths["bundle"], plan.data / "bundles")  # also when the bundle came from the cache
-            report["bundle"] = str(paths["bundle"])
-        if "evaluation" in paths and "evaluate" in {s.name for s in plan.stages}:
+        ran = {s.name for s in plan.stages}
+        if "evaluation" in paths and "evaluate" in ran:
             report["evaluation"] = str(paths["evaluation"] / "evaluation.json")
+        if "bundle" in ran:
+            from hrlxf_agent.bundle import set_latest
+            from tasks.evaluate import best_bundle
+
+            report["bundles"] = {k: str(paths[k]) for k in ("bundle", "bundle_direct") if k in paths}
+            latest = paths["bundle"]
+            if report["evaluation"]:  # both L3 modes evaluated: LATEST is the one that played better
+                best = best_bundle(json.loads(Path(report["evaluation"]).read_text()))
+                latest = Path(best) if best else latest
+            if getattr(plan.configs["bundle"], "set_latest", False):
+                set_latest(latest, plan.data / "bundles")  # also when the bundles came from the cache
+            report["bundle"] = str(latest)
         report["status"] = "completed"
     except StageFailed as e:
         report.update(status="failed", failed_stage=e.stage, error=e.error)

@@ -7,7 +7,8 @@ worker processes: the `AuditHook` verdicts are written to files the stage
 sums afterwards. ``evaluation.json``: per agent the worlds, mean score and
 its 95% interval, unsafe_any and illegal counts; the per-world paired
 difference of each agent against PenguinAgent and of the two L3 modes;
-``scores.png``: the score distributions.
+``scores.png``: the score distributions. `best_bundle` names the bundle that
+scored best: the pipeline points ``LATEST`` at it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import math
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -189,6 +190,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def best_bundle(doc: dict[str, Any]) -> str | None:
+    """The evaluated bundle whose agent scored the highest mean (the one worth playing), if any."""
+    scored = [(doc["agents"][name]["score"]["mean"], path) for name, path in doc.get("bundles", {}).items()
+              if name in doc.get("agents", {})]
+    return max(scored)[1] if scored else None
+
+
 def markdown(doc: dict[str, Any]) -> str:
     from tasks.report import md_table
 
@@ -239,7 +247,7 @@ def evaluate(bundles: Sequence[Path] | Path, out: Path, config: EvalConfig, prog
             os.environ[AUDIT_DIR_ENV] = old
     audits = [json.loads(f.read_text()) for f in sorted(audit_dir.glob("*.json"))]
     doc = summarize(results.scores, audits, config)
-    doc["bundles"] = [str(Path(b).resolve()) for b in bundles]
+    doc["bundles"] = {cls.__name__: p["controller_params"]["bundle"] for cls, p in zip(types, params) if p}
     tmp = out / "evaluation.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, out / "evaluation.json")

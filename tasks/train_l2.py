@@ -21,8 +21,8 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.tables import MACRO_VERSION, macro_schema
 from tasks.training import (
-    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best, require_rows, table_files, world_split,
-    write_stage_output,
+    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
+    loss_module, require_rows, table_files, world_split, write_stage_output,
 )
 
 Q_COLUMNS = np.array([b * 4 + c for b in range(4) for c in (0, 2)])  # Q_buy, Q_sell of each bucket
@@ -95,30 +95,12 @@ def goal_metrics(pred: np.ndarray, label: np.ndarray, mask: np.ndarray, n_lines:
 
 
 def _module(config: L2Config) -> Any:
-    import lightning.pytorch as L
+    def loss(planner: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        xs, xt, xr, goal, mask = batch
+        pred, _ = planner(xs, xt, xr)
+        return goal_loss(pred, goal, mask, config.price_weight)
 
-    class L2Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.planner = Planner(config.planner)
-
-        def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            xs, xt, xr, goal, mask = batch
-            pred, _ = self.planner(xs, xt, xr)
-            return goal_loss(pred, goal, mask, config.price_weight)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self._loss(batch)
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
-            return loss
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val_loss", self._loss(batch), on_epoch=True, prog_bar=True)
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.AdamW(self.parameters(), lr=config.fit.lr, weight_decay=config.fit.weight_decay)
-
-    return L2Module()
+    return loss_module(Planner(config.planner), loss, config.fit)
 
 
 def predict_goals(planner: Planner, x_static: np.ndarray, x_temporal: np.ndarray, x_role: np.ndarray,
@@ -144,7 +126,7 @@ def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> 
     module = _module(config)
     result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, va), config.fit, Path(out), progress)
     load_best(module, result)
-    planner = module.planner.eval()
+    planner = module.net.eval()
     metrics: dict[str, Any] = {"stage": "train_l2", "best_val_loss": result.best_val_loss, "epochs": result.epochs,
                                "history": result.history, "config": asdict(config), "resumed_from": result.resumed_from}
     for name, rows in (("train", tr), ("val", va)):

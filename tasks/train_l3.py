@@ -31,8 +31,8 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.executor import Executor, ExecutorConfig
 from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
 from tasks.training import (
-    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best, require_rows,
-    table_files, world_split, write_stage_output,
+    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
+    loss_module, require_rows, table_files, world_split, write_stage_output,
 )
 
 ROUND = 12
@@ -169,30 +169,10 @@ def as_batch(tensors: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
 
 
 def _executor_module(config: L3Config, fit: FitConfig, init: dict[str, torch.Tensor] | None) -> Any:
-    import lightning.pytorch as L
-
-    class L3Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.executor = Executor(config.executor)
-            if init is not None:
-                self.executor.load_state_dict(init)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            losses = l3_losses(self.executor, as_batch(batch), config)
-            self.log("train_loss", losses["loss"], on_step=False, on_epoch=True)
-            return losses["loss"]
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            losses = l3_losses(self.executor, as_batch(batch), config)
-            self.log("val_loss", losses["loss"], on_epoch=True, prog_bar=True)
-            for k in ("op", "delta", "qp"):
-                self.log(f"val_{k}", losses[k], on_epoch=True)
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.AdamW(self.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-
-    return L3Module()
+    executor = Executor(config.executor)
+    if init is not None:
+        executor.load_state_dict(init)
+    return loss_module(executor, lambda ex, batch: l3_losses(ex, as_batch(batch), config), fit)
 
 
 # ---------------------------------------------------------------------------- value baseline
@@ -215,29 +195,7 @@ def value_inputs(a: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _value_module(n_in: int, fit: FitConfig) -> Any:
-    import lightning.pytorch as L
-
-    class ValueModule(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.value = ValueNet(n_in)
-
-        def _loss(self, batch: Any) -> torch.Tensor:
-            x, r = batch
-            return F.mse_loss(self.value(x), r)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self._loss(batch)
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
-            return loss
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val_loss", self._loss(batch), on_epoch=True)
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.AdamW(self.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-
-    return ValueModule()
+    return loss_module(ValueNet(n_in), lambda value, batch: F.mse_loss(value(batch[0]), batch[1]), fit)
 
 
 def awr_weights(ret: np.ndarray, value: np.ndarray, beta: float, max_weight: float) -> np.ndarray:
@@ -294,7 +252,7 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     bc = _executor_module(config, config.fit, None)
     bc_result = fit_module(bc, Batches.of(arrays, tr), Batches.of(arrays, val), config.fit, out / "bc", progress)
     load_best(bc, bc_result)
-    executor = bc.executor.eval()
+    executor = bc.net.eval()
     metrics: dict[str, Any] = {
         "stage": "train_l3", "mode": config.mode, "config": asdict(config),
         "bc": {"epochs": bc_result.epochs, "best_val_loss": bc_result.best_val_loss, "history": bc_result.history,
@@ -308,13 +266,13 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
         v_result = fit_module(vm, Batches.of((x, z), tr), Batches.of((x, z), val), config.value_fit, out / "value", progress)
         load_best(vm, v_result)
         with torch.inference_mode():
-            v = vm.value.eval()(torch.from_numpy(x)).numpy()
+            v = vm.net.eval()(torch.from_numpy(x)).numpy()
         a["weight"] = awr_weights(z, v, config.awr_beta, config.awr_max_weight)
         arrays = tuple(a[k] for k in FIELDS)
         awr = _executor_module(config, config.awr_fit, executor.state_dict())
         awr_result = fit_module(awr, Batches.of(arrays, tr), Batches.of(arrays, val), config.awr_fit, out / "awr", progress)
         load_best(awr, awr_result)
-        executor = awr.executor.eval()
+        executor = awr.net.eval()
         ret_var = float(np.var(z[val]))
         metrics["value"] = {"best_val_mse": v_result.best_val_loss, "return_variance": ret_var,
                             "explained_variance": 1.0 - v_result.best_val_loss / ret_var if ret_var > 0 else float("nan")}

@@ -17,8 +17,8 @@ import torch
 
 from hrlxf_models.coordinator import THREAD_FEATURES, Coordinator, CoordinatorConfig
 from tasks.training import (
-    Batches, FitConfig, TrainingDataError, expert_agents, fit_module, list_array, load_best, require_rows, table_files,
-    world_split, write_stage_output,
+    Batches, FitConfig, TrainingDataError, expert_agents, fit_module, list_array, load_best, loss_module,
+    require_rows, table_files, world_split, write_stage_output,
 )
 
 
@@ -58,31 +58,12 @@ def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], np.nd
 
 
 def _module(config: L4Config) -> Any:
-    import lightning.pytorch as L
+    def loss(coordinator: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        threads, keep, glob, alpha = batch
+        keep = keep.to(torch.bool)
+        return ((coordinator(threads, keep, glob) - alpha) ** 2)[keep].mean()
 
-    class L4Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.coordinator = Coordinator(config.coordinator)
-
-        def _loss(self, batch: Any) -> torch.Tensor:
-            threads, keep, glob, alpha = batch
-            keep = keep.to(torch.bool)
-            pred = self.coordinator(threads, keep, glob)
-            return ((pred - alpha) ** 2)[keep].mean()
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self._loss(batch)
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
-            return loss
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val_loss", self._loss(batch), on_epoch=True, prog_bar=True)
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.AdamW(self.parameters(), lr=config.fit.lr, weight_decay=config.fit.weight_decay)
-
-    return L4Module()
+    return loss_module(Coordinator(config.coordinator), loss, config.fit)
 
 
 def alpha_metrics(coordinator: Coordinator, arrays: tuple[np.ndarray, ...], rows: np.ndarray) -> dict[str, float]:
@@ -118,7 +99,7 @@ def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> 
     module = _module(config)
     result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, val), config.fit, Path(out), progress)
     load_best(module, result)
-    coordinator = module.coordinator.eval()
+    coordinator = module.net.eval()
     metrics = {"stage": "train_l4", "config": asdict(config), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
                "history": result.history, "train": alpha_metrics(coordinator, arrays, tr),
                "val": alpha_metrics(coordinator, arrays, val)}

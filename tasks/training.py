@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -244,6 +244,40 @@ def fit_module(module: Any, train: torch.utils.data.Dataset, val: torch.utils.da
     best_loss = float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan
     return FitResult(best_path=best, last_path=str(last), epochs=int(trainer.current_epoch), best_val_loss=best_loss,
                      history=list(history), resumed_from=resume)
+
+
+def loss_module(net: torch.nn.Module, loss: Callable[[torch.nn.Module, Any], Any], fit: FitConfig) -> Any:
+    """The thin LightningModule every stage trains: ``net`` (as ``.net``) on ``loss(net, batch)``.
+
+    ``loss`` returns the loss, or a dict with ``"loss"`` and parts that are logged as ``val_<part>``.
+    """
+    import lightning.pytorch as L
+
+    class LossModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def _parts(self, batch: Any) -> dict[str, torch.Tensor]:
+            out = loss(self.net, batch)
+            return out if isinstance(out, dict) else {"loss": out}
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            parts = self._parts(batch)
+            self.log("train_loss", parts["loss"], on_step=False, on_epoch=True)
+            return parts["loss"]
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            parts = self._parts(batch)
+            self.log("val_loss", parts["loss"], on_epoch=True, prog_bar=True)
+            for name, value in parts.items():
+                if name != "loss":
+                    self.log(f"val_{name}", value, on_epoch=True)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+
+    return LossModule()
 
 
 def load_best(module: Any, result: FitResult) -> Any:
