@@ -4,10 +4,12 @@ Competitors: LitaAgentHRL with each bundle given (one per L3 mode), LitaAgentHRL
 on rules alone, LitaAgentHS and PenguinAgent, with and against the 2025
 winners. Every one of ours (and Penguin) is audited inside the tournament's
 worker processes: the `AuditHook` verdicts are written to files the stage
-sums afterwards. ``evaluation.json``: per agent the worlds, mean score and
-its 95% interval, unsafe_any and illegal counts; the per-world paired
-difference of each agent against PenguinAgent and of the two L3 modes;
-``scores.png``: the score distributions. `best_bundle` names the bundle that
+sums afterwards. Every competitor plays every world; each configuration is
+played once per rotation of the competitors over its slots, and its rotations
+are averaged, so intervals and paired differences are over configurations.
+``evaluation.json``: per agent the worlds, mean score and its 95% interval,
+unsafe_any and illegal counts; the paired differences against PenguinAgent
+and between the two L3 modes; ``scores.png``: the score distributions. `best_bundle` names the bundle that
 scored best: the pipeline points ``LATEST`` at it.
 """
 
@@ -137,38 +139,47 @@ def competitors(bundles: Sequence[Path], config: EvalConfig) -> tuple[list[type]
 
 
 def interval(values: Sequence[float]) -> dict[str, float]:
-    """Mean and a normal 95% interval of the mean."""
+    """Mean and a Student-t 95% interval of the mean (few configurations: not the normal 1.96)."""
+    from scipy.stats import t
+
     x = np.asarray(values, float)
     n = len(x)
     mean = float(x.mean()) if n else math.nan
-    half = float(1.96 * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    half = float(t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     return {"mean": mean, "ci95": [mean - half, mean + half], "half_width": half, "n": n}
 
 
+def configuration_of(world: str) -> str:
+    """scml names a tournament world ``<configuration>.<rotation>``."""
+    return str(world).rsplit(".", 1)[0]
+
+
 def summarize(scores: Any, audits: list[dict[str, Any]], config: EvalConfig) -> dict[str, Any]:
-    """Per agent type: per-world mean scores -> mean and interval; audit sums; paired differences."""
+    """Per agent type: mean score and interval, audit sums, paired differences.
+
+    The rotations of one configuration share its market, so they are averaged
+    first: the intervals are over configurations (n = configs), not worlds.
+    """
     per_world = scores.groupby(["agent_type", "world"])["score"].mean().unstack("agent_type")
     per_world.columns = [str(c).split(".")[-1].split(":")[-1] for c in per_world.columns]
+    per_config = per_world.groupby([configuration_of(w) for w in per_world.index]).mean()
     agents: dict[str, Any] = {}
     for name in per_world.columns:
-        col = per_world[name].dropna()
-        entry: dict[str, Any] = {"worlds": int(len(col)), "score": interval(col.tolist())}
+        entry: dict[str, Any] = {"worlds": int(per_world[name].notna().sum()),
+                                 "score": interval(per_config[name].dropna().tolist()),
+                                 "world_scores": interval(per_world[name].dropna().tolist())}
         mine = [a for a in audits if a["agent_type"] == name]
         if mine:
             entry.update({k: int(sum(a[k] for a in mine)) for k in ("decisions", "unsafe_any", "illegal", "off_grid")})
         agents[name] = entry
-    paired: dict[str, Any] = {}
-    base = config.baseline
-    for name in per_world.columns:
-        if name == base or base not in per_world.columns:
-            continue
-        d = (per_world[name] - per_world[base]).dropna()
-        paired[f"{name} - {base}"] = interval(d.tolist())
+    pairs = [(name, config.baseline) for name in per_world.columns if name != config.baseline]
     if {"LitaAgentHRLResidual", "LitaAgentHRLDirect"} <= set(per_world.columns):
-        d = (per_world["LitaAgentHRLResidual"] - per_world["LitaAgentHRLDirect"]).dropna()
-        paired["LitaAgentHRLResidual - LitaAgentHRLDirect"] = interval(d.tolist())
+        pairs.append(("LitaAgentHRLResidual", "LitaAgentHRLDirect"))
+    paired = {f"{a} - {b}": interval((per_config[a] - per_config[b]).dropna().tolist())
+              for a, b in pairs if a in per_config and b in per_config}
     return {"schema_version": EVALUATION_SCHEMA_VERSION, "config": asdict(config), "worlds": int(len(per_world)),
-            "agents": agents, "paired": paired, "per_world": per_world.reset_index().to_dict(orient="list")}
+            "configurations": int(len(per_config)), "agents": agents, "paired": paired,
+            "per_world": per_world.reset_index().to_dict(orient="list")}
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -205,8 +216,10 @@ def markdown(doc: dict[str, Any]) -> str:
         s = a["score"]
         rows.append([name, a["worlds"], f"{s['mean']:.4f}", f"± {s['half_width']:.4f}",
                      a.get("unsafe_any", "-"), a.get("illegal", "-"), a.get("decisions", "-")])
-    lines = md_table(["agent", "worlds", "mean score", "95% CI", "unsafe_any", "illegal", "decisions"], rows)
-    lines += ["", *md_table(["paired difference (per world)", "mean", "95% CI", "worlds"],
+    lines = [f"{doc['worlds']} worlds = {doc.get('configurations', '?')} configurations x rotations; "
+             "intervals over configurations (Student t)", "",
+             *md_table(["agent", "worlds", "mean score", "95% CI", "unsafe_any", "illegal", "decisions"], rows)]
+    lines += ["", *md_table(["paired difference (per configuration)", "mean", "95% CI", "configurations"],
                             [[k, f"{v['mean']:+.4f}", f"± {v['half_width']:.4f}", v["n"]] for k, v in doc["paired"].items()])]
     return "\n".join(lines)
 
