@@ -22,6 +22,7 @@ The three flows share the flow name ``hrlxf`` so that their deployments in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from flows.stages import (
     ARTIFACTS, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, StageCall, StageFailed, execute, make_plan,
 )
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
+from tasks.evaluate import ConfigurationJob, configuration_jobs, play_configuration
 from tasks.fingerprint import StageInputsPolicy, fingerprint
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
@@ -54,6 +56,13 @@ def play_world(job: CollectJob) -> dict[str, Any]:
     """One collect world (never raises: a failing world comes back with its error and is marked FAILED)."""
     row = collect_world(job)
     return {**row, "pid": os.getpid(), "host": socket.gethostname()}
+
+
+@task(name="play-configuration", cache_policy=NO_CACHE, persist_result=False,
+      task_run_name="evaluation-configuration-{job.index}")
+def play_evaluation_configuration(job: ConfigurationJob) -> dict[str, Any]:
+    """One evaluation configuration: scml's tournament over all its rotations (results in a file)."""
+    return {**play_configuration(job), "pid": os.getpid(), "host": socket.gethostname()}
 
 
 @task(name="stage", cache_policy=StageInputsPolicy(), persist_result=True, result_serializer="json",
@@ -157,7 +166,38 @@ def _fields(plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
             "bundle_direct_name": paths["bundle_direct"].name if "bundle_direct" in paths else "none"}
 
 
-def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = None) -> StageCall:
+def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | None) -> tuple[Path, dict]:
+    """Map the evaluation's configurations not played yet as tasks; return where their results are.
+
+    The directory is keyed by the bundles (their names are digests of their weights) and the
+    evaluation config, so a rerun plays nothing and other bundles never reuse these results.
+    Each configuration's tournament runs serially inside its task: the task runner spreads them.
+    """
+    from dataclasses import replace as replace_
+
+    from tasks.fingerprint import canonical
+
+    config = plan.configs["evaluate"]
+    bundles = [paths[k] for k in ("bundle", "bundle_direct") if k in paths]
+    key = hashlib.sha256(canonical({"bundles": sorted(b.name for b in bundles), "config": config}).encode()).hexdigest()
+    worlds_dir = plan.data / "reports" / "evaluation-worlds" / key[:16]
+    if "evaluate" in plan.force and worlds_dir.exists():
+        shutil.rmtree(worlds_dir)  # forced: play every configuration again
+    worlds_dir.mkdir(parents=True, exist_ok=True)
+    todo = [replace_(j, config=replace_(config, parallelism="serial"))
+            for j in configuration_jobs(bundles, worlds_dir, config)]
+    rows = []
+    if todo:
+        with _task_runner(dask_address, max(1, min(plan.workers, len(todo)))) as runner:
+            futures = [runner.submit(play_evaluation_configuration, {"job": job}) for job in todo]
+            rows = [future.result() for future in futures]  # a failed configuration fails the evaluate stage
+    info = {"played": len(rows), "skipped": config.configs - len(rows), "dir": str(worlds_dir),
+            "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows})}
+    return worlds_dir, info
+
+
+def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = None,
+          more_paths: dict[str, Path] | None = None) -> StageCall:
     stage = BY_NAME[name]
     fields = _fields(plan, paths)
     outputs = {}
@@ -168,7 +208,8 @@ def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = No
         stage=name, data=str(plan.data), recipe=plan.recipes[name], config=plan.configs[name],
         # the evaluate flow has one bundle; the full pipeline both L3 modes' (an input not made is not read)
         inputs={i: (str(paths[i]), ARTIFACTS[i].layout) for i in stage.inputs if i in paths}, outputs=outputs,
-        paths={k: str(plan.data / k) for k in ("raw", "lake", "models", "bundles")}, extra=extra or {},
+        paths={**{k: str(plan.data / k) for k in ("raw", "lake", "models", "bundles")},
+               **{k: str(v) for k, v in (more_paths or {}).items()}}, extra=extra or {},
     )
 
 
@@ -193,7 +234,7 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
         "flow": flow_name, "profile": plan.profile, "run_id": plan.run_id, "data": str(plan.data),
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "running", "failed_stage": None, "error": None,
         "task_runner": f"dask {dask_address}" if dask_address else f"processes x{plan.workers}",
-        "stages": [], "worlds": None, "bundle": None, "evaluation": None,
+        "stages": [], "worlds": None, "evaluation_configurations": None, "bundle": None, "evaluation": None,
     }
     paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
     if bundle is not None:
@@ -218,6 +259,12 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
                 call = _call(plan, "collect", paths, {"rows": rows, "skipped": len(jobs) - len(todo),
                                                       "seconds": time.perf_counter() - t0, "run_id": plan.run_id})
                 record, how, seconds = run_stage(call, forced, results, refresh=bool(rows))  # worlds played: a new summary
+            elif stage.name == "evaluate":
+                t0 = time.perf_counter()
+                worlds, report["evaluation_configurations"] = _evaluation_worlds(plan, paths, dask_address)
+                record, how, seconds = run_stage(_call(plan, stage.name, paths, more_paths={"eval_worlds": worlds}),
+                                                 forced, results)
+                seconds += time.perf_counter() - t0
             else:
                 record, how, seconds = run_stage(_call(plan, stage.name, paths), forced, results)
             for name, rel in record["outputs"].items():

@@ -160,7 +160,7 @@ def _evaluate(p: dict[str, Path], config: Any) -> dict:
     from tasks.evaluate import evaluate
 
     bundles = [p[k] for k in ("bundle", "bundle_direct") if k in p]  # both L3 modes in the full pipeline
-    doc = evaluate(bundles, p["out"], config, progress=False)
+    doc = evaluate(bundles, p["out"], config, progress=False, worlds_dir=p.get("eval_worlds"))  # mapped by the flow
     return {k: doc[k] for k in ("agents", "paired") if k in doc}
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,8 +97,9 @@ class EvalConfig:
     configs: int = 4  # world configurations; each is played once per rotation of the competitors over its slots
     steps: int = 50
     opponents: tuple[str, ...] = WINNERS_2025
-    parallelism: str = "parallel"
+    parallelism: str = "parallel"  # inside one configuration's tournament
     baseline: str = "PenguinAgent"
+    seed: int = 0
 
     def worlds(self, n_competitors: int) -> int:
         return self.configs * n_competitors
@@ -224,43 +226,96 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(bundles: Sequence[Path] | Path, out: Path, config: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the tournament; write ``out/evaluation.json``, ``out/evaluation.md`` and ``out/scores.png``."""
+@dataclass(frozen=True)
+class ConfigurationJob:
+    """One world configuration's tournament (all its rotations): the unit a task runner spreads."""
+
+    bundles: tuple[str, ...]
+    config: EvalConfig
+    index: int
+    out_dir: str  # where ``c<index>.json`` goes (the tournament's files beside it)
+
+    @property
+    def result(self) -> Path:
+        return Path(self.out_dir) / f"c{self.index:03d}.json"
+
+
+def configuration_jobs(bundles: Sequence[Path], worlds_dir: Path, config: EvalConfig) -> list[ConfigurationJob]:
+    """The configurations of this evaluation not played yet (a rerun plays only the missing ones)."""
+    names = tuple(str(Path(b).resolve()) for b in bundles)
+    jobs = [ConfigurationJob(names, config, i, str(worlds_dir)) for i in range(config.configs)]
+    return [j for j in jobs if not j.result.exists()]
+
+
+def play_configuration(job: ConfigurationJob, progress: Any = None) -> dict[str, Any]:
+    """Play one configuration in scml's ``anac2024_std``; write its scores and audit verdicts to ``job.result``."""
+    import random
+
     from scml.utils import anac2024_std
 
-    config.validate()
-    bundles = [bundles] if isinstance(bundles, (str, Path)) else list(bundles)
-    out = Path(out)
-    audit_dir = out / "audit"
-    audit_dir.mkdir(parents=True, exist_ok=True)
-    for f in audit_dir.glob("*.json"):
-        f.unlink()
-    types, params = competitors(bundles, config)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.worlds(len(types)), desc="evaluate worlds", unit="world")
+    config = job.config
+    root = Path(job.out_dir) / f"c{job.index:03d}"
+    audit_dir = root / "audit"
+    shutil.rmtree(root, ignore_errors=True)  # a half-played configuration is played again
+    audit_dir.mkdir(parents=True)
+    types, params = competitors([Path(b) for b in job.bundles], config)
+    seed = config.seed * 100_003 + job.index  # the configuration scml generates depends on these generators
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     old = os.environ.get(AUDIT_DIR_ENV)
     os.environ[AUDIT_DIR_ENV] = str(audit_dir.resolve())
     try:
         results = anac2024_std(
-            # every competitor in every world (paired comparisons), rotated over the slots of each configuration
-            competitors=types, competitor_params=params, n_configs=config.configs, n_competitors_per_world=len(types),
+            # every competitor in every world (paired comparisons), rotated over the slots of the configuration
+            competitors=types, competitor_params=params, n_configs=1, n_competitors_per_world=len(types),
             max_worlds_per_config=len(types), n_runs_per_world=1, n_steps=config.steps,
-            tournament_path=str(out / "tournament"), parallelism=config.parallelism, compact=True, verbose=False,
-            tournament_progress_callback=(lambda *_: bar.update(1)) if bar is not None else None,
+            tournament_path=str(root / "tournament"), parallelism=config.parallelism, compact=True, verbose=False,
+            tournament_progress_callback=(lambda *_: progress()) if progress is not None else None,
         )
     finally:
-        if bar is not None:
-            bar.close()
         if old is None:
             os.environ.pop(AUDIT_DIR_ENV, None)
         else:
             os.environ[AUDIT_DIR_ENV] = old
-    audits = [json.loads(f.read_text()) for f in sorted(audit_dir.glob("*.json"))]
-    doc = summarize(results.scores, audits, config)
-    doc["bundles"] = {cls.__name__: p["controller_params"]["bundle"] for cls, p in zip(types, params) if p}
+    scores = results.scores[["agent_type", "world", "score"]].astype({"agent_type": str, "world": str})
+    doc = {"index": job.index, "scores": scores.to_dict(orient="records"),
+           "audits": [json.loads(f.read_text()) for f in sorted(audit_dir.glob("*.json"))],
+           "bundles": {cls.__name__: p["controller_params"]["bundle"] for cls, p in zip(types, params) if p}}
+    tmp = job.result.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, job.result)
+    return {"index": job.index, "worlds": int(scores["world"].nunique())}
+
+
+def evaluate(bundles: Sequence[Path] | Path, out: Path, config: EvalConfig, progress: bool = True,
+             worlds_dir: Path | None = None) -> dict[str, Any]:
+    """Play every configuration not played yet in ``worlds_dir`` (default ``out/configurations``; the
+    pipeline maps them as tasks first), then write ``out/evaluation.json``, ``evaluation.md``, ``scores.png``."""
+    import pandas as pd
+
+    config.validate()
+    bundles = [bundles] if isinstance(bundles, (str, Path)) else list(bundles)
+    out = Path(out)
+    worlds_dir = Path(worlds_dir) if worlds_dir is not None else out / "configurations"
+    worlds_dir.mkdir(parents=True, exist_ok=True)
+    todo = configuration_jobs(bundles, worlds_dir, config)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        n_types = len(competitors(bundles, config)[0])
+        bar = tqdm(total=len(todo) * n_types, desc="evaluate worlds", unit="world")
+    try:
+        for job in todo:
+            play_configuration(job, (lambda: bar.update(1)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    played = [json.loads((worlds_dir / f"c{i:03d}.json").read_text()) for i in range(config.configs)]
+    scores = pd.DataFrame([row for doc in played for row in doc["scores"]])
+    doc = summarize(scores, [a for d in played for a in d["audits"]], config)
+    doc["bundles"] = played[0]["bundles"]
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / "evaluation.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, out / "evaluation.json")

@@ -83,6 +83,8 @@ def test_a_run_killed_in_collect_resumes_without_redoing_finished_worlds(data):
     worlds = r["report"]["worlds"]
     assert worlds["skipped"] == len(finished) and worlds["played"] == 4 - len(finished) and not worlds["failed"]
     assert list(states(r)) == STAGES and all(s == "computed" for s in states(r).values()), states(r)
+    configurations = r["report"]["evaluation_configurations"]  # the evaluation's tournaments, mapped as tasks
+    assert configurations["played"] == 1 and configurations["workers"], configurations
     assert Path(r["report"]["bundle"], "manifest.json").is_file() and Path(r["report"]["evaluation"]).is_file()
     assert f"bundle: {r['report']['bundle']}" in r["out"] and f"evaluation: {r['report']['evaluation']}" in r["out"]
     assert (data["root"] / "bundles" / "LATEST").read_text().strip() == r["report"]["bundle"]
@@ -92,7 +94,7 @@ def test_a_second_run_with_nothing_changed_is_all_cache_hits_in_seconds(data):
     r = hrlxf(data["root"], "--profile", "smoke")
     assert r["rc"] == 0, r["err"][-3000:]
     assert all(s == "cached" for s in states(r).values()), states(r)
-    assert r["report"]["worlds"]["played"] == 0
+    assert r["report"]["worlds"]["played"] == 0 and r["report"]["evaluation_configurations"]["played"] == 0
     assert r["report"]["seconds"] < 15, r["report"]["seconds"]  # the flow itself; the rest is start-up
     assert r["report"]["bundle"] == data["resumed"]["report"]["bundle"]
     print(f"cached rerun: flow {r['report']['seconds']} s, command {r['wall']:.1f} s")
