@@ -42,7 +42,7 @@ from flows.stages import (
 )
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
 from tasks.evaluate import ConfigurationJob, configuration_jobs, play_configuration
-from tasks.fingerprint import StageInputsPolicy, fingerprint
+from tasks.fingerprint import StageInputsPolicy, canonical, fingerprint
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
@@ -173,10 +173,6 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     evaluation config, so a rerun plays nothing and other bundles never reuse these results.
     Each configuration's tournament runs serially inside its task: the task runner spreads them.
     """
-    from dataclasses import replace as replace_
-
-    from tasks.fingerprint import canonical
-
     config = plan.configs["evaluate"]
     bundles = [paths[k] for k in ("bundle", "bundle_direct") if k in paths]
     key = hashlib.sha256(canonical({"bundles": sorted(b.name for b in bundles), "config": config}).encode()).hexdigest()
@@ -184,7 +180,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     if "evaluate" in plan.force and worlds_dir.exists():
         shutil.rmtree(worlds_dir)  # forced: play every configuration again
     worlds_dir.mkdir(parents=True, exist_ok=True)
-    todo = [replace_(j, config=replace_(config, parallelism="serial"))
+    todo = [replace(j, config=replace(config, parallelism="serial"))
             for j in configuration_jobs(bundles, worlds_dir, config)]
     rows = []
     if todo:

@@ -10,7 +10,6 @@ The L3 stage joins it onto micro's ``goal`` column (``goal_filled`` true).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
+from tasks.fingerprint import file_digest
 from tasks.tables import macro_arrays
 from tasks.train_l2 import predict_goals
 from tasks.training import TrainingDataError, table_files
@@ -43,10 +43,6 @@ def goal_hat_schema(planner_digest: str) -> pa.Schema:
         pa.field("run_id", pa.string()), pa.field("world_id", pa.string()), pa.field("agent_id", pa.string()),
         pa.field("step", pa.int64()), pa.field("goal_hat", pa.list_(pa.float32(), GOAL_DIM)),
     ], metadata={"version": str(GOAL_HAT_VERSION), "planner_digest": planner_digest})
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
 
 
 def load_planner(l2_dir: Path, config: PlannerConfig) -> Planner:

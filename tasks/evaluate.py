@@ -90,6 +90,7 @@ class PenguinAgent(_audited(resolve("PenguinAgent"))):  # type: ignore[misc]
 
 
 _BY_MODE = {"residual": LitaAgentHRLResidual, "direct": LitaAgentHRLDirect}
+REFERENCE_AGENTS = (LitaAgentHRLRules, LitaAgentHS, PenguinAgent)  # what every bundle is measured beside
 
 
 @dataclass
@@ -131,7 +132,7 @@ def competitors(bundles: Sequence[Path], config: EvalConfig) -> tuple[list[type]
             raise ValueError(f"two bundles with L3 mode {bundle.manifest.l3_mode!r}: give one per mode")
         types.append(cls)
         params.append({"controller_params": {"bundle": str(bundle.path.resolve())}})
-    for cls in (LitaAgentHRLRules, LitaAgentHS, PenguinAgent):
+    for cls in REFERENCE_AGENTS:
         types.append(cls)
         params.append({})
     for name in config.opponents:
@@ -303,7 +304,7 @@ def evaluate(bundles: Sequence[Path] | Path, out: Path, config: EvalConfig, prog
     if progress and todo:
         from tqdm import tqdm
 
-        n_types = len(competitors(bundles, config)[0])
+        n_types = len(bundles) + len(REFERENCE_AGENTS) + len(config.opponents)  # one world per rotation
         bar = tqdm(total=len(todo) * n_types, desc="evaluate worlds", unit="world")
     try:
         for job in todo:

@@ -49,8 +49,8 @@ def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], np.nd
     threads = np.zeros((B, N, F), np.float32)
     alpha = np.zeros((B, N), np.float32)
     keep = np.arange(N)[None, :] < n[:, None]
-    flat = np.concatenate([np.asarray(x, np.float32) for x in df["threads"].to_list()])
-    flat_alpha = np.concatenate([np.asarray(x, np.float32) for x in df["teacher_alpha"].to_list()])
+    flat = df["threads"].explode().to_numpy().astype(np.float32)
+    flat_alpha = df["teacher_alpha"].explode().to_numpy().astype(np.float32)
     threads[keep] = flat.reshape(-1, F)
     alpha[keep] = flat_alpha
     glob = list_array(df, "global", config.coordinator.global_dim)
