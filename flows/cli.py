@@ -263,8 +263,16 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(md_table(["stage", "state", "seconds", "outputs"],
                              [[s["stage"], s["state"], s["seconds"], ", ".join(s["outputs"].values())] for s in report["stages"]])))
-    print(f"bundle: {report['bundle'] or 'not built (stopped before the bundle stage)'}")
+    for name, path in report["bundles"].items():
+        print(f"{name}: {path}")
+    if report["latest"]:
+        print(f"LATEST: {'moved to' if report['latest']['move'] else 'stays at'} {report['latest']['to']} "
+              f"({report['latest']['reason']})")
+    print(f"LATEST bundle: {report['bundle'] or 'none'}")
     print(f"evaluation: {report['evaluation'] or 'not run (stopped before the evaluate stage)'}")
+    if report["evaluation"]:
+        print(f"            {Path(report['evaluation']).with_suffix('.md')} (the table), "
+              f"{Path(report['evaluation']).parent / 'forest.png'} (the paired differences)")
     print(f"report: {report['report']} ({report['seconds']} s)")
     return 0
 

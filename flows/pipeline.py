@@ -41,7 +41,7 @@ from flows.stages import (
     ARTIFACTS, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, StageCall, StageFailed, execute, make_plan,
 )
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
-from tasks.evaluate import ConfigurationJob, configuration_jobs, play_configuration
+from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, canonical, fingerprint
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
@@ -58,11 +58,13 @@ def play_world(job: CollectJob) -> dict[str, Any]:
     return {**row, "pid": os.getpid(), "host": socket.gethostname()}
 
 
-@task(name="play-configuration", cache_policy=NO_CACHE, persist_result=False,
-      task_run_name="evaluation-configuration-{job.index}")
-def play_evaluation_configuration(job: ConfigurationJob) -> dict[str, Any]:
-    """One evaluation configuration: scml's tournament over all its rotations (results in a file)."""
-    return {**play_configuration(job), "pid": os.getpid(), "host": socket.gethostname()}
+@task(name="play-paired", cache_policy=NO_CACHE, persist_result=False,
+      task_run_name="evaluate-w{unit.job.world}-{unit.job.candidate}")
+def play_paired_unit(unit: EvalUnit) -> dict[str, Any]:
+    """One (world, candidate) of the paired evaluation (never raises: a crash is its row, written to its file)."""
+    row = play_unit(unit)
+    return {"world": row["world"], "candidate": row["agent"], "error": row["error"], "pid": os.getpid(),
+            "host": socket.gethostname()}
 
 
 @task(name="stage", cache_policy=StageInputsPolicy(), persist_result=True, result_serializer="json",
@@ -167,28 +169,34 @@ def _fields(plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
 
 
 def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | None) -> tuple[Path, dict]:
-    """Map the evaluation's configurations not played yet as tasks; return where their results are.
+    """Map the evaluation's (world, candidate) units not played yet as tasks; return where their rows are.
 
-    The directory is keyed by the bundles (their names are digests of their weights) and the
-    evaluation config, so a rerun plays nothing and other bundles never reuse these results.
-    Each configuration's tournament runs serially inside its task: the task runner spreads them.
+    The directory is keyed by what makes a world and by the evaluate stage's code version; the rows are
+    named by candidate (a bundle by its name, the digest of its weights), so a rerun plays only what is
+    missing, other bundles never reuse rows, and more worlds or candidates extend the same directory.
+    A unit whose process died writes nothing: it is reported as failed and played on the next run.
     """
     config = plan.configs["evaluate"]
-    bundles = [paths[k] for k in ("bundle", "bundle_direct") if k in paths]
-    key = hashlib.sha256(canonical({"bundles": sorted(b.name for b in bundles), "config": config}).encode()).hexdigest()
-    worlds_dir = plan.data / "reports" / "evaluation-worlds" / key[:16]
+    specs, _, _ = pipeline_candidates(paths)
+    candidates = resolve_candidates(config, specs, plan.data / "bundles")
+    worlds_dir = units_dir(plan.data / "reports" / "evaluation-worlds", config, code=plan.code["evaluate"]["digest"])
     if "evaluate" in plan.force and worlds_dir.exists():
-        shutil.rmtree(worlds_dir)  # forced: play every configuration again
-    worlds_dir.mkdir(parents=True, exist_ok=True)
-    todo = [replace(j, config=replace(config, parallelism="serial"))
-            for j in configuration_jobs(bundles, worlds_dir, config)]
+        shutil.rmtree(worlds_dir)  # forced: play every unit again
+    missing = todo(units(config, candidates, worlds_dir))
     rows = []
-    if todo:
-        with _task_runner(dask_address, max(1, min(plan.workers, len(todo)))) as runner:
-            futures = [runner.submit(play_evaluation_configuration, {"job": job}) for job in todo]
-            rows = [future.result() for future in futures]  # a failed configuration fails the evaluate stage
-    info = {"played": len(rows), "skipped": config.configs - len(rows), "dir": str(worlds_dir),
-            "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows})}
+    if missing:
+        os.environ.setdefault("PYTHONHASHSEED", "0")  # worlds iterate over sets of ids: the same seed, the same world
+        with _task_runner(dask_address, max(1, min(plan.workers, len(missing)))) as runner:
+            futures = [runner.submit(play_paired_unit, {"unit": u}) for u in missing]
+            for unit, future in zip(missing, futures):
+                try:
+                    rows.append(future.result())
+                except Exception as e:  # the process died: no row on disk, the summary counts it as failed
+                    rows.append({"world": unit.job.world, "candidate": unit.job.candidate,
+                                 "error": f"{type(e).__name__}: {e}"})
+    info = {"played": len(rows), "skipped": config.worlds * len(candidates) - len(rows), "dir": str(worlds_dir),
+            "candidates": [c.label for c in candidates], "failed": [r for r in rows if r["error"]],
+            "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows if "pid" in r})}
     return worlds_dir, info
 
 
@@ -207,6 +215,33 @@ def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = No
         paths={**{k: str(plan.data / k) for k in ("raw", "lake", "models", "bundles")},
                **{k: str(v) for k, v in (more_paths or {}).items()}}, extra=extra or {},
     )
+
+
+def current_latest(bundles: Path) -> Path | None:
+    """The bundle directory ``<bundles>/LATEST`` names, if it names one that exists."""
+    from hrlxf_agent.bundle import BundleError, load_bundle
+
+    if not (bundles / "LATEST").is_file():
+        return None
+    name = Path((bundles / "LATEST").read_text().strip())
+    path = name if name.is_absolute() else bundles / name
+    try:
+        return load_bundle(path).path.resolve()
+    except BundleError:
+        return None  # a LATEST that does not load is no bundle to defend
+
+
+def _move_latest(plan: Plan, paths: dict[str, Path], report: dict, current: Path | None) -> dict | None:
+    """LATEST moves only on the evaluation's evidence (`tasks.evaluate.decide_latest`), or when there is none."""
+    from hrlxf_agent.bundle import set_latest
+    from tasks.evaluate import apply_latest
+
+    if report["evaluation"]:
+        return apply_latest(json.loads(Path(report["evaluation"]).read_text()), plan.data / "bundles")
+    if current is None and "bundle" in report["bundles"]:
+        set_latest(Path(report["bundles"]["bundle"]), plan.data / "bundles")
+        return {"move": True, "to": Path(report["bundles"]["bundle"]).name, "reason": "there was no LATEST"}
+    return None
 
 
 def _write_report(plan: Plan, report: dict) -> Path:
@@ -230,11 +265,14 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
         "flow": flow_name, "profile": plan.profile, "run_id": plan.run_id, "data": str(plan.data),
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "running", "failed_stage": None, "error": None,
         "task_runner": f"dask {dask_address}" if dask_address else f"processes x{plan.workers}",
-        "stages": [], "worlds": None, "evaluation_configurations": None, "bundle": None, "evaluation": None,
+        "stages": [], "worlds": None, "evaluation_units": None, "bundle": None, "evaluation": None, "latest": None,
     }
     paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
     if bundle is not None:
         paths["bundle"] = bundle
+    current = current_latest(plan.data / "bundles")
+    if current is not None:
+        paths["latest"] = current  # the evaluation plays it beside the new bundles: LATEST moves only on evidence
     current = None
     try:
         for stage in plan.stages:
@@ -257,7 +295,7 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
                 record, how, seconds = run_stage(call, forced, results, refresh=bool(rows))  # worlds played: a new summary
             elif stage.name == "evaluate":
                 t0 = time.perf_counter()
-                worlds, report["evaluation_configurations"] = _evaluation_worlds(plan, paths, dask_address)
+                worlds, report["evaluation_units"] = _evaluation_worlds(plan, paths, dask_address)
                 record, how, seconds = run_stage(_call(plan, stage.name, paths, more_paths={"eval_worlds": worlds}),
                                                  forced, results)
                 seconds += time.perf_counter() - t0
@@ -272,18 +310,9 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
         ran = {s.name for s in plan.stages}
         if "evaluation" in paths and "evaluate" in ran:
             report["evaluation"] = str(paths["evaluation"] / "evaluation.json")
-        if "bundle" in ran:
-            from hrlxf_agent.bundle import set_latest
-            from tasks.evaluate import best_bundle
-
-            report["bundles"] = {k: str(paths[k]) for k in ("bundle", "bundle_direct") if k in paths}
-            latest = paths["bundle"]
-            if report["evaluation"]:  # both L3 modes evaluated: LATEST is the one that played better
-                best = best_bundle(json.loads(Path(report["evaluation"]).read_text()))
-                latest = Path(best) if best else latest
-            if getattr(plan.configs["bundle"], "set_latest", False):
-                set_latest(latest, plan.data / "bundles")  # also when the bundles came from the cache
-            report["bundle"] = str(latest)
+        report["bundles"] = {k: str(paths[k]) for k in ("bundle", "bundle_direct") if k in paths and k in ran}
+        report["latest"] = _move_latest(plan, paths, report, current)
+        report["bundle"] = str(current_latest(plan.data / "bundles") or "") or None
         report["status"] = "completed"
     except StageFailed as e:
         report.update(status="failed", failed_stage=e.stage, error=e.error)
@@ -344,7 +373,8 @@ def collect(profile: Profile = "default", run_id: str | None = None, seed: int |
 @flow(name="hrlxf", flow_run_name="evaluate-{profile}", log_prints=True)
 def evaluate(bundle: str = "latest", profile: Profile = "default", overrides: dict[str, dict[str, Any]] | None = None,
              force: bool = False) -> dict[str, Any]:
-    """Evaluate a bundle (a path, or 'latest') in scml's std tournament; cached on the bundle's content."""
+    """Evaluate a bundle (a path, or 'latest') in paired worlds beside the profile's candidates and the current
+    LATEST (which it replaces only if better with an interval that excludes 0); cached on the bundles' content."""
     from hrlxf_agent.bundle import BundleError, load_bundle
 
     plan = make_plan(profile, overrides=overrides, force=["evaluate"] if force else None, only=["evaluate"])

@@ -81,7 +81,8 @@ ARTIFACTS: dict[str, Artifact] = {
     "l4": Artifact("models/l4", MODEL),
     "bundle": Artifact("bundles/{bundle_name}"),
     "bundle_direct": Artifact("bundles/{bundle_direct_name}"),
-    "evaluation": Artifact("reports/evaluation/{bundle_name}", Layout(skip=("tournament",))),
+    "latest": Artifact("bundles/{latest_name}"),  # the bundle LATEST names when the pipeline starts (the flow sets it)
+    "evaluation": Artifact("reports/evaluation/{bundle_name}"),
 }
 
 
@@ -142,9 +143,13 @@ def _train_l4(p: dict[str, Path], config: Any) -> dict:
 
 
 def _bundle(p: dict[str, Path], config: Any) -> Path:
+    from dataclasses import replace
+
     from tasks.bundle import assemble
 
-    return assemble(p["l2"], p["l3"], p["l4"], p["bundles"], config, trained_on={"lake": str(p["lake"])})
+    # LATEST moves only on the evaluation's evidence (the flow decides, `tasks.evaluate.decide_latest`)
+    return assemble(p["l2"], p["l3"], p["l4"], p["bundles"], replace(config, set_latest=False),
+                    trained_on={"lake": str(p["lake"])})
 
 
 def _bundle_direct(p: dict[str, Path], config: Any) -> Path:
@@ -157,11 +162,17 @@ def _bundle_direct(p: dict[str, Path], config: Any) -> Path:
 
 
 def _evaluate(p: dict[str, Path], config: Any) -> dict:
-    from tasks.evaluate import evaluate
+    from tasks.evaluate import evaluate, find_pair, pipeline_candidates
 
-    bundles = [p[k] for k in ("bundle", "bundle_direct") if k in p]  # both L3 modes in the full pipeline
-    doc = evaluate(bundles, p["out"], config, progress=False, worlds_dir=p.get("eval_worlds"))  # mapped by the flow
-    return {k: doc[k] for k in ("agents", "paired") if k in doc}
+    specs, pairs, latest = pipeline_candidates(p)
+    # the flow mapped the (world, candidate) units as tasks already: summarize what they wrote
+    doc = evaluate(config, p["out"], specs, worlds_dir=p["eval_worlds"], play=False, extra_pairs=pairs,
+                   bundles_root=p["bundles"], latest=latest)
+    return {"worlds": doc["worlds"]["complete"], "resolution": doc["power"]["resolution"],
+            "scores": {n: a["score"]["mean"] for n, a in doc["agents"].items()},
+            "vs_reference": {p_["a"]: [p_["mean"], p_["half_width"]] for p_ in doc["paired"] if p_["b"] == doc["reference"]},
+            "pairs": {f"{a} - {b}": [d["mean"], d["half_width"]] for a, b in pairs if (d := find_pair(doc, a, b))},
+            "latest": doc["latest"]}
 
 
 def _headline(metrics: dict) -> dict:
@@ -191,7 +202,7 @@ def _feature_spec(profile: str) -> Any:
 def _eval_config(profile: str) -> Any:
     from tasks.evaluate import EvalConfig
 
-    return {"smoke": EvalConfig.smoke(), "default": EvalConfig(), "official": EvalConfig(configs=8, steps=100)}[profile]
+    return {"smoke": EvalConfig.smoke(), "default": EvalConfig(), "official": EvalConfig(worlds=48, steps=100)}[profile]
 
 
 def _per_world(*tables: str) -> Callable[[str], list[str]]:
@@ -228,8 +239,8 @@ STAGES: tuple[Stage, ...] = (
           mode="publish"),
     Stage("bundle_direct", ("tasks.bundle",), ("l2", "l3_direct", "l4"), ("bundle_direct",),
           _preset("tasks.bundle", "BundleConfig"), _bundle_direct, mode="publish"),
-    Stage("evaluate", ("tasks.evaluate",), ("bundle", "bundle_direct"), ("evaluation",), _eval_config, _evaluate,
-          mode="fresh"),
+    Stage("evaluate", ("tasks.evaluate",), ("bundle", "bundle_direct", "latest"), ("evaluation",), _eval_config,
+          _evaluate, mode="fresh"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
@@ -241,7 +252,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("tables", "horizon"): (1, 40),  # the tracker logs 41 days ahead (today + 40)
     ("backfill", "horizon"): (1, 40), ("train_l2", "planner.horizon"): (1, 40), ("train_l3", "executor.horizon"): (1, 40),
     ("train_l3_direct", "executor.horizon"): (1, 40),
-    ("evaluate", "configs"): (1, 1_000), ("evaluate", "steps"): (3, 1_000),
+    ("evaluate", "worlds"): (1, 10_000), ("evaluate", "steps"): (3, 1_000), ("evaluate", "workers"): (1, 256),
 }
 #: settings that must agree across stages (the feature horizon)
 SAME = (("tables", "horizon"), ("train_l2", "planner.horizon"), ("backfill", "horizon"), ("train_l3", "executor.horizon"),
@@ -408,6 +419,8 @@ def key_config(stage: str, config: Any) -> Any:
     doc = json.loads(canonical(config))
     if stage == "collect":
         doc = {k: v for k, v in doc.items() if k not in COLLECT_RUNTIME}
+    if stage == "evaluate":
+        doc = {k: v for k, v in doc.items() if k != "workers"}
     return doc
 
 

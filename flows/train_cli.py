@@ -1,4 +1,4 @@
-"""`hrlxf train l2|l3|l4|all`, `hrlxf backfill`, `hrlxf bundle build`, `hrlxf evaluate`.
+"""`hrlxf train l2|l3|l4|all`, `hrlxf backfill`, `hrlxf bundle build`, `hrlxf evaluate [--mode paired|tournament]`.
 
 The stages run directly, without Prefect (the `hrlxf run` flow orchestrates
 and caches them); outputs go under DATA/models unless told otherwise.
@@ -55,8 +55,10 @@ def run_train(layer: str, lake: Path, models: Path, smoke: bool, modes: tuple[st
         done["l4"] = train_l4(lake, models / "l4", _preset(L4Config, smoke))
     if layer == "all":
         root = models.parent / "bundles" if models.name == "models" else models / "bundles"
-        for mode in reversed(modes):  # the first mode given ends up LATEST
-            done[f"bundle-{mode}"] = str(assemble(models / "l2", models / f"l3-{mode}", models / "l4", root, BundleConfig()))
+        first = not (root / "LATEST").exists()  # LATEST moves on evidence only: `hrlxf evaluate --bundle B --promote`
+        for i, mode in enumerate(modes):
+            done[f"bundle-{mode}"] = str(assemble(models / "l2", models / f"l3-{mode}", models / "l4", root,
+                                                  BundleConfig(set_latest=first and i == 0)))
     return done
 
 
@@ -101,18 +103,81 @@ def _bundle_build(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from hrlxf_agent.bundle import BundleError
-    from tasks.evaluate import EvalConfig, evaluate, markdown
+    if args.mode == "tournament":
+        return _tournament(args)
+    from tqdm import tqdm
 
-    config = EvalConfig(configs=args.configs, steps=args.steps)
+    from hrlxf_agent.paths import bundles_root
+    from hrlxf_agent.registry import UnknownAgentError
+    from tasks.candidates import CandidateError, parse_candidate
+    from tasks.evaluate import EvalConfig, apply_latest, evaluate, markdown, resolve_candidates, units_dir
+
+    config = EvalConfig(worlds=args.worlds, steps=args.steps, seed=args.seed, reference=args.reference,
+                        workers=args.workers, **({"candidates": _csv(args.candidates)} if args.candidates else {}),
+                        **({"opponents": _csv(args.opponents)} if args.opponents else {}))
+    bundles = list(args.bundle or [])
+    current = _current_latest() if args.promote else None
     out = Path(args.out) if args.out else data_root() / "reports" / "evaluation"
     try:
-        doc = evaluate([Path(b) if b != "latest" else b for b in args.bundle], out, config)
+        config.validate()
+        candidates = resolve_candidates(config, bundles + ([current] if current else []))
+    except (CandidateError, UnknownAgentError, ValueError) as e:
+        print(f"hrlxf evaluate: {e}", file=sys.stderr)
+        return 2
+    worlds_dir = units_dir(out, config)
+    new = [parse_candidate(b).label for b in bundles]
+    latest_label = parse_candidate(current).label if current else None
+    pairs = [(n, latest_label) for n in new if latest_label and n != latest_label]
+    with tqdm(total=config.worlds * len(candidates), desc="evaluate worlds", unit="world") as bar:
+
+        def progress(row: dict) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{row['agent']} w{row['world']} " + ("FAILED" if row["error"] else f"{row.get('score', 0):.3f}"))
+
+        bar.update(config.worlds * len(candidates) - len(_missing(config, candidates, worlds_dir)))
+        doc = evaluate(config, out, bundles + ([current] if current else []), worlds_dir=worlds_dir,
+                       progress=progress, extra_pairs=pairs, latest=(latest_label, new) if args.promote else None)
+    if args.promote:
+        decision = apply_latest(doc, bundles_root())
+        print(f"LATEST {'moved to' if decision['move'] else 'stays at'} {decision['to']}: {decision['reason']}")
+    print(markdown(doc))
+    print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and {out / 'forest.png'} (worlds: {worlds_dir})")
+    return 0
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _current_latest() -> str | None:
+    from hrlxf_agent.bundle import BundleError, resolve_bundle
+
+    try:
+        path = resolve_bundle("latest")
+    except BundleError:
+        return None
+    return str(path) if path is not None and (path / "manifest.json").is_file() else None
+
+
+def _missing(config: Any, candidates: list, worlds_dir: Path) -> list:
+    from tasks.evaluate import todo, units
+
+    return todo(units(config, candidates, worlds_dir))
+
+
+def _tournament(args: argparse.Namespace) -> int:
+    from hrlxf_agent.bundle import BundleError
+    from tasks.tournament import TournamentConfig, markdown, run_tournament
+
+    config = TournamentConfig(configs=args.configs, steps=args.steps, seed=args.seed)
+    out = Path(args.out) if args.out else data_root() / "reports" / "tournament"
+    try:
+        doc = run_tournament([Path(b) if b != "latest" else b for b in args.bundle or []], out, config)
     except (BundleError, ValueError) as e:
         print(f"hrlxf evaluate: {e}", file=sys.stderr)
         return 2
     print(markdown(doc))
-    print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and {out / 'scores.png'}")
+    print(f"wrote {out / 'tournament.json'}, {out / 'tournament.md'} and {out / 'scores.png'}")
     return 0
 
 
@@ -132,9 +197,24 @@ def add_parsers(sub: Any, bundle_sub: Any) -> None:
     build.add_argument("--latest", action="store_true", help="point DATA/bundles/LATEST at it")
     build.set_defaults(func=_bundle_build)
 
-    ev = sub.add_parser("evaluate", help="scml std tournament: bundles vs rules, LitaAgentHS, PenguinAgent, 2025 winners")
-    ev.add_argument("--bundle", action="append", required=True, help="bundle path or 'latest' (once per L3 mode)")
-    ev.add_argument("--configs", type=int, default=4, help="world configurations (x rotations of the competitors)")
+    ev = sub.add_parser("evaluate", help="paired evaluation: candidates in the same slots of the same worlds, "
+                                         "differences against PenguinAgent with intervals (or scml's tournament)")
+    ev.add_argument("--mode", choices=("paired", "tournament"), default="paired",
+                    help="paired (default) or scml's anac2024_std with real rotations")
+    ev.add_argument("--bundle", action="append", default=None,
+                    help="bundle path or 'latest' (repeatable); a candidate, in front of --candidates")
+    ev.add_argument("--candidates", default=None,
+                    help="comma-separated: agent names, rules, untrained[:direct], bundle paths, latest, "
+                         "VARIANTS:BUNDLE with VARIANTS from bc, nol2, nol4 joined by + (default: rules,LitaAgentHS,PenguinAgent)")
+    ev.add_argument("--reference", default="PenguinAgent", help="paired differences are taken against it")
+    ev.add_argument("--opponents", default=None, help="comma-separated opponents (default: the collection's experts)")
+    ev.add_argument("--worlds", type=int, default=24, help="paired: world configurations (every candidate plays each)")
+    ev.add_argument("--configs", type=int, default=4, help="tournament: configurations (x rotations of the competitors)")
     ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--out", default=None, help="output directory (default: DATA/reports/evaluation)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--workers", type=int, default=2, help="paired: parallel world processes")
+    ev.add_argument("--promote", action="store_true",
+                    help="paired: also play the current LATEST and point LATEST at the best --bundle only if it is "
+                         "better with an interval that excludes 0")
+    ev.add_argument("--out", default=None, help="output directory (default: DATA/reports/evaluation, or .../tournament)")
     ev.set_defaults(func=_evaluate)

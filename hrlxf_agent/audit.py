@@ -146,6 +146,7 @@ class AuditHook(DecisionHook):
         self.counts = AuditCounts()
         self.keep_records = keep_records
         self.records: list[dict[str, Any]] = []
+        self.threads: set[tuple[int, str]] = set()  # (day, partner) of every negotiation the agent decided in
 
     def on_batch(self, agent: Any, kind: str, offers: Offers, responses: Responses) -> Responses:
         awi = agent.awi
@@ -154,6 +155,7 @@ class AuditHook(DecisionHook):
         consumers = set(awi.my_consumers)
         sides = {p: True for p in suppliers} | {p: False for p in consumers}
         for rec in judge_batch(snap, offers, responses, sides):
+            self.threads.add((snap.step, rec["partner"]))
             c = self.counts
             if rec["op"] == "end":
                 c.ends += 1

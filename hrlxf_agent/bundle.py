@@ -2,7 +2,9 @@
 
 A bundle is a directory: ``manifest.json`` + one state-dict file per network
 (``planner.pt``, ``executor.pt``, ``coordinator.pt``), loaded with
-``torch.load(..., weights_only=True)`` so no pickled code ever runs.
+``torch.load(..., weights_only=True)`` so no pickled code ever runs. A trained
+bundle may also hold ``executor_bc.pt``, its L3 before AWR (the BC ablation:
+``load_bundle(path, executor="bc")``).
 ``data/bundles/LATEST`` holds the name of the newest bundle.
 """
 
@@ -26,6 +28,7 @@ from .state import FeatureSpec
 
 BUNDLE_SCHEMA_VERSION = 1
 NETWORKS = ("planner", "executor", "coordinator")
+EXECUTOR_WEIGHTS = {"final": "executor", "bc": "executor_bc"}  # which L3 weights a bundle plays with
 _CONFIGS = {"planner": PlannerConfig, "executor": ExecutorConfig, "coordinator": CoordinatorConfig}
 _MODULES = {"planner": Planner, "executor": Executor, "coordinator": Coordinator}
 
@@ -77,8 +80,9 @@ def save_bundle(
     coordinator: Coordinator,
     metrics: dict[str, Any] | None = None,
     trained_on: dict[str, Any] | None = None,
+    executor_bc: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a bundle atomically (a temporary directory renamed into place)."""
+    """Write a bundle atomically (a temporary directory renamed into place); ``executor_bc``: L3's BC weights."""
     spec = FeatureSpec(horizon=planner.config.horizon)
     manifest = Manifest(
         schema_version=BUNDLE_SCHEMA_VERSION,
@@ -86,7 +90,7 @@ def save_bundle(
         horizon=spec.horizon,
         l3_mode=executor.config.mode,
         configs={"planner": asdict(planner.config), "executor": asdict(executor.config), "coordinator": asdict(coordinator.config)},
-        weights={name: f"{name}.pt" for name in NETWORKS},
+        weights={name: f"{name}.pt" for name in NETWORKS} | ({"executor_bc": "executor_bc.pt"} if executor_bc else {}),
         metrics=metrics or {},
         trained_on=trained_on or {},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -97,6 +101,8 @@ def save_bundle(
     try:
         for name, module in zip(NETWORKS, (planner, executor, coordinator)):
             torch.save(module.state_dict(), tmp / manifest.weights[name])
+        if executor_bc:
+            torch.save(executor_bc, tmp / manifest.weights["executor_bc"])
         (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -133,8 +139,12 @@ def resolve_bundle(spec: str | os.PathLike | None) -> Path | None:
     return Path(spec)
 
 
-def load_bundle(spec: str | os.PathLike) -> Bundle:
-    """Load and check a bundle; every problem is a BundleError naming the file."""
+def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
+    """Load and check a bundle; every problem is a BundleError naming the file.
+
+    ``executor``: "final" (what the bundle plays) or "bc" (its L3 before AWR, for the ablation)."""
+    if executor not in EXECUTOR_WEIGHTS:
+        raise BundleError(f"executor weights {executor!r}: choose one of {', '.join(EXECUTOR_WEIGHTS)}")
     path = resolve_bundle(spec)
     assert path is not None
     manifest_path = path / "manifest.json"
@@ -159,7 +169,10 @@ def load_bundle(spec: str | os.PathLike) -> Bundle:
             module = _MODULES[name](config)
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{manifest_path}: bad config for {name} ({e})") from None
-        file = path / manifest.weights.get(name, f"{name}.pt")
+        key = EXECUTOR_WEIGHTS[executor] if name == "executor" else name
+        if key not in manifest.weights and key != name:
+            raise BundleError(f"{manifest_path}: no {key} weights (bundles made before BC weights were kept have none)")
+        file = path / manifest.weights.get(key, f"{name}.pt")
         if not file.is_file():
             raise BundleError(f"{file}: missing weights for {name}")
         try:

@@ -32,11 +32,25 @@ log = logging.getLogger("hrlxf")
 OPS = ("accept", "reject", "end")
 
 
-class HRLPolicy(StdSyncAgent):
-    """The layers L2-L4 (L1 is applied by the shield hook around this class)."""
+ABLATIONS = ("l2", "l4")  # layers whose learned model can be replaced by its rule (the ablation study)
 
-    def __init__(self, *args, bundle: Any = None, horizon: int = DEFAULT_HORIZON, **kwargs):
+
+class HRLPolicy(StdSyncAgent):
+    """The layers L2-L4 (L1 is applied by the shield hook around this class).
+
+    ``executor``: the bundle's L3 weights to play ("final", or "bc": before AWR).
+    ``ablate``: learned layers replaced by their rule: "l2" (the rule goal in place of the planner),
+    "l4" (the teacher alpha in place of the coordinator).
+    """
+
+    def __init__(self, *args, bundle: Any = None, horizon: int = DEFAULT_HORIZON, executor: str = "final",
+                 ablate: Any = (), **kwargs):
         super().__init__(*args, **kwargs)
+        unknown = set(ablate) - set(ABLATIONS)
+        if unknown:
+            raise ValueError(f"ablate: unknown layers {sorted(unknown)}; choose from {', '.join(ABLATIONS)}")
+        self.executor_weights = executor
+        self.ablate = frozenset(ablate)
         self.bundle_spec = bundle
         self.horizon = horizon
         self.models: Bundle | None = None
@@ -60,7 +74,7 @@ class HRLPolicy(StdSyncAgent):
         self.initial_balance = float(self.awi.current_balance)
         if self.bundle_spec is not None:
             try:
-                self.models = load_bundle(self.bundle_spec)
+                self.models = load_bundle(self.bundle_spec, executor=self.executor_weights)
                 self.horizon = self.models.manifest.horizon
                 self.builder = StateBuilder(FeatureSpec(horizon=self.horizon))
                 torch.set_num_threads(1)  # tiny networks: threads cost more than they give
@@ -162,7 +176,7 @@ class HRLPolicy(StdSyncAgent):
     # ------------------------------------------------------------ layers
     def _plan(self, snap: Snapshot) -> Goal:
         """L2: the day's goal."""
-        if self.models is not None:
+        if self.models is not None and "l2" not in self.ablate:
             try:
                 m = self.builder.macro(snap)
                 if self.feature_log is not None:
@@ -182,7 +196,7 @@ class HRLPolicy(StdSyncAgent):
     def _coordinate(self, snap, bounds, remaining, c, partners, is_buy, offer_of, rel) -> dict[str, float]:
         """L4: a priority per thread (the teacher's rule, or the coordinator)."""
         teacher = {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners}
-        if self.models is None or not partners:
+        if self.models is None or not partners or "l4" in self.ablate:
             return teacher
         try:
             feats = self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)

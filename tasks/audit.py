@@ -1,10 +1,10 @@
 """Stage: the unsafe-action audit, run in real SCML2024StdWorld worlds.
 
-Paired design: world configuration i (seed + i) is generated once with a
-marker type in the audited slots; each audited agent then plays that same
-configuration (same factories, exogenous contracts and opponents, same seeds)
-in those slots, so scores are compared world by world, not across luck.
-One (world, agent) pair is one unit of work, run in a separate process.
+Paired design (`tasks.paired`): world configuration i (seed + i) is generated
+once; each audited agent then plays that same configuration (same factories,
+exogenous contracts and opponents, same seeds) in the same slots, so scores are
+compared world by world, not across luck. One (world, agent) pair is one unit
+of work, run in a separate process.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +20,7 @@ import numpy as np
 
 from hrlxf_agent.registry import WINNERS_2025, resolve_all
 from tasks import parallel
+from tasks.paired import PairedJob, play_paired
 from tasks.report import md_table
 
 AUDIT_SCHEMA_VERSION = 1
@@ -52,93 +50,23 @@ class AuditConfig:
         resolve_all(list(self.agents) + list(self.opponents))  # unknown names fail here
 
 
-@dataclass(frozen=True)
-class WorldJob:
-    world: int
-    seed: int
-    agent: str
-    opponents: tuple[str, ...]
-    steps: int
-    params: dict[str, Any]
-
-
-class _Slot:
-    """Marks the audited slots while a configuration is generated (never played)."""
-
-
-def world_config(seed: int, opponent_types: list[type], steps: int) -> tuple[dict[str, Any], list[int]]:
-    """A std world configuration and the indices of its audited slots (at least one)."""
-    from scml.std import SCML2024StdWorld
-    from scml.std.agents import RandomStdAgent
-
-    marker = type("AuditedSlot", (RandomStdAgent, _Slot), {})
-    for attempt in range(100):
-        s = seed + 100_003 * attempt
-        random.seed(s)
-        np.random.seed(s % (2**32))
-        config = SCML2024StdWorld.generate(agent_types=[marker, *opponent_types], n_steps=steps)
-        slots = [i for i, p in enumerate(config["agent_params"]) if p.get("controller_type") is marker]
-        if slots:
-            return config, slots
-    raise RuntimeError(f"no audited slot in 100 configurations from seed {seed}")
-
-
-def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types: list[type], steps: int) -> Any:
-    """The world of configuration ``seed`` with ``subject`` in the audited slots, seeded to play the same way."""
-    from scml.std import SCML2024StdWorld
-
-    config, slots = world_config(seed, opponent_types, steps)
-    for i in slots:
-        config["agent_params"][i]["controller_type"] = subject
-        if params:
-            config["agent_params"][i]["controller_params"] = dict(params)
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    return SCML2024StdWorld(**config, construct_graphs=False)
-
-
-def run_world(job: WorldJob) -> dict[str, Any]:
-    """Play one audited world; never raises (a crash is returned as the row's error)."""
-    start = time.perf_counter()
-    row: dict[str, Any] = {"world": job.world, "seed": job.seed, "agent": job.agent, "error": None}
-    try:
-        from hrlxf_agent.audit import AuditCounts, audited
-
-        classes = resolve_all([job.agent, *job.opponents])
-        subject = audited(classes[job.agent])
-        world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps)
-        world.run()
-        scores = world.scores()
-        counts = AuditCounts()
-        mine = []
-        for aid, adapter in world.agents.items():
-            obj = getattr(adapter, "_obj", None)
-            if isinstance(obj, subject):
-                counts.add(obj.hook().counts)
-                mine.append(float(scores[aid]))
-        row.update(scores=mine, score=float(np.mean(mine)), counts=asdict(counts), n_agents=len(world.agents) - 2)
-    except Exception as e:  # one crashing world never stops the others
-        row["error"] = f"{type(e).__name__}: {e}"
-        row["traceback"] = traceback.format_exc(limit=8)
-    row["seconds"] = round(time.perf_counter() - start, 2)
-    return row
-
-
-def jobs_for(config: AuditConfig) -> list[WorldJob]:
+def jobs_for(config: AuditConfig) -> list[PairedJob]:
     return [
-        WorldJob(w, config.seed * 1000 + w, a, tuple(config.opponents), config.steps, config.agent_params.get(a, {}))
+        PairedJob(w, config.seed * 1000 + w, a, a, tuple(config.opponents), config.steps, config.agent_params.get(a, {}))
         for w in range(config.worlds)
         for a in config.agents
     ]
 
 
-def run_jobs(jobs: list[WorldJob], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every audited world on ``workers`` processes, sorted by world and agent."""
-    def died(job: WorldJob) -> dict:
-        return {"world": job.world, "seed": job.seed, "agent": job.agent, "seconds": None,
-                "error": "the worker process died while playing this world (also when run alone)"}
+def died(job: PairedJob) -> dict:
+    """The row of a unit whose worker process died (also when run alone)."""
+    return {"world": job.world, "seed": job.seed, "agent": job.candidate, "seconds": None,
+            "error": "the worker process died while playing this world (also when run alone)"}
 
-    rows = parallel.run_jobs(run_world, jobs, workers, died, progress)
+
+def run_jobs(jobs: list[PairedJob], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every audited world on ``workers`` processes, sorted by world and agent."""
+    rows = parallel.run_jobs(play_paired, jobs, workers, died, progress)
     return sorted(rows, key=lambda r: (r["world"], r["agent"]))
 
 

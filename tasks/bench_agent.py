@@ -52,7 +52,7 @@ def _timed(cls: type, sink: list[float]) -> type:
 
 
 def _play(config_seed: int, steps: int, subject: type, params: dict, opponents: list[type]) -> tuple[float, float]:
-    from tasks.audit import build_world
+    from tasks.paired import build_world
 
     world = build_world(config_seed, subject, params, opponents, steps)
     t0 = time.perf_counter()

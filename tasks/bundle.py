@@ -77,9 +77,13 @@ def assemble(l2: Path, l3: Path, l4: Path, out_root: Path, config: BundleConfig,
     bundle_id = f"{config.prefix}-{executor.config.mode}-{h.hexdigest()}"
     metrics = {"trained": True, "headline": headline(p_metrics, e_metrics, c_metrics),
                "l2": p_metrics, "l3": e_metrics, "l4": c_metrics}
-    out = save_bundle(Path(out_root) / bundle_id, planner, executor, coordinator, metrics=metrics,
+    bc_file = Path(l3) / "executor_bc.pt"
+    executor_bc = torch.load(bc_file, map_location="cpu", weights_only=True) if bc_file.is_file() else None
+    out = save_bundle(Path(out_root) / bundle_id, planner, executor, coordinator, metrics=metrics, executor_bc=executor_bc,
                       trained_on={"stages": {"l2": str(l2), "l3": str(l3), "l4": str(l4)}, **(trained_on or {})})
     load_bundle(out)  # fails here, not in a world, if anything is off
+    if executor_bc is not None:
+        load_bundle(out, executor="bc")
     if config.set_latest:
         set_latest(out, Path(out_root))
     return out

@@ -1,325 +1,393 @@
-"""Stage: evaluate trained bundles in scml's own standard-track tournament (``anac2024_std``).
+"""Stage: the paired evaluation (DESIGN.md section 4, "Evaluation is paired").
 
-Competitors: LitaAgentHRL with each bundle given (one per L3 mode), LitaAgentHRL
-on rules alone, LitaAgentHS and PenguinAgent, with and against the 2025
-winners. Every one of ours (and Penguin) is audited inside the tournament's
-worker processes: the `AuditHook` verdicts are written to files the stage
-sums afterwards. Every competitor plays every world; each configuration is
-played once per rotation of the competitors over its slots, and its rotations
-are averaged, so intervals and paired differences are over configurations.
-``evaluation.json``: per agent the worlds, mean score and its 95% interval,
-unsafe_any and illegal counts; the paired differences against PenguinAgent
-and between the two L3 modes; ``scores.png``: the score distributions. `best_bundle` names the bundle that
-scored best: the pipeline points ``LATEST`` at it.
+W world configurations are generated from seeds (scml's std generator, the
+profile's length); in each, every candidate in turn takes the same slots with
+the same seeds while the other factories are the opponents (by default the
+experts of the collection). One (world, candidate) is one unit of work
+(`tasks.paired.play_paired`): its row goes to ``<worlds_dir>/w<world>/<candidate>.json``
+as soon as it is played, so a killed run (even ``kill -9``) plays only what is
+missing next time. The figure that matters is each candidate's score minus the
+reference's (PenguinAgent by default) world by world, with its 95% interval
+(Student t and a bootstrap), wins and losses; the same against the best expert
+of the run; the thesis' measurements per candidate; and the power of the run
+(the smallest difference it resolves). A world that crashed for one candidate
+is dropped from every candidate's figures (reported, with the error).
+
+``evaluation.json`` (schemas/evaluation.schema.json), ``evaluation.md``, ``forest.png``.
+`decide_latest` moves ``LATEST`` only on evidence. The tournament mode is `tasks.tournament`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
-import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
+from tasks.candidates import Candidate, parse_candidates
+from tasks.collect import PROFILES as COLLECT_PROFILES
+from tasks.paired import PairedJob, play_paired, slot_of
+from tasks.stats import excludes_zero, mean_interval, paired_difference
 
-from hrlxf_agent.audit import AuditHook
-from hrlxf_agent.hrl import LitaAgentHRL
-from hrlxf_agent.intercept import intercept
-from hrlxf_agent.penguin import LitaAgentHS as _HS
-from hrlxf_agent.registry import WINNERS_2025, resolve
-
-EVALUATION_SCHEMA_VERSION = 1
-AUDIT_DIR_ENV = "HRLXF_EVAL_AUDIT"
-
-
-class FileAuditHook(AuditHook):
-    """The audit verdicts of one agent instance, kept in a JSON file (tournament workers are other processes)."""
-
-    def __init__(self, agent: Any):
-        super().__init__(agent)
-        root = os.environ.get(AUDIT_DIR_ENV)
-        self.path = Path(root) / f"{type(agent).__name__}-{uuid.uuid4().hex}.json" if root else None
-
-    def write(self, agent: Any) -> None:
-        if self.path is None:
-            return
-        c = self.counts
-        doc = {"agent_type": type(agent).__name__, "decisions": c.decisions, "unsafe_any": c.unsafe_any,
-               "illegal": c.illegal, "off_grid": c.off_grid}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.path)
-
-    def on_day(self, agent: Any) -> None:
-        self.write(agent)
-
-    def on_batch(self, agent: Any, kind: str, offers: Any, responses: Any) -> Any:
-        out = super().on_batch(agent, kind, offers, responses)
-        if agent.awi.current_step >= agent.awi.n_steps - 1:  # no later on_day will write the last day
-            self.write(agent)
-        return out
-
-
-def _audited(cls: type) -> type:
-    return intercept(cls, FileAuditHook, "Evaluated")
-
-
-# Module-level classes: the tournament's worker processes import competitors by name.
-class LitaAgentHRLResidual(_audited(LitaAgentHRL)):  # type: ignore[misc]
-    """LitaAgentHRL with a residual-mode bundle."""
-
-
-class LitaAgentHRLDirect(_audited(LitaAgentHRL)):  # type: ignore[misc]
-    """LitaAgentHRL with a direct-mode bundle."""
-
-
-class LitaAgentHRLRules(_audited(LitaAgentHRL)):  # type: ignore[misc]
-    """LitaAgentHRL with no bundle: the rule-based layers."""
-
-
-class LitaAgentHS(_audited(_HS)):  # type: ignore[misc]
-    """PenguinAgent behind the L1 shield."""
-
-
-class PenguinAgent(_audited(resolve("PenguinAgent"))):  # type: ignore[misc]
-    """The 2024 champion, audited."""
-
-
-_BY_MODE = {"residual": LitaAgentHRLResidual, "direct": LitaAgentHRLDirect}
-REFERENCE_AGENTS = (LitaAgentHRLRules, LitaAgentHS, PenguinAgent)  # what every bundle is measured beside
+EVALUATION_SCHEMA_VERSION = 2
+WORLD_SEED_BASE = 7_000_000  # evaluation worlds never share a seed with collect (seed*100000+i) or the audit
+#: the thesis' measurements (seed 000 section 6.2-6.3), per world, as `tasks.paired.world_metrics` names them
+METRICS = ("negotiations", "negs_succeeded", "contracts_signed", "contracts_executed", "contracts_nullified",
+           "bought", "sold", "trade_volume", "shortfall_quantity", "shortfall_penalty", "storage_cost", "bankruptcies",
+           "inventory_volatility", "cash_volatility")
 
 
 @dataclass
 class EvalConfig:
-    configs: int = 4  # world configurations; each is played once per rotation of the competitors over its slots
-    steps: int = 50
-    opponents: tuple[str, ...] = WINNERS_2025
-    parallelism: str = "parallel"  # inside one configuration's tournament
-    baseline: str = "PenguinAgent"
-    seed: int = 0
+    """A paired evaluation: which candidates, against whom, in how many worlds of how many steps."""
 
-    def worlds(self, n_competitors: int) -> int:
-        return self.configs * n_competitors
+    worlds: int = 24
+    steps: int = 50
+    seed: int = 0
+    candidates: tuple[str, ...] = ("rules", "LitaAgentHS", "PenguinAgent")  # bundles given are added in front
+    reference: str = "PenguinAgent"  # every candidate's paired difference is taken against it (added if missing)
+    opponents: tuple[str, ...] = field(default_factory=lambda: COLLECT_PROFILES["default"].experts)
+    workers: int = 2
+    world_timeout: float = 1800.0
 
     def validate(self) -> None:
-        if self.configs < 1:
-            raise ValueError(f"configs must be >= 1, got {self.configs}")
+        if self.worlds < 1:
+            raise ValueError(f"worlds must be >= 1, got {self.worlds}")
         if self.steps < 3:
             raise ValueError(f"steps must be >= 3, got {self.steps}")
-        if self.parallelism not in ("parallel", "serial"):
-            raise ValueError(f"parallelism must be 'parallel' or 'serial', got {self.parallelism!r}")
-        for name in self.opponents:
-            resolve(name)
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not self.opponents:
+            raise ValueError("opponents: give at least one opponent agent")
+        from hrlxf_agent.registry import resolve_all
+
+        resolve_all(list(self.opponents))  # an unknown name fails before any world
 
     @classmethod
     def smoke(cls) -> "EvalConfig":
-        return cls(configs=1, steps=10)
+        return cls(worlds=1, steps=10, candidates=("PenguinAgent",),
+                   opponents=("AS0", "XenoSotaAgent", "UltraSuperMiracleSoraFinalAgentZ"))
 
 
-def competitors(bundles: Sequence[Path], config: EvalConfig) -> tuple[list[type], list[dict[str, Any]]]:
-    from hrlxf_agent.bundle import load_bundle
+@dataclass(frozen=True)
+class EvalUnit:
+    """One (world, candidate): the job and where its row goes."""
 
-    types: list[type] = []
-    params: list[dict[str, Any]] = []
-    for path in bundles:
-        bundle = load_bundle(path)  # a bad bundle fails here, before any world
-        cls = _BY_MODE[bundle.manifest.l3_mode]
-        if cls in types:
-            raise ValueError(f"two bundles with L3 mode {bundle.manifest.l3_mode!r}: give one per mode")
-        types.append(cls)
-        params.append({"controller_params": {"bundle": str(bundle.path.resolve())}})
-    for cls in REFERENCE_AGENTS:
-        types.append(cls)
-        params.append({})
-    for name in config.opponents:
-        types.append(resolve(name))
-        params.append({})
-    return types, params
+    job: PairedJob
+    path: str
 
 
-def interval(values: Sequence[float]) -> dict[str, float]:
-    """Mean and a Student-t 95% interval of the mean (few configurations: not the normal 1.96)."""
-    from scipy.stats import t
+def units_dir(out: Path, config: EvalConfig, code: str = "") -> Path:
+    """Where the unit rows of this evaluation live: keyed by what makes a world (steps, seed, opponents, time
+    limit) and ``code`` (the pipeline passes its code version), so other settings never reuse them."""
+    import hashlib
 
-    x = np.asarray(values, float)
-    n = len(x)
-    mean = float(x.mean()) if n else math.nan
-    half = float(t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    return {"mean": mean, "ci95": [mean - half, mean + half], "half_width": half, "n": n}
+    from tasks.fingerprint import canonical
 
-
-def configuration_of(world: str) -> str:
-    """scml names a tournament world ``<configuration>.<rotation>``."""
-    return str(world).rsplit(".", 1)[0]
+    what = {"steps": config.steps, "seed": config.seed, "opponents": list(config.opponents),
+            "timeout": config.world_timeout, "base": WORLD_SEED_BASE, "code": code}
+    return Path(out) / "worlds" / hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
 
 
-def summarize(scores: Any, audits: list[dict[str, Any]], config: EvalConfig) -> dict[str, Any]:
-    """Per agent type: mean score and interval, audit sums, paired differences.
+def world_seed(config: EvalConfig, world: int) -> int:
+    return WORLD_SEED_BASE + config.seed * 10_000 + world
 
-    The rotations of one configuration share its market, so they are averaged
-    first: the intervals are over configurations (n = configs), not worlds.
+
+def resolve_candidates(config: EvalConfig, bundles: Sequence[str | Path] = (), bundles_root: Path | None = None) -> list[Candidate]:
+    """The bundles given, then the config's candidates, then the reference if missing; all resolved now."""
+    specs = [str(b) for b in bundles] + list(config.candidates)
+    cands = parse_candidates(specs, bundles_root)
+    if config.reference not in {c.label for c in cands}:
+        cands += parse_candidates([config.reference], bundles_root)
+    return cands
+
+
+def units(config: EvalConfig, candidates: Sequence[Candidate], worlds_dir: Path) -> list[EvalUnit]:
+    """Every (world, candidate) of the evaluation, world by world."""
+    return [EvalUnit(PairedJob(w, world_seed(config, w), c.label, c.agent, tuple(config.opponents), config.steps,
+                               dict(c.params), config.world_timeout),
+                     str(Path(worlds_dir) / f"w{w:03d}" / f"{c.key()}.json"))
+            for w in range(config.worlds) for c in candidates]
+
+
+def play_unit(unit: EvalUnit) -> dict[str, Any]:
+    """Play one (world, candidate) and write its row atomically (a crash is a row too: it is the result)."""
+    row = play_paired(unit.job)
+    path = Path(unit.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(row, default=float))
+    os.replace(tmp, path)
+    return row
+
+
+def died(unit: EvalUnit) -> dict[str, Any]:
+    """The row of a unit whose process died: not written, so the next run plays it again."""
+    j = unit.job
+    return {"world": j.world, "seed": j.seed, "agent": j.candidate, "seconds": None,
+            "error": "the worker process died while playing this world"}
+
+
+def todo(all_units: Sequence[EvalUnit]) -> list[EvalUnit]:
+    return [u for u in all_units if not Path(u.path).is_file()]
+
+
+def read_rows(all_units: Sequence[EvalUnit]) -> list[dict[str, Any]]:
+    """The rows on disk; a unit with none (its process died) is a failed row."""
+    rows = []
+    for u in all_units:
+        p = Path(u.path)
+        try:
+            rows.append(json.loads(p.read_text()))
+        except FileNotFoundError:
+            rows.append(died(u))
+        except (OSError, json.JSONDecodeError) as e:
+            rows.append({**died(u), "error": f"{p}: unreadable result ({type(e).__name__}: {e})"})
+    return rows
+
+
+# ------------------------------------------------------------------------------- the figures
+
+
+def _pair(scores: dict[str, dict[int, float]], worlds: list[int], a: str, b: str, seed: int) -> dict[str, Any]:
+    return {"a": a, "b": b, **paired_difference([scores[a][w] for w in worlds], [scores[b][w] for w in worlds], seed)}
+
+
+def summarize(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], config: EvalConfig,
+              extra_pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The evaluation document from the unit rows (shape: schemas/evaluation.schema.json).
+
+    Only worlds every candidate finished count (complete cases): a world that crashed for one candidate
+    is dropped from every candidate's figures and listed under ``dropped``.
     """
-    per_world = scores.groupby(["agent_type", "world"])["score"].mean().unstack("agent_type")
-    per_world.columns = [str(c).split(".")[-1].split(":")[-1] for c in per_world.columns]
-    per_config = per_world.groupby([configuration_of(w) for w in per_world.index]).mean()
+    labels = [c.label for c in candidates]
+    by = {(r["world"], r["agent"]): r for r in rows}
+    planned = sorted({r["world"] for r in rows})
+    dropped, worlds = [], []
+    for w in planned:
+        errors = [{"candidate": c, "error": by[(w, c)]["error"] if (w, c) in by else "not played"}
+                  for c in labels if (w, c) not in by or by[(w, c)].get("error")]
+        (dropped.append({"world": w, "errors": errors}) if errors else worlds.append(w))
+    scores = {c: {w: float(by[(w, c)]["score"]) for w in worlds} for c in labels}
     agents: dict[str, Any] = {}
-    for name in per_world.columns:
-        entry: dict[str, Any] = {"worlds": int(per_world[name].notna().sum()),
-                                 "score": interval(per_config[name].dropna().tolist()),
-                                 "world_scores": interval(per_world[name].dropna().tolist())}
-        mine = [a for a in audits if a["agent_type"] == name]
-        if mine:
-            entry.update({k: int(sum(a[k] for a in mine)) for k in ("decisions", "unsafe_any", "illegal", "off_grid")})
-        agents[name] = entry
-    pairs = [(name, config.baseline) for name in per_world.columns if name != config.baseline]
-    if {"LitaAgentHRLResidual", "LitaAgentHRLDirect"} <= set(per_world.columns):
-        pairs.append(("LitaAgentHRLResidual", "LitaAgentHRLDirect"))
-    paired = {f"{a} - {b}": interval((per_config[a] - per_config[b]).dropna().tolist())
-              for a, b in pairs if a in per_config and b in per_config}
-    return {"schema_version": EVALUATION_SCHEMA_VERSION, "config": asdict(config), "worlds": int(len(per_world)),
-            "configurations": int(len(per_config)), "agents": agents, "paired": paired,
-            "per_world": per_world.reset_index().to_dict(orient="list")}
+    for c in candidates:
+        mine = [by[(w, c.label)] for w in worlds]
+        counts = {k: int(sum(r["counts"][k] for r in mine)) for k in
+                  ("decisions", "accepts", "offers", "unsafe_buy", "unsafe_sell", "unsafe_any", "illegal", "off_grid")}
+        agents[c.label] = {
+            "spec": c.spec, "agent": c.agent, "bundle": c.bundle, "expert": c.expert, "worlds": len(mine),
+            "score": mean_interval([scores[c.label][w] for w in worlds]),
+            **counts, "unsafe_rate": counts["unsafe_any"] / counts["decisions"] if counts["decisions"] else 0.0,
+            "metrics": {m: (sum(r["metrics"][m] for r in mine) / len(mine) if mine else None) for m in METRICS},
+            "seconds_per_world": sum(r["seconds"] for r in mine) / len(mine) if mine else None,
+        }
+    experts = [c.label for c in candidates if c.expert and worlds]
+    best_expert = max(experts, key=lambda c: agents[c]["score"]["mean"]) if experts else None
+    pairs: list[tuple[str, str]] = [(c, config.reference) for c in labels if c != config.reference]
+    if best_expert and best_expert != config.reference:
+        pairs += [(c, best_expert) for c in labels if c not in (best_expert, config.reference)]
+    pairs += [p for p in extra_pairs if p not in pairs and p[0] in labels and p[1] in labels]
+    paired = [_pair(scores, worlds, a, b, config.seed) for a, b in pairs]
+    vs_ref = [p for p in paired if p["b"] == config.reference]
+    widths = [p["half_width"] for p in vs_ref if p["half_width"] is not None]
+    mdes = [p["mde80"] for p in vs_ref if p["mde80"] is not None]
+    slots = {w: sorted({slot_of(f) for c in labels for f in by[(w, c)].get("factories", [])}) for w in worlds}
+    return {
+        "schema_version": EVALUATION_SCHEMA_VERSION, "mode": "paired",
+        "config": {**asdict(config), "candidates": list(config.candidates), "opponents": list(config.opponents)},
+        "candidates": [asdict(c) for c in candidates], "reference": config.reference, "best_expert": best_expert,
+        "worlds": {"planned": len(planned), "complete": len(worlds), "dropped": dropped},
+        "agents": agents, "paired": paired,
+        "power": {"worlds": len(worlds), "resolution": max(widths) if widths else None,
+                  "mde80": max(mdes) if mdes else None,
+                  "note": None if widths else (vs_ref[0]["note"] if vs_ref else "no candidate beside the reference")},
+        "same_slots": all(len({tuple(slot_of(f) for f in by[(w, c)].get("factories", [])) for c in labels}) == 1
+                          for w in worlds),
+        "per_world": [{"world": r["world"], "seed": r["seed"], "candidate": r["agent"], "score": r.get("score"),
+                       "factories": r.get("factories"), "seconds": r.get("seconds"), "error": r.get("error")}
+                      for r in sorted(rows, key=lambda r: (r["world"], r["agent"]))],
+        "slots": {str(w): s for w, s in slots.items()},
+    }
 
 
-def plot(doc: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_world = doc["per_world"]
-    names = sorted((k for k in per_world if k != "world"), key=lambda k: -doc["agents"][k]["score"]["mean"])
-    data = [[v for v in per_world[k] if v is not None and not math.isnan(v)] for k in names]
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.5))
-    ax.boxplot(data, vert=False, showmeans=True)
-    ax.set_yticks(range(1, len(names) + 1), names)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"mean score per world ({doc['worlds']} worlds, {doc['config']['steps']} steps)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def find_pair(doc: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
+    return next((p for p in doc["paired"] if p["a"] == a and p["b"] == b), None)
 
 
-def best_bundle(doc: dict[str, Any]) -> str | None:
-    """The evaluated bundle whose agent scored the highest mean (the one worth playing), if any."""
-    scored = [(doc["agents"][name]["score"]["mean"], path) for name, path in doc.get("bundles", {}).items()
-              if name in doc.get("agents", {})]
-    return max(scored)[1] if scored else None
+def decide_latest(doc: dict[str, Any], current: str | None, new: Sequence[str]) -> dict[str, Any]:
+    """Where ``LATEST`` should point after this evaluation, and why.
+
+    ``current``: the label of the bundle LATEST names now (None: there is none); ``new``: the labels of
+    the bundles just made. The best new one (highest mean) replaces the current only when its paired
+    difference against it lies above 0 with an interval that excludes 0; a tie, a loss or too few
+    worlds keep LATEST where it is.
+    """
+    agents = doc["agents"]
+    new = [n for n in new if n in agents and agents[n]["worlds"]]
+    if not new:
+        return {"move": False, "to": current, "reason": "no new bundle was evaluated"}
+    best = max(new, key=lambda n: agents[n]["score"]["mean"])
+    if current is None:
+        return {"move": True, "to": best, "reason": "there was no LATEST"}
+    if current == best:
+        return {"move": False, "to": current, "reason": f"{best} is already LATEST"}
+    diff = find_pair(doc, best, current)
+    if diff is None:
+        return {"move": False, "to": current, "reason": f"{current} (LATEST) was not evaluated beside {best}"}
+    if diff["half_width"] is None:
+        return {"move": False, "to": current, "reason": f"{best} - {current}: {diff['note']}"}
+    figure = f"{best} - {current} = {diff['mean']:+.4f} ± {diff['half_width']:.4f} over {diff['n']} worlds"
+    if excludes_zero(diff) > 0:
+        return {"move": True, "to": best, "reason": f"{figure}: better, the interval excludes 0"}
+    return {"move": False, "to": current, "reason": f"{figure}: not shown better (the interval "
+                                                    f"{'holds 0' if excludes_zero(diff) == 0 else 'is below 0'})"}
+
+
+def apply_latest(doc: dict[str, Any], bundles_root: Path) -> dict[str, Any] | None:
+    """Point ``<bundles_root>/LATEST`` where the evaluation's ``latest`` decision says, if it moves."""
+    from hrlxf_agent.bundle import set_latest
+
+    decision = doc.get("latest")
+    if decision and decision["move"]:
+        set_latest(Path(decision["path"]), bundles_root)
+    return decision
+
+
+def pipeline_candidates(p: dict[str, Path]) -> tuple[list[str], list[tuple[str, str]], tuple[str | None, list[str]]]:
+    """The pipeline's bundles as candidate specs (the new ones, then the LATEST the run started with), the
+    pairs that decide the L3 mode and LATEST, and (current LATEST, new) labels for `decide_latest`."""
+    new = [Path(p[k]) for k in ("bundle", "bundle_direct") if k in p]
+    labels = [b.resolve().name for b in new]
+    specs, pairs = [str(b) for b in new], [tuple(labels)] if len(labels) == 2 else []
+    current = None
+    if "latest" in p:
+        current = Path(p["latest"]).resolve().name
+        specs.append(str(p["latest"]))
+        pairs += [(n, current) for n in labels if n != current]
+    return specs, pairs, (current, labels)
+
+
+# ------------------------------------------------------------------------------- the report
+
+
+def _fmt(x: float | None, spec: str = ".4f", sign: bool = False) -> str:
+    if x is None:
+        return "-"
+    return format(x, ("+" if sign else "") + spec)
+
+
+def _ci(d: dict[str, Any]) -> str:
+    return f"± {d['half_width']:.4f}" if d.get("half_width") is not None else "too few worlds"
 
 
 def markdown(doc: dict[str, Any]) -> str:
     from tasks.report import md_table
 
+    cfg, ref = doc["config"], doc["reference"]
+    w = doc["worlds"]
+    lines = [f"Paired evaluation: {w['complete']} worlds x {cfg['steps']} steps (of {w['planned']} planned), seed "
+             f"{cfg['seed']}; every candidate in the same slots of the same worlds; against "
+             f"{', '.join(cfg['opponents'])}. Differences are world by world; 95% intervals: Student t "
+             "(bootstrap beside it).", ""]
+    order = sorted(doc["agents"], key=lambda n: -(doc["agents"][n]["score"]["mean"] or 0))
     rows = []
-    for name, a in sorted(doc["agents"].items(), key=lambda kv: -kv[1]["score"]["mean"]):
-        s = a["score"]
-        rows.append([name, a["worlds"], f"{s['mean']:.4f}", f"± {s['half_width']:.4f}",
-                     a.get("unsafe_any", "-"), a.get("illegal", "-"), a.get("decisions", "-")])
-    lines = [f"{doc['worlds']} worlds = {doc.get('configurations', '?')} configurations x rotations; "
-             "intervals over configurations (Student t)", "",
-             *md_table(["agent", "worlds", "mean score", "95% CI", "unsafe_any", "illegal", "decisions"], rows)]
-    lines += ["", *md_table(["paired difference (per configuration)", "mean", "95% CI", "configurations"],
-                            [[k, f"{v['mean']:+.4f}", f"± {v['half_width']:.4f}", v["n"]] for k, v in doc["paired"].items()])]
-    return "\n".join(lines)
+    for name in order:
+        a = doc["agents"][name]
+        d = find_pair(doc, name, ref)
+        rows.append([name, a["worlds"], _fmt(a["score"]["mean"]), _ci(a["score"]),
+                     f"{_fmt(d['mean'], sign=True)} {_ci(d)}" if d else "(reference)",
+                     f"{d['wins']}/{d['losses']}" if d else "-", a["unsafe_any"], a["illegal"], a["decisions"]])
+    lines += md_table(["candidate", "worlds", "mean score", "95% CI", f"- {ref} (paired)", "wins/losses",
+                       "unsafe_any", "illegal", "decisions"], rows)
+    lines += ["", *md_table(
+        ["paired difference", "mean", "95% CI (t)", "95% CI (bootstrap)", "wins", "losses", "MDE (80% power)"],
+        [[f"{p['a']} - {p['b']}", _fmt(p["mean"], sign=True), _ci(p),
+          f"[{p['bootstrap_ci95'][0]:+.4f}, {p['bootstrap_ci95'][1]:+.4f}]" if p["bootstrap_ci95"] else "-",
+          p["wins"], p["losses"], _fmt(p["mde80"])] for p in doc["paired"]])]
+    short = {"negs_succeeded": "negs ok", "contracts_signed": "signed", "contracts_executed": "executed",
+             "shortfall_quantity": "shortfall q", "shortfall_penalty": "shortfall $", "storage_cost": "storage $",
+             "bankruptcies": "bankrupt", "inventory_volatility": "stock sd", "cash_volatility": "cash sd",
+             "trade_volume": "volume $"}
+    lines += ["", "Per world (means over the complete worlds; summed over the candidate's factories):", "",
+              *md_table(["candidate", *short.values()],
+                        [[n, *(_fmt(doc["agents"][n]["metrics"][m], ".3f" if m.endswith("volatility") else ".1f")
+                               for m in short)] for n in order])]
+    p = doc["power"]
+    lines += ["", f"Power: {p['worlds']} worlds resolve a paired difference against {ref} of "
+                  f"{_fmt(p['resolution'])} (largest 95% half-width); the smallest true difference found 80% of "
+                  f"the time is {_fmt(p['mde80'])}." if p["resolution"] is not None else f"Power: {p['note']}."]
+    if doc.get("best_expert"):
+        lines.append(f"Best expert of the run: {doc['best_expert']}.")
+    if not doc.get("same_slots", True):
+        lines.append("WARNING: the candidates did not hold the same factories in some world.")
+    if w["dropped"]:
+        lines += ["", "Dropped worlds (a candidate failed there; the world counts for no one):", ""]
+        lines += [f"- world {d['world']}: " + "; ".join(f"{e['candidate']}: {e['error']}" for e in d["errors"])
+                  for d in w["dropped"]]
+    if doc.get("latest"):
+        lines += ["", f"LATEST: {'moved to' if doc['latest']['move'] else 'stays at'} {doc['latest']['to']} "
+                      f"({doc['latest']['reason']})."]
+    return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
-class ConfigurationJob:
-    """One world configuration's tournament (all its rotations): the unit a task runner spreads."""
+def forest_plot(doc: dict[str, Any], path: Path) -> None:
+    """The paired differences with their 95% intervals, one row each, and the line at 0."""
+    import matplotlib
 
-    bundles: tuple[str, ...]
-    config: EvalConfig
-    index: int
-    out_dir: str  # where ``c<index>.json`` goes (the tournament's files beside it)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    @property
-    def result(self) -> Path:
-        return Path(self.out_dir) / f"c{self.index:03d}.json"
-
-
-def configuration_jobs(bundles: Sequence[Path], worlds_dir: Path, config: EvalConfig) -> list[ConfigurationJob]:
-    """The configurations of this evaluation not played yet (a rerun plays only the missing ones)."""
-    names = tuple(str(Path(b).resolve()) for b in bundles)
-    jobs = [ConfigurationJob(names, config, i, str(worlds_dir)) for i in range(config.configs)]
-    return [j for j in jobs if not j.result.exists()]
-
-
-def play_configuration(job: ConfigurationJob, progress: Any = None) -> dict[str, Any]:
-    """Play one configuration in scml's ``anac2024_std``; write its scores and audit verdicts to ``job.result``."""
-    import random
-
-    from scml.utils import anac2024_std
-
-    config = job.config
-    root = Path(job.out_dir) / f"c{job.index:03d}"
-    audit_dir = root / "audit"
-    shutil.rmtree(root, ignore_errors=True)  # a half-played configuration is played again
-    audit_dir.mkdir(parents=True)
-    types, params = competitors([Path(b) for b in job.bundles], config)
-    seed = config.seed * 100_003 + job.index  # the configuration scml generates depends on these generators
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    old = os.environ.get(AUDIT_DIR_ENV)
-    os.environ[AUDIT_DIR_ENV] = str(audit_dir.resolve())
-    try:
-        results = anac2024_std(
-            # every competitor in every world (paired comparisons), rotated over the slots of the configuration
-            competitors=types, competitor_params=params, n_configs=1, n_competitors_per_world=len(types),
-            max_worlds_per_config=len(types), n_runs_per_world=1, n_steps=config.steps,
-            tournament_path=str(root / "tournament"), parallelism=config.parallelism, compact=True, verbose=False,
-            tournament_progress_callback=(lambda *_: progress()) if progress is not None else None,
-        )
-    finally:
-        if old is None:
-            os.environ.pop(AUDIT_DIR_ENV, None)
-        else:
-            os.environ[AUDIT_DIR_ENV] = old
-    scores = results.scores[["agent_type", "world", "score"]].astype({"agent_type": str, "world": str})
-    doc = {"index": job.index, "scores": scores.to_dict(orient="records"),
-           "audits": [json.loads(f.read_text()) for f in sorted(audit_dir.glob("*.json"))],
-           "bundles": {cls.__name__: p["controller_params"]["bundle"] for cls, p in zip(types, params) if p}}
-    tmp = job.result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, job.result)
-    return {"index": job.index, "worlds": int(scores["world"].nunique())}
+    pairs = [p for p in doc["paired"] if p["mean"] is not None]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * max(1, len(pairs)) + 1.6))
+    for i, p in enumerate(pairs):
+        color = {1: "tab:green", -1: "tab:red", 0: "tab:gray"}[excludes_zero(p)]
+        if p["ci95"]:
+            ax.plot(p["ci95"], [i, i], color=color, lw=2)
+        ax.plot([p["mean"]], [i], "o", color=color)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(pairs)), [f"{p['a']} - {p['b']}" for p in pairs])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"paired score difference, 95% CI ({doc['worlds']['complete']} worlds x {doc['config']['steps']} steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def evaluate(bundles: Sequence[Path] | Path, out: Path, config: EvalConfig, progress: bool = True,
-             worlds_dir: Path | None = None) -> dict[str, Any]:
-    """Play every configuration not played yet in ``worlds_dir`` (default ``out/configurations``; the
-    pipeline maps them as tasks first), then write ``out/evaluation.json``, ``evaluation.md``, ``scores.png``."""
-    import pandas as pd
-
-    config.validate()
-    bundles = [bundles] if isinstance(bundles, (str, Path)) else list(bundles)
-    out = Path(out)
-    worlds_dir = Path(worlds_dir) if worlds_dir is not None else out / "configurations"
-    worlds_dir.mkdir(parents=True, exist_ok=True)
-    todo = configuration_jobs(bundles, worlds_dir, config)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        n_types = len(bundles) + len(REFERENCE_AGENTS) + len(config.opponents)  # one world per rotation
-        bar = tqdm(total=len(todo) * n_types, desc="evaluate worlds", unit="world")
-    try:
-        for job in todo:
-            play_configuration(job, (lambda: bar.update(1)) if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
-    played = [json.loads((worlds_dir / f"c{i:03d}.json").read_text()) for i in range(config.configs)]
-    scores = pd.DataFrame([row for doc in played for row in doc["scores"]])
-    doc = summarize(scores, [a for d in played for a in d["audits"]], config)
-    doc["bundles"] = played[0]["bundles"]
+def write_report(doc: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "evaluation.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.write_text(json.dumps(doc, indent=1, default=float))
     os.replace(tmp, out / "evaluation.json")
-    (out / "evaluation.md").write_text(markdown(doc) + "\n")
-    plot(doc, out / "scores.png")
+    (out / "evaluation.md").write_text(markdown(doc))
+    forest_plot(doc, out / "forest.png")
+
+
+# ------------------------------------------------------------------------------- the stage
+
+
+def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), worlds_dir: Path | None = None,
+             progress: Callable[[dict], None] | None = None, play: bool = True,
+             extra_pairs: Sequence[tuple[str, str]] = (), bundles_root: Path | None = None,
+             latest: tuple[str | None, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Play the (world, candidate) units not played yet in ``worlds_dir`` (default `units_dir`) on
+    ``config.workers`` processes (``play=False``: the caller mapped them already), then write the report.
+    ``latest`` = (label of the current LATEST or None, labels of the new bundles): the report then says
+    where LATEST should point (`decide_latest`; `apply_latest` moves it)."""
+    from tasks import parallel
+
+    config.validate()
+    candidates = resolve_candidates(config, bundles, bundles_root)  # bad names and bundles fail before any world
+    out = Path(out)
+    worlds_dir = Path(worlds_dir) if worlds_dir is not None else units_dir(out, config)
+    every = units(config, candidates, worlds_dir)
+    missing = todo(every)
+    if play and missing:
+        parallel.run_jobs(play_unit, missing, config.workers, died, progress)
+    doc = summarize(read_rows(every), candidates, config, extra_pairs)
+    if latest is not None:
+        doc["latest"] = decide_latest(doc, *latest)
+        if doc["latest"]["move"]:
+            doc["latest"]["path"] = doc["agents"][doc["latest"]["to"]]["bundle"]
+    write_report(doc, out)
     return doc

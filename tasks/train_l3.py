@@ -241,7 +241,8 @@ def l3_metrics(ex: Executor, a: dict[str, np.ndarray], rows: np.ndarray, mode: s
 
 
 def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> dict[str, Any]:
-    """micro + goal_hat -> ``out/executor.pt`` (BC, then AWR if enabled) + ``out/metrics.json``."""
+    """micro + goal_hat -> ``out/executor.pt`` (BC, then AWR if enabled), ``out/executor_bc.pt`` (BC alone,
+    for the ablation) + ``out/metrics.json``."""
     out = Path(out)
     spec = FeatureSpec(horizon=config.executor.horizon)
     a, val = load_micro(Path(lake), spec, config)
@@ -253,6 +254,7 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     bc_result = fit_module(bc, Batches.of(arrays, tr), Batches.of(arrays, val), config.fit, out / "bc", progress)
     load_best(bc, bc_result)
     executor = bc.net.eval()
+    bc_state = {k: v.detach().clone() for k, v in executor.state_dict().items()}
     metrics: dict[str, Any] = {
         "stage": "train_l3", "mode": config.mode, "config": asdict(config),
         "bc": {"epochs": bc_result.epochs, "best_val_loss": bc_result.best_val_loss, "history": bc_result.history,
@@ -281,5 +283,5 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
                           "weight_max": float(a["weight"].max()), "clipped_share": float((a["weight"] >= config.awr_max_weight).mean()),
                           "val": l3_metrics(executor, a, val, config.mode)}
     metrics["final"] = metrics["awr"]["val"] if config.awr else metrics["bc"]["val"]
-    write_stage_output(out, {"executor": executor.state_dict()}, metrics)
+    write_stage_output(out, {"executor": executor.state_dict(), "executor_bc": bc_state}, metrics)
     return metrics

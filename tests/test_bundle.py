@@ -84,3 +84,17 @@ def test_manifest_matches_its_schema(bundle):
     import schemas
 
     jsonschema.validate(json.loads((bundle / "manifest.json").read_text()), schemas.load("bundle_manifest"))
+
+
+def test_bc_weights_travel_in_the_bundle_and_load_on_request(tmp_path, bundle):
+    b = load_bundle(bundle)
+    with pytest.raises(BundleError, match="no executor_bc weights"):
+        load_bundle(bundle, executor="bc")
+    bc_state = {k: torch.zeros_like(v) for k, v in b.executor.state_dict().items()}
+    with_bc = save_bundle(tmp_path / "bc", b.planner, b.executor, b.coordinator, executor_bc=bc_state)
+    final, before_awr = load_bundle(with_bc), load_bundle(with_bc, executor="bc")
+    assert all(torch.equal(v, b.executor.state_dict()[k]) for k, v in final.executor.state_dict().items())
+    assert all(not v.any() for v in before_awr.executor.state_dict().values())
+    assert all(torch.equal(v, final.planner.state_dict()[k]) for k, v in before_awr.planner.state_dict().items())
+    with pytest.raises(BundleError, match="choose one of final, bc"):
+        load_bundle(with_bc, executor="awr")

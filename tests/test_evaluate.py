@@ -1,46 +1,168 @@
-"""The evaluation's statistics, hand-checked: rotations averaged per configuration, paired differences, the best bundle."""
+"""The paired evaluation: its statistics on hand-made numbers, the LATEST rule, bad input, and short real runs."""
 
+import json
 import math
+import os
 
-import pandas as pd
+import jsonschema
+import numpy as np
 import pytest
 
-from tasks.evaluate import EvalConfig, best_bundle, configuration_of, interval, summarize
+import schemas
+from flows.cli import main
+from tasks.candidates import Candidate, CandidateError, parse_candidate
+from tasks.evaluate import EvalConfig, decide_latest, evaluate, summarize, units, units_dir
+from tasks.stats import MIN_SAMPLES, mean_interval, paired_difference
+
+# ---------------------------------------------------------------------------------------- statistics
 
 
-def _scores(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"agent_type": f"scml.oneshot.sysagents.DefaultOneShotAdapter:tasks.evaluate.{a}", "world": w,
-                          "score": s} for a, w, s in rows])
+def test_paired_difference_on_hand_made_numbers():
+    a, b = [1.0, 1.2, 0.9, 1.1], [0.9, 1.0, 0.95, 1.0]
+    d = paired_difference(a, b)
+    diffs = np.array([0.1, 0.2, -0.05, 0.1])
+    sd = diffs.std(ddof=1)
+    assert d["mean"] == pytest.approx(0.0875) and d["sd"] == pytest.approx(sd)
+    assert d["half_width"] == pytest.approx(3.1824 * sd / 2, rel=1e-4)  # t(0.975, 3) = 3.1824, sqrt(4) = 2
+    assert d["ci95"] == pytest.approx([0.0875 - d["half_width"], 0.0875 + d["half_width"]])
+    assert (d["wins"], d["losses"], d["ties"]) == (3, 1, 0)
+    lo, hi = d["bootstrap_ci95"]
+    assert diffs.min() <= lo < d["mean"] < hi <= diffs.max()
+    assert d["mde80"] == pytest.approx((3.1824 + 0.9785) * sd / 2, rel=1e-3)  # t(0.80, 3) = 0.9785
 
 
-def test_rotations_are_averaged_per_configuration_and_paired():
-    rows = [
-        ("LitaAgentHRLDirect", "c0_x.00", 1.0), ("PenguinAgent", "c0_x.00", 0.5),
-        ("LitaAgentHRLDirect", "c0_x.01", 1.2), ("PenguinAgent", "c0_x.01", 0.7),
-        ("LitaAgentHRLDirect", "c1_y.02", 0.8), ("PenguinAgent", "c1_y.02", 0.8),
-        ("LitaAgentHRLDirect", "c1_y.03", 0.6), ("PenguinAgent", "c1_y.03", 0.4),
-    ]
-    doc = summarize(_scores(rows), [{"agent_type": "LitaAgentHRLDirect", "decisions": 5, "unsafe_any": 0, "illegal": 0,
-                                     "off_grid": 1}], EvalConfig())
-    assert doc["configurations"] == 2 and doc["worlds"] == 4
-    direct = doc["agents"]["LitaAgentHRLDirect"]
-    assert direct["score"]["n"] == 2 and direct["score"]["mean"] == pytest.approx(0.9)  # configs 1.1 and 0.7
-    assert direct["worlds"] == 4 and direct["decisions"] == 5 and direct["off_grid"] == 1
-    diff = doc["paired"]["LitaAgentHRLDirect - PenguinAgent"]
-    assert diff["mean"] == pytest.approx(0.3) and diff["n"] == 2  # per configuration: 0.5 and 0.1
-    assert diff["half_width"] == pytest.approx(12.706 * math.sqrt(0.08) / math.sqrt(2), rel=1e-3)  # t(0.975, 1)
+def test_pairing_cancels_the_world_effect():
+    rng = np.random.default_rng(0)
+    market = rng.normal(1.0, 0.3, 40)  # what moves every agent in a world
+    a, b = market + 0.02 + rng.normal(0, 0.01, 40), market + rng.normal(0, 0.01, 40)
+    assert paired_difference(a, b)["half_width"] < 0.01 and mean_interval(a)["half_width"] > 0.05
 
 
-def test_configuration_is_the_world_name_before_its_rotation():
-    assert configuration_of("0001abc_LitaAgentHRLRe-P.09") == "0001abc_LitaAgentHRLRe-P"
+def test_too_few_values_give_no_interval_and_say_so():
+    for n in range(MIN_SAMPLES):
+        d = paired_difference([1.0] * n, [0.5] * n)
+        assert d["half_width"] is None and d["ci95"] is None and "too few worlds" in d["note"]
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])
 
 
-def test_best_bundle_is_the_highest_scoring_mode():
-    doc = {"agents": {"LitaAgentHRLResidual": {"score": {"mean": 1.1}}, "LitaAgentHRLDirect": {"score": {"mean": 1.3}}},
-           "bundles": {"LitaAgentHRLResidual": "/b/res", "LitaAgentHRLDirect": "/b/dir"}}
-    assert best_bundle(doc) == "/b/dir"
-    assert best_bundle({"agents": {}, "bundles": {}}) is None
+# ---------------------------------------------------------------------------------------- the summary
 
 
-def test_one_sample_has_no_interval():
-    assert math.isnan(interval([1.0])["half_width"]) and interval([1.0])["mean"] == 1.0
+def _row(world, cand, score, error=None):
+    counts = {k: 0 for k in ("decisions", "accepts", "offers", "unsafe_buy", "unsafe_sell", "unsafe_any", "illegal",
+                             "off_grid")}
+    counts["decisions"] = 10
+    metrics = {m: 1.0 for m in ("negotiations", "negs_succeeded", "contracts_signed", "contracts_executed",
+                                "contracts_nullified", "bought", "sold", "trade_volume", "shortfall_quantity",
+                                "shortfall_penalty", "storage_cost", "bankruptcies", "inventory_volatility",
+                                "cash_volatility")}
+    row = {"world": world, "seed": 100 + world, "agent": cand, "error": error, "seconds": 1.0}
+    if error is None:
+        row.update(score=score, scores=[score], counts=counts, metrics=metrics, factories=[f"0{world}X@1"])
+    return row
+
+
+CANDS = [Candidate("mine", "mine", "LitaAgentHRL"), Candidate("PenguinAgent", "PenguinAgent", "PenguinAgent", expert=True),
+         Candidate("AS0", "AS0", "AS0", expert=True)]
+
+
+def test_a_world_that_crashed_for_one_candidate_counts_for_no_one():
+    scores = {"mine": [1.1, 1.0, 0.7, 1.3, 0.9], "PenguinAgent": [1.0, 0.9, 0.6, 1.2, 0.8], "AS0": [1.2, 1.1, 0.5, 1.5, 1.0]}
+    rows = [_row(w, c, s[w]) for c, s in scores.items() for w in range(5) if not (c == "AS0" and w == 2)]
+    rows.append(_row(2, "AS0", None, error="RuntimeError: boom"))
+    doc = summarize(rows, CANDS, EvalConfig(worlds=5))
+    jsonschema.validate(doc, schemas.load("evaluation"))
+    assert doc["worlds"] == {"planned": 5, "complete": 4, "dropped": [{"world": 2, "errors": [
+        {"candidate": "AS0", "error": "RuntimeError: boom"}]}]}
+    assert doc["agents"]["mine"]["worlds"] == 4 and doc["agents"]["mine"]["decisions"] == 40
+    assert doc["agents"]["mine"]["score"]["mean"] == pytest.approx(np.mean([1.1, 1.0, 1.3, 0.9]))
+    vs_ref = next(p for p in doc["paired"] if p["a"] == "mine" and p["b"] == "PenguinAgent")
+    assert vs_ref["mean"] == pytest.approx(0.1) and vs_ref["n"] == 4 and vs_ref["wins"] == 4
+    assert vs_ref["half_width"] == pytest.approx(0.0, abs=1e-12)  # the same +0.1 in every world
+    assert doc["best_expert"] == "AS0"
+    vs_best = next(p for p in doc["paired"] if p["a"] == "mine" and p["b"] == "AS0")
+    assert vs_best["mean"] == pytest.approx(np.mean([-0.1, -0.1, -0.2, -0.1]))
+    assert doc["same_slots"] and doc["power"]["resolution"] is not None
+
+
+def test_latest_does_not_move_on_a_tie():
+    scores = {"new": [1.0, 1.2, 0.8, 1.1, 0.9], "old": [1.01, 1.18, 0.82, 1.09, 0.91], "PenguinAgent": [1.0] * 5}
+    cands = [Candidate(n, n, "LitaAgentHRL") for n in ("new", "old")] + [CANDS[1]]
+    doc = summarize([_row(w, c, s[w]) for c, s in scores.items() for w in range(5)], cands, EvalConfig(worlds=5),
+                    extra_pairs=[("new", "old")])
+    d = decide_latest(doc, "old", ["new"])
+    assert not d["move"] and d["to"] == "old" and "holds 0" in d["reason"]
+    assert decide_latest(doc, None, ["new"]) == {"move": True, "to": "new", "reason": "there was no LATEST"}
+
+
+def test_latest_moves_on_a_clear_win_and_not_on_too_few_worlds():
+    scores = {"new": [1.1, 1.3, 0.9, 1.2], "old": [1.0, 1.21, 0.79, 1.1], "PenguinAgent": [1.0] * 4}
+    cands = [Candidate(n, n, "LitaAgentHRL") for n in ("new", "old")] + [CANDS[1]]
+    rows = [_row(w, c, s[w]) for c, s in scores.items() for w in range(4)]
+    doc = summarize(rows, cands, EvalConfig(worlds=4), extra_pairs=[("new", "old")])
+    d = decide_latest(doc, "old", ["new"])
+    assert d["move"] and d["to"] == "new" and "excludes 0" in d["reason"]
+    few = summarize([r for r in rows if r["world"] < 2], cands, EvalConfig(worlds=2), extra_pairs=[("new", "old")])
+    d = decide_latest(few, "old", ["new"])
+    assert not d["move"] and "too few worlds" in d["reason"]
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+
+def test_unknown_candidate_or_bad_bundle_fails_before_any_world(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HRLXF_DATA", str(tmp_path))
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--candidates", "rules,NoSuchAgent", "--out", str(out)]) == 2
+    assert "unknown agent 'NoSuchAgent'" in capsys.readouterr().err and not out.exists()
+    assert main(["evaluate", "--bundle", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "nowhere/manifest.json: missing" in capsys.readouterr().err and not out.exists()
+    assert parse_candidate("untrained", tmp_path).label == "untrained-residual"  # written on first use
+    with pytest.raises(CandidateError, match="no executor_bc weights"):
+        parse_candidate(f"bc:{tmp_path / 'untrained-residual'}", tmp_path)
+    c = parse_candidate(f"nol2+nol4:{tmp_path / 'untrained-residual'}", tmp_path)
+    assert c.label == "untrained-residual/nol2+nol4" and c.params["ablate"] == ["l2", "l4"] and not c.expert
+
+
+# ---------------------------------------------------------------------------------------- real worlds
+
+
+@pytest.mark.slow
+def test_paired_run_same_slots_schema_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("HRLXF_DATA", str(tmp_path))
+    out = tmp_path / "ev"
+    args = ["evaluate", "--candidates", "rules,PenguinAgent", "--opponents", "AS0", "--worlds", "3", "--steps", "10",
+            "--out", str(out)]
+    assert main(args) == 0
+    doc = json.loads((out / "evaluation.json").read_text())
+    jsonschema.validate(doc, schemas.load("evaluation"))
+    assert doc["worlds"]["complete"] == 3 and doc["same_slots"] and (out / "forest.png").stat().st_size > 0
+    assert all(len(f) >= 1 for f in doc["slots"].values())
+    diff = doc["paired"][0]
+    assert (diff["a"], diff["b"], diff["n"]) == ("rules", "PenguinAgent", 3) and diff["half_width"] is not None
+    assert doc["agents"]["PenguinAgent"]["decisions"] > 0 and doc["agents"]["rules"]["unsafe_any"] == 0
+    assert doc["agents"]["rules"]["metrics"]["negs_succeeded"] > 0
+    # a unit lost (a killed run) is the only one played again
+    config = EvalConfig(worlds=3, steps=10, candidates=("rules", "PenguinAgent"), opponents=("AS0",))
+    every = units(config, [parse_candidate("rules"), parse_candidate("PenguinAgent")], units_dir(out, config))
+    lost = every[3]
+    before = {u.path: json.loads(open(u.path).read()) for u in every}
+    os.remove(lost.path)
+    played = []
+    again = evaluate(config, out, progress=played.append)
+    assert [(r["world"], r["agent"]) for r in played] == [(lost.job.world, lost.job.candidate)]
+    assert {u.path: json.loads(open(u.path).read())["seconds"] for u in every if u != lost} == \
+        {p: r["seconds"] for p, r in before.items() if p != lost.path}
+    assert again["worlds"]["complete"] == 3
+
+
+@pytest.mark.slow
+def test_a_crashing_candidate_drops_its_worlds_and_too_few_worlds_say_so(tmp_path):
+    config = EvalConfig(worlds=2, steps=10, candidates=("rules", "crashing_agents:RaisingAgent"), opponents=("AS0",))
+    doc = evaluate(config, tmp_path)
+    assert doc["worlds"]["complete"] == 0 and len(doc["worlds"]["dropped"]) == 2
+    assert all("boom on day 2" in d["errors"][0]["error"] for d in doc["worlds"]["dropped"])
+    assert doc["power"]["resolution"] is None and "too few worlds" in doc["power"]["note"]
+    assert "too few worlds" in (tmp_path / "evaluation.md").read_text()
+    assert math.isclose(doc["agents"]["rules"]["worlds"], 0)

@@ -80,3 +80,33 @@ def test_plays_in_scmls_own_parallel_tournament(tmp_path):
     )
     types = " ".join(results.total_scores["agent_type"].astype(str))
     assert "LitaAgentHRL" in types and len(results.scores) > 0
+
+
+def test_ablations_replace_the_planner_and_the_coordinator_by_their_rules(tmp_path, monkeypatch):
+    """Under ablate l2 + l4 the planner and the coordinator are never called: here they raise if they are,
+    which the agent would record as a fallback."""
+    import hrlxf_agent.hrl as hrl
+
+    def broken(*args, **kwargs):
+        raise AssertionError("an ablated layer ran")
+
+    def load_without_l2_l4(spec, executor="final"):
+        b = load_bundle(spec, executor=executor)
+        b.planner.forward = broken
+        b.coordinator_fn = broken
+        return b
+
+    monkeypatch.setattr(hrl, "load_bundle", load_without_l2_l4)
+    bundle = write_untrained_bundle(tmp_path / "b")
+    subject = audited(LitaAgentHRL)
+    params = {"controller_params": {"bundle": str(bundle), "ablate": ["l2", "l4"]}}
+    world = make_world([subject] + [resolve(n) for n in EXPERTS], steps=10, seed=5,
+                       agent_params=[params] + [{} for _ in EXPERTS])
+    world.run()
+    agents = list(agents_of(world, subject).values())
+    _assert_safe_and_active(agents)
+    for a in agents:
+        assert a.ablate == {"l2", "l4"} and a.models is not None
+        assert not a.fallbacks, a.fallbacks  # neither layer ran; L3 ran its network
+    with pytest.raises(ValueError, match="unknown layers"):
+        LitaAgentHRL(bundle=str(bundle), ablate=["l3"])

@@ -83,18 +83,20 @@ def test_a_run_killed_in_collect_resumes_without_redoing_finished_worlds(data):
     worlds = r["report"]["worlds"]
     assert worlds["skipped"] == len(finished) and worlds["played"] == 4 - len(finished) and not worlds["failed"]
     assert list(states(r)) == STAGES and all(s == "computed" for s in states(r).values()), states(r)
-    configurations = r["report"]["evaluation_configurations"]  # the evaluation's tournaments, mapped as tasks
-    assert configurations["played"] == 1 and configurations["workers"], configurations
+    evaluated = r["report"]["evaluation_units"]  # (world, candidate) units, mapped as tasks
+    assert evaluated["played"] == 3 and evaluated["workers"] and not evaluated["failed"], evaluated  # 2 bundles, Penguin
     assert Path(r["report"]["bundle"], "manifest.json").is_file() and Path(r["report"]["evaluation"]).is_file()
-    assert f"bundle: {r['report']['bundle']}" in r["out"] and f"evaluation: {r['report']['evaluation']}" in r["out"]
+    assert f"LATEST bundle: {r['report']['bundle']}" in r["out"] and f"evaluation: {r['report']['evaluation']}" in r["out"]
     assert (data["root"] / "bundles" / "LATEST").read_text().strip() == r["report"]["bundle"]
+    assert r["report"]["latest"]["move"] and r["report"]["latest"]["reason"] == "there was no LATEST"
+    assert r["report"]["bundle"] in r["report"]["bundles"].values()
 
 
 def test_a_second_run_with_nothing_changed_is_all_cache_hits_in_seconds(data):
     r = hrlxf(data["root"], "--profile", "smoke")
     assert r["rc"] == 0, r["err"][-3000:]
     assert all(s == "cached" for s in states(r).values()), states(r)
-    assert r["report"]["worlds"]["played"] == 0 and r["report"]["evaluation_configurations"]["played"] == 0
+    assert r["report"]["worlds"]["played"] == 0 and r["report"]["evaluation_units"]["played"] == 0
     assert r["report"]["seconds"] < 15, r["report"]["seconds"]  # the flow itself; the rest is start-up
     assert r["report"]["bundle"] == data["resumed"]["report"]["bundle"]
     print(f"cached rerun: flow {r['report']['seconds']} s, command {r['wall']:.1f} s")
@@ -154,6 +156,10 @@ def test_a_changed_stage_config_recomputes_only_that_stage_and_the_ones_after(da
     got = states(r)
     assert all(got[s] == "cached" for s in STAGES[:7]), got
     assert all(got[s] == "computed" for s in ("train_l4", "bundle", "bundle_direct", "evaluate")), got
+    # the old LATEST plays beside the new bundles; one smoke world cannot show a difference: LATEST stays
+    latest = r["report"]["latest"]
+    assert not latest["move"] and "too few worlds" in latest["reason"], latest
+    assert r["report"]["evaluation_units"]["played"] == 2 and len(r["report"]["evaluation_units"]["candidates"]) == 4
 
 
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):

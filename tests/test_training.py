@@ -78,6 +78,8 @@ def test_trained_bundles_load_and_play_with_no_unsafe_or_illegal_decision(traine
         bundle = load_bundle(path)
         assert bundle.manifest.l3_mode == mode and bundle.manifest.metrics["trained"]
         assert bundle.executor.config.heuristic_prior == 0.0  # a trained executor decides alone
+        bc = load_bundle(path, executor="bc")  # L3 before AWR travels in the bundle (the BC ablation)
+        assert any(not torch.equal(v, bundle.executor.state_dict()[k]) for k, v in bc.executor.state_dict().items())
         assert (trained["bundles"] / "LATEST").read_text().strip() == str(path.resolve())
         cls = audited(LitaAgentHRL)
         world = make_world([cls, resolve("PenguinAgent"), resolve("AS0")], steps=12, seed=5,

@@ -1,0 +1,166 @@
+"""Paired worlds: one generated std configuration, played once per candidate in the same slots.
+
+World configuration ``seed`` is generated once (scml's own generator) with a
+marker type in the candidates' slots; each candidate then plays that same
+configuration (same factories, exogenous contracts, opponents and seeds) in
+those slots. Scores are then compared world by world: the market of a world
+moves every candidate together and cancels in the difference. One (world,
+candidate) pair is one unit of work (`PairedJob`); the audit and the paired
+evaluation both run on it. Each unit returns the candidate's score, its audit
+counts (unsafe / illegal decisions) and the thesis' measurements (seed 000
+section 6.2-6.3), read from the world's own records.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tasks.collect import time_limit
+
+
+@dataclass(frozen=True)
+class PairedJob:
+    """One candidate in world configuration ``seed``: ``agent`` (a registry name) with ``params`` in the slots."""
+
+    world: int
+    seed: int
+    candidate: str  # the label the results are reported under
+    agent: str
+    opponents: tuple[str, ...]
+    steps: int
+    params: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 1800.0  # seconds one world may run before it counts as crashed
+
+
+class _Slot:
+    """Marks the candidates' slots while a configuration is generated (never played)."""
+
+
+def world_config(seed: int, opponent_types: list[type], steps: int) -> tuple[dict[str, Any], list[int]]:
+    """A std world configuration and the indices of its candidate slots (at least one)."""
+    from scml.std import SCML2024StdWorld
+    from scml.std.agents import RandomStdAgent
+
+    marker = type("CandidateSlot", (RandomStdAgent, _Slot), {})
+    for attempt in range(100):
+        s = seed + 100_003 * attempt
+        random.seed(s)
+        np.random.seed(s % (2**32))
+        config = SCML2024StdWorld.generate(agent_types=[marker, *opponent_types], n_steps=steps)
+        slots = [i for i, p in enumerate(config["agent_params"]) if p.get("controller_type") is marker]
+        if slots:
+            return config, slots
+    raise RuntimeError(f"no candidate slot in 100 configurations from seed {seed}")
+
+
+def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types: list[type], steps: int) -> Any:
+    """The world of configuration ``seed`` with ``subject`` in the candidate slots, seeded to play the same way.
+
+    ``sync_calls``: negmas calls agents directly, not in a timeout thread per call (same outcomes, faster;
+    see `tasks.collect.collect_world`); the unit's own time limit replaces the per-call ones.
+    """
+    from scml.std import SCML2024StdWorld
+
+    config, slots = world_config(seed, opponent_types, steps)
+    for i in slots:
+        config["agent_params"][i]["controller_type"] = subject
+        if params:
+            config["agent_params"][i]["controller_params"] = dict(params)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    return SCML2024StdWorld(**config, construct_graphs=False, sync_calls=True)
+
+
+def slot_of(agent_id: str) -> str:
+    """The factory behind an scml agent id ``<index><type letters>@<level>`` (``03Pe@0`` -> ``03@0``):
+    the same factory has another id when another type plays it."""
+    head, _, level = str(agent_id).partition("@")
+    return "".join(ch for ch in head if ch.isdigit()) + "@" + level
+
+
+def _happened(contract: dict[str, Any], when: str) -> bool:
+    """negmas records the step of an event, -1 (or None) when it did not happen."""
+    step = contract.get(when)
+    return step is not None and step >= 0
+
+
+def world_metrics(world: Any, aids: list[str], negotiations: int) -> dict[str, float]:
+    """The thesis' measurements of the factories ``aids`` in a finished world, summed over them.
+
+    From scml's own records: ``saved_contracts`` (negotiated contracts have issues; exogenous ones
+    none) and the daily ``stats`` (shortfall, storage cost, inventory, balance, bankruptcy).
+    ``negs_succeeded`` counts agreements; ``contracts_signed`` / ``_executed`` every contract of the
+    factories, exogenous ones included; bought, sold and the trade volume (quantity x unit price) are
+    the negotiated ones.
+    Volatilities are the std over days of the input stock (items) and of the balance as a share of
+    the initial balance (so worlds of different sizes compare).
+    """
+    mine = set(aids)
+    contracts = [c for c in world.saved_contracts if c["seller"] in mine or c["buyer"] in mine]
+    negotiated = [c for c in contracts if c.get("issues")]  # exogenous contracts have no issues
+    signed = [c for c in contracts if _happened(c, "signed_at")]
+    executed = [c for c in signed if _happened(c, "executed_at")]
+    stats = world.stats
+    initial = world.initial_balances
+
+    def daily(key: str, aid: str) -> np.ndarray:
+        return np.asarray(stats[f"{key}_{aid}"], dtype=float)
+
+    return {
+        "negotiations": float(negotiations),
+        "negs_succeeded": float(len(negotiated)),
+        "contracts_signed": float(len(signed)),
+        "contracts_executed": float(len(executed)),
+        "contracts_nullified": float(sum(1 for c in signed if _happened(c, "nullified_at"))),
+        "bought": float(sum(c["quantity"] for c in negotiated if c["buyer"] in mine)),
+        "sold": float(sum(c["quantity"] for c in negotiated if c["seller"] in mine)),
+        "trade_volume": float(sum(c["quantity"] * c["unit_price"] for c in negotiated)),
+        "shortfall_quantity": float(sum(daily("shortfall_quantity", a).sum() for a in aids)),
+        "shortfall_penalty": float(sum(daily("shortfall_penalty", a).sum() for a in aids)),
+        "storage_cost": float(sum(daily("storage_cost", a).sum() for a in aids)),
+        "bankruptcies": float(sum(bool(daily("bankrupt", a)[-1]) for a in aids)),
+        "inventory_volatility": float(np.mean([daily("inventory_input", a).std() for a in aids])),
+        "cash_volatility": float(np.mean([(daily("balance", a) / float(initial[a])).std() for a in aids])),
+    }
+
+
+def play_paired(job: PairedJob) -> dict[str, Any]:
+    """Play one candidate in one paired world; never raises (a crash is returned as the row's error).
+
+    Every decision of the candidate is audited (`hrlxf_agent.audit`), whoever wrote the agent.
+    """
+    from hrlxf_agent.audit import AuditCounts, audited
+    from hrlxf_agent.registry import resolve_all
+
+    start = time.perf_counter()
+    row: dict[str, Any] = {"world": job.world, "seed": job.seed, "agent": job.candidate, "error": None}
+    try:
+        classes = resolve_all([job.agent, *job.opponents])
+        subject = audited(classes[job.agent])
+        world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps)
+        with time_limit(job.timeout):
+            world.run()
+        scores = world.scores()
+        counts = AuditCounts()
+        aids, negotiations = [], 0
+        for aid, adapter in world.agents.items():
+            obj = getattr(adapter, "_obj", None)
+            if isinstance(obj, subject):
+                hook = obj.hook()
+                counts.add(hook.counts)
+                negotiations += len(hook.threads)
+                aids.append(aid)
+        mine = [float(scores[a]) for a in aids]
+        row.update(scores=mine, score=float(np.mean(mine)), counts=asdict(counts), factories=aids,
+                   n_agents=len(world.agents) - 2, metrics=world_metrics(world, aids, negotiations))
+    except Exception as e:  # one crashing world never stops the others (a timeout too)
+        row["error"] = f"{type(e).__name__}: {e}"
+        row["traceback"] = traceback.format_exc(limit=8)
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row
