@@ -231,13 +231,18 @@ def current_latest(bundles: Path) -> Path | None:
         return None  # a LATEST that does not load is no bundle to defend
 
 
-def _move_latest(plan: Plan, paths: dict[str, Path], report: dict, current: Path | None) -> dict | None:
+def _move_latest(plan: Plan, report: dict, current: Path | None) -> dict | None:
     """LATEST moves only on the evaluation's evidence (`tasks.evaluate.decide_latest`), or when there is none."""
     from hrlxf_agent.bundle import set_latest
-    from tasks.evaluate import apply_latest
+    from tasks.evaluate import decide_latest
 
     if report["evaluation"]:
-        return apply_latest(json.loads(Path(report["evaluation"]).read_text()), plan.data / "bundles")
+        doc = json.loads(Path(report["evaluation"]).read_text())
+        new = [Path(p).resolve().name for p in report["bundles"].values()]
+        decision = decide_latest(doc, current.name if current is not None else None, new)
+        if decision["move"]:
+            set_latest(Path(doc["agents"][decision["to"]]["bundle"]), plan.data / "bundles")
+        return decision
     if current is None and "bundle" in report["bundles"]:
         set_latest(Path(report["bundles"]["bundle"]), plan.data / "bundles")
         return {"move": True, "to": Path(report["bundles"]["bundle"]).name, "reason": "there was no LATEST"}
@@ -270,9 +275,7 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
     paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
     if bundle is not None:
         paths["bundle"] = bundle
-    current = current_latest(plan.data / "bundles")
-    if current is not None:
-        paths["latest"] = current  # the evaluation plays it beside the new bundles: LATEST moves only on evidence
+    latest_at_start = current_latest(plan.data / "bundles")
     current = None
     try:
         for stage in plan.stages:
@@ -294,6 +297,9 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
                                                       "seconds": time.perf_counter() - t0, "run_id": plan.run_id})
                 record, how, seconds = run_stage(call, forced, results, refresh=bool(rows))  # worlds played: a new summary
             elif stage.name == "evaluate":
+                if latest_at_start is not None and latest_at_start not in {
+                        paths[k].resolve() for k in ("bundle", "bundle_direct") if k in paths}:
+                    paths["latest"] = latest_at_start  # played beside the new bundles: LATEST moves only on evidence
                 t0 = time.perf_counter()
                 worlds, report["evaluation_units"] = _evaluation_worlds(plan, paths, dask_address)
                 record, how, seconds = run_stage(_call(plan, stage.name, paths, more_paths={"eval_worlds": worlds}),
@@ -310,8 +316,8 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
         ran = {s.name for s in plan.stages}
         if "evaluation" in paths and "evaluate" in ran:
             report["evaluation"] = str(paths["evaluation"] / "evaluation.json")
-        report["bundles"] = {k: str(paths[k]) for k in ("bundle", "bundle_direct") if k in paths and k in ran}
-        report["latest"] = _move_latest(plan, paths, report, current)
+        report["bundles"] = {k: str(paths[k]) for k in ("bundle", "bundle_direct") if k in paths}  # made or given
+        report["latest"] = _move_latest(plan, report, latest_at_start)
         report["bundle"] = str(current_latest(plan.data / "bundles") or "") or None
         report["status"] = "completed"
     except StageFailed as e:

@@ -164,15 +164,14 @@ def _bundle_direct(p: dict[str, Path], config: Any) -> Path:
 def _evaluate(p: dict[str, Path], config: Any) -> dict:
     from tasks.evaluate import evaluate, find_pair, pipeline_candidates
 
-    specs, pairs, latest = pipeline_candidates(p)
+    specs, pairs, _ = pipeline_candidates(p)
     # the flow mapped the (world, candidate) units as tasks already: summarize what they wrote
     doc = evaluate(config, p["out"], specs, worlds_dir=p["eval_worlds"], play=False, extra_pairs=pairs,
-                   bundles_root=p["bundles"], latest=latest)
+                   bundles_root=p["bundles"])
     return {"worlds": doc["worlds"]["complete"], "resolution": doc["power"]["resolution"],
             "scores": {n: a["score"]["mean"] for n, a in doc["agents"].items()},
             "vs_reference": {p_["a"]: [p_["mean"], p_["half_width"]] for p_ in doc["paired"] if p_["b"] == doc["reference"]},
-            "pairs": {f"{a} - {b}": [d["mean"], d["half_width"]] for a, b in pairs if (d := find_pair(doc, a, b))},
-            "latest": doc["latest"]}
+            "pairs": {f"{a} - {b}": [d["mean"], d["half_width"]] for a, b in pairs if (d := find_pair(doc, a, b))}}
 
 
 def _headline(metrics: dict) -> dict:

@@ -113,7 +113,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tasks.evaluate import EvalConfig, apply_latest, evaluate, markdown, resolve_candidates, units_dir
 
     config = EvalConfig(worlds=args.worlds, steps=args.steps, seed=args.seed, reference=args.reference,
-                        workers=args.workers, **({"candidates": _csv(args.candidates)} if args.candidates else {}),
+                        workers=args.workers, agents_per_world=_range(args.factories),
+                        **({"candidates": _csv(args.candidates)} if args.candidates else {}),
                         **({"opponents": _csv(args.opponents)} if args.opponents else {}))
     bundles = list(args.bundle or [])
     current = _current_latest() if args.promote else None
@@ -143,6 +144,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(markdown(doc))
     print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and {out / 'forest.png'} (worlds: {worlds_dir})")
     return 0
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise SystemExit(f"hrlxf evaluate: --factories takes LO-HI (e.g. 8-12), got {text!r}") from None
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -211,6 +220,7 @@ def add_parsers(sub: Any, bundle_sub: Any) -> None:
     ev.add_argument("--worlds", type=int, default=24, help="paired: world configurations (every candidate plays each)")
     ev.add_argument("--configs", type=int, default=4, help="tournament: configurations (x rotations of the competitors)")
     ev.add_argument("--steps", type=int, default=50)
+    ev.add_argument("--factories", default="8-12", help="paired: factories per world, LO-HI (the default collection's)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--workers", type=int, default=2, help="paired: parallel world processes")
     ev.add_argument("--promote", action="store_true",

@@ -48,6 +48,7 @@ class EvalConfig:
     candidates: tuple[str, ...] = ("rules", "LitaAgentHS", "PenguinAgent")  # bundles given are added in front
     reference: str = "PenguinAgent"  # every candidate's paired difference is taken against it (added if missing)
     opponents: tuple[str, ...] = field(default_factory=lambda: COLLECT_PROFILES["default"].experts)
+    agents_per_world: tuple[int, int] = COLLECT_PROFILES["default"].agents_per_world  # factories per world
     workers: int = 2
     world_timeout: float = 1800.0
 
@@ -60,13 +61,16 @@ class EvalConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not self.opponents:
             raise ValueError("opponents: give at least one opponent agent")
+        lo, hi = self.agents_per_world
+        if not 2 <= lo <= hi:
+            raise ValueError(f"agents_per_world must be a range (lo, hi) with 2 <= lo <= hi, got {self.agents_per_world}")
         from hrlxf_agent.registry import resolve_all
 
         resolve_all(list(self.opponents))  # an unknown name fails before any world
 
     @classmethod
     def smoke(cls) -> "EvalConfig":
-        return cls(worlds=1, steps=10, candidates=("PenguinAgent",),
+        return cls(worlds=1, steps=10, candidates=("PenguinAgent",), agents_per_world=(6, 8),
                    opponents=("AS0", "XenoSotaAgent", "UltraSuperMiracleSoraFinalAgentZ"))
 
 
@@ -86,7 +90,8 @@ def units_dir(out: Path, config: EvalConfig, code: str = "") -> Path:
     from tasks.fingerprint import canonical
 
     what = {"steps": config.steps, "seed": config.seed, "opponents": list(config.opponents),
-            "timeout": config.world_timeout, "base": WORLD_SEED_BASE, "code": code}
+            "sizes": list(config.agents_per_world), "timeout": config.world_timeout, "base": WORLD_SEED_BASE,
+            "code": code}
     return Path(out) / "worlds" / hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
 
 
@@ -106,7 +111,7 @@ def resolve_candidates(config: EvalConfig, bundles: Sequence[str | Path] = (), b
 def units(config: EvalConfig, candidates: Sequence[Candidate], worlds_dir: Path) -> list[EvalUnit]:
     """Every (world, candidate) of the evaluation, world by world."""
     return [EvalUnit(PairedJob(w, world_seed(config, w), c.label, c.agent, tuple(config.opponents), config.steps,
-                               dict(c.params), config.world_timeout),
+                               dict(c.params), config.world_timeout, tuple(config.agents_per_world)),
                      str(Path(worlds_dir) / f"w{w:03d}" / f"{c.key()}.json"))
             for w in range(config.worlds) for c in candidates]
 
@@ -212,7 +217,17 @@ def summarize(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], c
 
 
 def find_pair(doc: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
-    return next((p for p in doc["paired"] if p["a"] == a and p["b"] == b), None)
+    """The paired difference ``a - b``, from ``b - a`` if only that one was taken."""
+    direct = next((p for p in doc["paired"] if p["a"] == a and p["b"] == b), None)
+    if direct is not None:
+        return direct
+    other = next((p for p in doc["paired"] if p["a"] == b and p["b"] == a), None)
+    if other is None:
+        return None
+    flip = {k: (-v if isinstance(v, (int, float)) and k in ("mean",) else v) for k, v in other.items()}
+    for k in ("ci95", "bootstrap_ci95"):
+        flip[k] = [-other[k][1], -other[k][0]] if other[k] else None
+    return {**flip, "a": a, "b": b, "wins": other["losses"], "losses": other["wins"]}
 
 
 def decide_latest(doc: dict[str, Any], current: str | None, new: Sequence[str]) -> dict[str, Any]:
@@ -254,18 +269,17 @@ def apply_latest(doc: dict[str, Any], bundles_root: Path) -> dict[str, Any] | No
     return decision
 
 
-def pipeline_candidates(p: dict[str, Path]) -> tuple[list[str], list[tuple[str, str]], tuple[str | None, list[str]]]:
-    """The pipeline's bundles as candidate specs (the new ones, then the LATEST the run started with), the
-    pairs that decide the L3 mode and LATEST, and (current LATEST, new) labels for `decide_latest`."""
+def pipeline_candidates(p: dict[str, Path]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """The pipeline's bundles as candidate specs (the new ones, then the LATEST the run started with if it
+    is not one of them), the pairs that decide the L3 mode and LATEST, and the new bundles' labels."""
     new = [Path(p[k]) for k in ("bundle", "bundle_direct") if k in p]
     labels = [b.resolve().name for b in new]
     specs, pairs = [str(b) for b in new], [tuple(labels)] if len(labels) == 2 else []
-    current = None
     if "latest" in p:
         current = Path(p["latest"]).resolve().name
         specs.append(str(p["latest"]))
         pairs += [(n, current) for n in labels if n != current]
-    return specs, pairs, (current, labels)
+    return specs, pairs, labels
 
 
 # ------------------------------------------------------------------------------- the report

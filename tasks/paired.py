@@ -36,14 +36,19 @@ class PairedJob:
     steps: int
     params: dict[str, Any] = field(default_factory=dict)
     timeout: float = 1800.0  # seconds one world may run before it counts as crashed
+    agents_per_world: tuple[int, int] | None = None  # factories drawn per world (None: scml's own 8-24)
 
 
 class _Slot:
     """Marks the candidates' slots while a configuration is generated (never played)."""
 
 
-def world_config(seed: int, opponent_types: list[type], steps: int) -> tuple[dict[str, Any], list[int]]:
-    """A std world configuration and the indices of its candidate slots (at least one)."""
+def world_config(seed: int, opponent_types: list[type], steps: int,
+                 agents_per_world: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[int]]:
+    """A std world configuration and the indices of its candidate slots (at least one).
+
+    ``agents_per_world``: the number of factories, drawn in that range and spread over 2 or 3
+    processes as `tasks.collect` does; None keeps scml's own sizes (4-8 per process)."""
     from scml.std import SCML2024StdWorld
     from scml.std.agents import RandomStdAgent
 
@@ -52,14 +57,20 @@ def world_config(seed: int, opponent_types: list[type], steps: int) -> tuple[dic
         s = seed + 100_003 * attempt
         random.seed(s)
         np.random.seed(s % (2**32))
-        config = SCML2024StdWorld.generate(agent_types=[marker, *opponent_types], n_steps=steps)
+        sizes: dict[str, Any] = {}
+        if agents_per_world is not None:
+            n_agents, n_processes = random.randint(*agents_per_world), random.choice((2, 3))
+            sizes = {"n_processes": n_processes, "n_agents_per_process": [
+                n_agents // n_processes + (1 if i < n_agents % n_processes else 0) for i in range(n_processes)]}
+        config = SCML2024StdWorld.generate(agent_types=[marker, *opponent_types], n_steps=steps, **sizes)
         slots = [i for i, p in enumerate(config["agent_params"]) if p.get("controller_type") is marker]
         if slots:
             return config, slots
     raise RuntimeError(f"no candidate slot in 100 configurations from seed {seed}")
 
 
-def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types: list[type], steps: int) -> Any:
+def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types: list[type], steps: int,
+                agents_per_world: tuple[int, int] | None = None) -> Any:
     """The world of configuration ``seed`` with ``subject`` in the candidate slots, seeded to play the same way.
 
     ``sync_calls``: negmas calls agents directly, not in a timeout thread per call (same outcomes, faster;
@@ -67,7 +78,7 @@ def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types
     """
     from scml.std import SCML2024StdWorld
 
-    config, slots = world_config(seed, opponent_types, steps)
+    config, slots = world_config(seed, opponent_types, steps, agents_per_world)
     for i in slots:
         config["agent_params"][i]["controller_type"] = subject
         if params:
@@ -143,7 +154,8 @@ def play_paired(job: PairedJob) -> dict[str, Any]:
     try:
         classes = resolve_all([job.agent, *job.opponents])
         subject = audited(classes[job.agent])
-        world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps)
+        world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps,
+                            job.agents_per_world)
         with time_limit(job.timeout):
             world.run()
         scores = world.scores()

@@ -103,6 +103,8 @@ def test_latest_moves_on_a_clear_win_and_not_on_too_few_worlds():
     doc = summarize(rows, cands, EvalConfig(worlds=4), extra_pairs=[("new", "old")])
     d = decide_latest(doc, "old", ["new"])
     assert d["move"] and d["to"] == "new" and "excludes 0" in d["reason"]
+    flipped = summarize(rows, cands, EvalConfig(worlds=4), extra_pairs=[("old", "new")])  # only old - new taken
+    assert decide_latest(flipped, "old", ["new"]) == d
     few = summarize([r for r in rows if r["world"] < 2], cands, EvalConfig(worlds=2), extra_pairs=[("new", "old")])
     d = decide_latest(few, "old", ["new"])
     assert not d["move"] and "too few worlds" in d["reason"]
