@@ -114,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     config = EvalConfig(worlds=args.worlds, steps=args.steps, seed=args.seed, reference=args.reference,
                         workers=args.workers, agents_per_world=_range(args.factories),
-                        **({"candidates": _csv(args.candidates)} if args.candidates else {}),
+                        candidates=_csv(args.candidates),
                         **({"opponents": _csv(args.opponents)} if args.opponents else {}))
     bundles = list(args.bundle or [])
     current = _current_latest() if args.promote else None
@@ -212,12 +212,12 @@ def add_parsers(sub: Any, bundle_sub: Any) -> None:
                     help="paired (default) or scml's anac2024_std with real rotations")
     ev.add_argument("--bundle", action="append", default=None,
                     help="bundle path or 'latest' (repeatable); a candidate, in front of --candidates")
-    ev.add_argument("--candidates", default=None,
+    ev.add_argument("--candidates", default="rules,LitaAgentHS,PenguinAgent",
                     help="comma-separated: agent names, rules, untrained[:direct], bundle paths, latest, "
                          "VARIANTS:BUNDLE with VARIANTS from bc, nol2, nol4 joined by + (default: rules,LitaAgentHS,PenguinAgent)")
     ev.add_argument("--reference", default="PenguinAgent", help="paired differences are taken against it")
     ev.add_argument("--opponents", default=None, help="comma-separated opponents (default: the collection's experts)")
-    ev.add_argument("--worlds", type=int, default=24, help="paired: world configurations (every candidate plays each)")
+    ev.add_argument("--worlds", type=int, default=30, help="paired: world configurations (every candidate plays each)")
     ev.add_argument("--configs", type=int, default=4, help="tournament: configurations (x rotations of the competitors)")
     ev.add_argument("--steps", type=int, default=50)
     ev.add_argument("--factories", default="8-12", help="paired: factories per world, LO-HI (the default collection's)")
