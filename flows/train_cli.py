@@ -125,7 +125,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (CandidateError, UnknownAgentError, ValueError) as e:
         print(f"hrlxf evaluate: {e}", file=sys.stderr)
         return 2
-    worlds_dir = units_dir(out, config)
+    worlds_dir = units_dir(out / "worlds", config)
     new = [parse_candidate(b).label for b in bundles]
     latest_label = parse_candidate(current).label if current else None
     pairs = [(n, latest_label) for n in new if latest_label and n != latest_label]

@@ -82,9 +82,10 @@ class EvalUnit:
     path: str
 
 
-def units_dir(out: Path, config: EvalConfig, code: str = "") -> Path:
-    """Where the unit rows of this evaluation live: keyed by what makes a world (steps, seed, opponents, time
-    limit) and ``code`` (the pipeline passes its code version), so other settings never reuse them."""
+def units_dir(root: Path, config: EvalConfig, code: str = "") -> Path:
+    """Where the unit rows of this evaluation live, ``<root>/<key>``: keyed by what makes a world (steps, seed,
+    opponents, sizes, time limit) and ``code`` (the pipeline passes its code version), so other settings
+    never reuse them."""
     import hashlib
 
     from tasks.fingerprint import canonical
@@ -92,7 +93,7 @@ def units_dir(out: Path, config: EvalConfig, code: str = "") -> Path:
     what = {"steps": config.steps, "seed": config.seed, "opponents": list(config.opponents),
             "sizes": list(config.agents_per_world), "timeout": config.world_timeout, "base": WORLD_SEED_BASE,
             "code": code}
-    return Path(out) / "worlds" / hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
+    return Path(root) / hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
 
 
 def world_seed(config: EvalConfig, world: int) -> int:
@@ -384,7 +385,7 @@ def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), 
              progress: Callable[[dict], None] | None = None, play: bool = True,
              extra_pairs: Sequence[tuple[str, str]] = (), bundles_root: Path | None = None,
              latest: tuple[str | None, Sequence[str]] | None = None) -> dict[str, Any]:
-    """Play the (world, candidate) units not played yet in ``worlds_dir`` (default `units_dir`) on
+    """Play the (world, candidate) units not played yet in ``worlds_dir`` (default ``out/worlds/<key>``) on
     ``config.workers`` processes (``play=False``: the caller mapped them already), then write the report.
     ``latest`` = (label of the current LATEST or None, labels of the new bundles): the report then says
     where LATEST should point (`decide_latest`; `apply_latest` moves it)."""
@@ -393,7 +394,7 @@ def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), 
     config.validate()
     candidates = resolve_candidates(config, bundles, bundles_root)  # bad names and bundles fail before any world
     out = Path(out)
-    worlds_dir = Path(worlds_dir) if worlds_dir is not None else units_dir(out, config)
+    worlds_dir = Path(worlds_dir) if worlds_dir is not None else units_dir(out / "worlds", config)
     every = units(config, candidates, worlds_dir)
     missing = todo(every)
     if play and missing:

@@ -147,7 +147,7 @@ def test_paired_run_same_slots_schema_and_resume(tmp_path, monkeypatch):
     assert doc["agents"]["rules"]["metrics"]["negs_succeeded"] > 0
     # a unit lost (a killed run) is the only one played again
     config = EvalConfig(worlds=3, steps=10, candidates=("rules", "PenguinAgent"), opponents=("AS0",))
-    every = units(config, [parse_candidate("rules"), parse_candidate("PenguinAgent")], units_dir(out, config))
+    every = units(config, [parse_candidate("rules"), parse_candidate("PenguinAgent")], units_dir(out / "worlds", config))
     lost = every[3]
     before = {u.path: json.loads(open(u.path).read()) for u in every}
     os.remove(lost.path)
