@@ -22,7 +22,6 @@ The three flows share the flow name ``hrlxf`` so that their deployments in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ from flows.stages import (
 )
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
 from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
-from tasks.fingerprint import StageInputsPolicy, canonical, fingerprint
+from tasks.fingerprint import StageInputsPolicy, fingerprint
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
