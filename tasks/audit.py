@@ -20,7 +20,7 @@ import numpy as np
 
 from hrlxf_agent.registry import WINNERS_2025, resolve_all
 from tasks import parallel
-from tasks.paired import PairedJob, play_paired
+from tasks.paired import PairedJob, check_run_size, play_paired
 from tasks.report import md_table
 
 AUDIT_SCHEMA_VERSION = 1
@@ -41,12 +41,7 @@ class AuditConfig:
     def validate(self) -> None:
         if not self.agents:
             raise ValueError("agents: give at least one agent to audit")
-        if self.worlds < 1:
-            raise ValueError(f"worlds must be >= 1, got {self.worlds}")
-        if self.steps < 3:
-            raise ValueError(f"steps must be >= 3, got {self.steps}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        check_run_size(self.worlds, self.steps, self.workers)
         resolve_all(list(self.agents) + list(self.opponents))  # unknown names fail here
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from tasks.candidates import Candidate, parse_candidates
 from tasks.collect import PROFILES as COLLECT_PROFILES
-from tasks.paired import PairedJob, play_paired, slot_of
+from tasks.paired import PairedJob, check_run_size, play_paired, slot_of
 from tasks.stats import excludes_zero, mean_interval, paired_difference
 
 EVALUATION_SCHEMA_VERSION = 2
@@ -53,12 +53,7 @@ class EvalConfig:
     world_timeout: float = 1800.0
 
     def validate(self) -> None:
-        if self.worlds < 1:
-            raise ValueError(f"worlds must be >= 1, got {self.worlds}")
-        if self.steps < 3:
-            raise ValueError(f"steps must be >= 3, got {self.steps}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        check_run_size(self.worlds, self.steps, self.workers)
         if not self.opponents:
             raise ValueError("opponents: give at least one opponent agent")
         lo, hi = self.agents_per_world

@@ -39,6 +39,16 @@ class PairedJob:
     agents_per_world: tuple[int, int] | None = None  # factories drawn per world (None: scml's own 8-24)
 
 
+def check_run_size(worlds: int, steps: int, workers: int) -> None:
+    """The numbers every run of paired worlds needs (the audit's and the evaluation's)."""
+    if worlds < 1:
+        raise ValueError(f"worlds must be >= 1, got {worlds}")
+    if steps < 3:
+        raise ValueError(f"steps must be >= 3, got {steps}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+
 class _Slot:
     """Marks the candidates' slots while a configuration is generated (never played)."""
 
