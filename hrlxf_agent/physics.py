@@ -29,6 +29,7 @@ and nothing else.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -133,6 +134,52 @@ def purchases_of_use(
     floor = input_stock_floor(stock, inputs, n_lines)
     room = buy_room(floor, inputs - purchases, n_lines, days_left)
     return bool(np.all(purchases <= room + 1e-9))
+
+
+def purchase_cap(
+    stock: float, inputs: np.ndarray, purchases: np.ndarray, n_lines: int, days_left: np.ndarray, k: int
+) -> int:
+    """The largest integer purchase for day k that keeps it and every purchase already made of use.
+
+    ``inputs`` already count ``purchases``. 0.8.4 in closed form: a purchase on
+    day j is of use while the stock floor F[j] < n and F[j] + inputs[j] <= 2n
+    (`buy_room`); adding q on day k raises day k's inputs by q and every later
+    floor by the part of day k's inputs above the lines. A world that consumes
+    its stock has no such form: search the largest q `purchases_of_use` accepts.
+    """
+    inputs = np.asarray(inputs, dtype=float)
+    purchases = np.asarray(purchases, dtype=float)
+    n = float(n_lines)
+    if not 0 <= k < len(inputs) or days_left[k] <= 0:
+        return 0
+    if INPUT_STOCK_CONSUMED:
+        return _search_cap(stock, inputs, purchases, n_lines, days_left, k)
+    floor = input_stock_floor(stock, inputs, n_lines)
+    if floor[k] >= n:
+        return 0
+    cap = 2.0 * n - floor[k] - inputs[k]
+    later = np.flatnonzero(purchases[k + 1 :] > 0) + k + 1
+    if len(later):
+        # later floors may rise by less than n - F (stay below the lines) and by at most 2n - F - inputs
+        rise = min(float(np.min(np.ceil(n - floor[later]) - 1.0)), float(np.min(2.0 * n - floor[later] - inputs[later])))
+        if rise < 0:
+            return 0
+        cap = min(cap, rise + max(0.0, n - inputs[k]))  # day k's inputs up to the lines add nothing to later floors
+    return max(0, int(math.floor(cap + 1e-9)))
+
+
+def _search_cap(stock, inputs, purchases, n_lines, days_left, k) -> int:
+    def of_use(q: int) -> bool:
+        i, b = inputs.copy(), purchases.copy()
+        i[k] += q
+        b[k] += q
+        return purchases_of_use(stock, i, b, n_lines, days_left)
+
+    lo, hi = 0, int(2 * n_lines + 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if of_use(mid) else (lo, mid - 1)
+    return lo
 
 
 def reverse_cummin(x: np.ndarray) -> np.ndarray:

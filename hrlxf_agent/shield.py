@@ -16,8 +16,16 @@ not from the seeds' production-to-stock model:
   production every day for free), else at most ``2 n_lines - (stock floor +
   signed inputs)``: more is certain waste (`physics.buy_room`). Within a
   batch the room is recomputed after each purchase (one may reach the stock).
-* money: B_free = balance x (1 - reserve) - every committed payable (signed
-  supplies and today's exogenous supply); a batch never spends more.
+* money: scml cuts production when a day's input payments plus a contract's
+  ``quantity x production_cost`` exceed the balance (`OneShotUFun.from_offers`,
+  the cash check), so a unit bought costs its price plus the production cost.
+  B_free = balance x (1 - reserve) - every committed payable (signed supplies
+  and today's exogenous supply) - the production cost of every committed input
+  unit; a batch never spends more, each unit at price + production cost. (The
+  simulator charges only the contract's own units in each check: counting all
+  of them is conservative, and exact for a day with one purchase.)
+* bankrupt partners: their contracts are void (the Snapshot leaves them out);
+  a thread with one is always ended.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ class Bounds:
     stock: float  # input stock today
     days_left: np.ndarray
     n_lines: int
+    unit_overhead: float  # production cost paid (in the cash check) per unit bought
     time_mask_buy: np.ndarray  # 0 where a buy of >= 1 unit is safe and the day is negotiable, else -inf
     time_mask_sell: np.ndarray
 
@@ -79,40 +88,22 @@ class _Room:
         self.money = float(bounds.b_free)
         self.step = step
 
-    def _buy_cap(self, k: int) -> int:
-        """The largest purchase for day k that keeps this and every earlier purchase of use.
-
-        A purchase may reach the stock and so crowd out later days: search the
-        largest quantity the physics still accepts (the room only shrinks as it grows).
-        """
-        b = self.bounds
-        lo, hi = 0, int(math.floor(max(0.0, b.q_safe_buy[k] - self.bought[k]) + 1e-9))
-        if hi > 0 and self._of_use(k, hi):
-            return hi
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._of_use(k, mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _of_use(self, k: int, q: int) -> bool:
-        b = self.bounds
-        inputs, bought = self.inputs.copy(), self.bought.copy()
-        inputs[k] += q
-        bought[k] += q
-        return physics.purchases_of_use(b.stock, inputs, bought, b.n_lines, b.days_left)
-
     def quantity_cap(self, is_buy: bool, t: int, price: float) -> int:
+        """The most that may still be committed on day t at this price."""
         k = t - self.step
         if k < 0 or k >= len(self.sell):
             return 0
         if not is_buy:
             return int(math.floor(self.sell[k] + 1e-9))
-        cap = self._buy_cap(k)
-        if price > 0:
-            cap = min(cap, int(math.floor(self.money / price + 1e-9)))
+        b = self.bounds
+        # a purchase may reach the stock and so crowd out later days (physics.purchase_cap)
+        cap = min(
+            int(math.floor(max(0.0, b.q_safe_buy[k] - self.bought[k]) + 1e-9)),
+            physics.purchase_cap(b.stock, self.inputs, self.bought, b.n_lines, b.days_left, k),
+        )
+        unit = price + b.unit_overhead
+        if unit > 0:
+            cap = min(cap, int(math.floor(self.money / unit + 1e-9)))
         return max(0, cap)
 
     def take(self, is_buy: bool, outcome: tuple) -> None:
@@ -121,7 +112,7 @@ class _Room:
         if is_buy:
             self.inputs[k] += q
             self.bought[k] += q
-            self.money -= q * p
+            self.money -= q * (p + self.bounds.unit_overhead)
         else:
             self.sell[k] -= q
 
@@ -157,7 +148,8 @@ class SafetyShield:
         q_buy = physics.buy_room(floor, inputs, n, days_left) if snap.can_buy else np.zeros_like(inputs)
 
         payables = float(np.sum(snap.supply_cost)) + snap.exogenous_input_cost
-        b_free = max(0.0, snap.balance * (1.0 - self.config.reserve_fraction) - payables)
+        production = snap.production_cost * float(np.sum(inputs))
+        b_free = max(0.0, snap.balance * (1.0 - self.config.reserve_fraction) - payables - production)
         return Bounds(
             q_safe_buy=q_buy,
             q_safe_sell=q_sell,
@@ -166,6 +158,7 @@ class SafetyShield:
             stock=float(snap.inventory_input),
             days_left=days_left,
             n_lines=n,
+            unit_overhead=float(snap.production_cost),
             time_mask_buy=self._time_mask(snap, q_buy, snap.buy_issues),
             time_mask_sell=self._time_mask(snap, q_sell, snap.sell_issues),
         )
@@ -192,8 +185,9 @@ class SafetyShield:
             return None
         if is_buy:
             price = issues.clamp_price(self.config.baseline_buy_price * snap.trading_price_in)
-            q = min(bounds.q_safe_buy[delta] / 2.0, bounds.b_free / price if price > 0 else math.inf)
-            cap = min(bounds.q_safe_buy[delta], bounds.b_free / price if price > 0 else math.inf)
+            unit = price + bounds.unit_overhead
+            q = min(bounds.q_safe_buy[delta] / 2.0, bounds.b_free / unit if unit > 0 else math.inf)
+            cap = min(bounds.q_safe_buy[delta], bounds.b_free / unit if unit > 0 else math.inf)
         else:
             price = issues.clamp_price(self.config.baseline_sell_price * snap.trading_price_out)
             q = bounds.q_safe_sell[delta] / 2.0
@@ -215,14 +209,15 @@ class SafetyShield:
     ) -> dict[str, SAOResponse]:
         """Make one batch of responses safe together and legal.
 
-        Threads are served in descending alpha (ACCEPTs before offers at equal
-        alpha); each takes its share of the remaining room, so the batch never
-        exceeds any bound. ``reserved`` are commitments outside the batch that
-        may still bind (offers already sent and not yet answered). An ACCEPT
-        that cannot be honoured becomes a REJECT with a smaller safe counter
-        (same day and price if possible); an offer is cut or moved to another
-        safe day; when nothing is safe the thread gets END. Responses for
-        partners not in ``threads`` are dropped (no such negotiation runs).
+        Certain deals first: every ACCEPT of an offer that fits is served before
+        any counter-offer, in descending alpha. Then the counter-offers (and the
+        ACCEPTs that did not fit, as smaller counters) in descending alpha, each
+        capped at its alpha-weighted share of the room left on its side, so one
+        thread cannot starve the others; a thread is ended only when no day has
+        room for one unit. ``reserved`` are commitments outside the batch that
+        may still bind (offers already sent and not yet answered). Threads with
+        a bankrupt partner are ended. Responses for partners not in ``threads``
+        are dropped (no such negotiation runs).
         """
         bounds = bounds if bounds is not None else self.bounds(snap)
         room = _Room(bounds, snap.step)
@@ -230,38 +225,40 @@ class SafetyShield:
             if outcome is not None and 0 <= outcome[TIME] - snap.step < len(room.sell):
                 room.take(is_buy, outcome)
         alpha = alpha or {}
-
-        def order(pid: str) -> tuple:
-            r = responses.get(pid)
-            kind = 0 if r is not None and r.response == ResponseType.ACCEPT_OFFER else 1
-            return (-alpha.get(pid, 0.0), kind, pid)
+        void = set(snap.bankrupt_partners)
+        end = SAOResponse(ResponseType.END_NEGOTIATION, None)
 
         out: dict[str, SAOResponse] = {}
-        for pid in sorted((p for p in responses if p in threads), key=order):
-            out[pid] = self._clip_one(snap, bounds, room, threads[pid], responses[pid])
-        return out
+        wanted: dict[str, tuple | None] = {}
+        by_alpha = sorted((p for p in responses if p in threads), key=lambda p: (-alpha.get(p, 0.0), p))
+        for pid in by_alpha:
+            thread, resp = threads[pid], responses[pid]
+            issues = snap.buy_issues if thread.is_buy else snap.sell_issues
+            if resp.response == ResponseType.END_NEGOTIATION or issues is None or pid in void:
+                out[pid] = end
+            elif resp.response == ResponseType.ACCEPT_OFFER and thread.offer is not None and well_formed(thread.offer):
+                offer = tuple(thread.offer)  # ACCEPT carries the partner's offer exactly
+                if room.quantity_cap(thread.is_buy, int(offer[TIME]), float(offer[UNIT_PRICE])) >= offer[QUANTITY]:
+                    room.take(thread.is_buy, offer)
+                    out[pid] = SAOResponse(ResponseType.ACCEPT_OFFER, offer)
+                else:
+                    wanted[pid] = offer
+            else:
+                wanted[pid] = tuple(resp.outcome) if well_formed(resp.outcome) else None
 
-    def _clip_one(self, snap: Snapshot, bounds: Bounds, room: _Room, thread: Thread, resp: SAOResponse) -> SAOResponse:
-        issues = snap.buy_issues if thread.is_buy else snap.sell_issues
-        if resp.response == ResponseType.END_NEGOTIATION or issues is None:
-            return SAOResponse(ResponseType.END_NEGOTIATION, None)
-        if resp.response == ResponseType.ACCEPT_OFFER and thread.offer is not None and well_formed(thread.offer):
-            offer = tuple(thread.offer)  # ACCEPT carries the partner's offer exactly
-            if room.quantity_cap(thread.is_buy, int(offer[TIME]), float(offer[UNIT_PRICE])) >= offer[QUANTITY]:
-                room.take(thread.is_buy, offer)
-                return SAOResponse(ResponseType.ACCEPT_OFFER, offer)
-            wanted: tuple | None = offer
-        else:
-            wanted = tuple(resp.outcome) if well_formed(resp.outcome) else None
-        if wanted is None:
-            wanted = self._best_baseline(snap, bounds, thread.is_buy)
-            if wanted is None:
-                return SAOResponse(ResponseType.END_NEGOTIATION, None)
-        counter = self._fit(room, issues, thread.is_buy, wanted)
-        if counter is None:
-            return SAOResponse(ResponseType.END_NEGOTIATION, None)
-        room.take(thread.is_buy, counter)
-        return SAOResponse(ResponseType.REJECT_OFFER, counter)
+        weight = {p: max(0.05, 1.0 + alpha.get(p, 0.0)) for p in wanted}
+        for pid in wanted:  # still in descending alpha
+            thread = threads[pid]
+            issues = snap.buy_issues if thread.is_buy else snap.sell_issues
+            target = wanted[pid] or self._best_baseline(snap, bounds, thread.is_buy)
+            waiting = sum(weight[p] for p in wanted if p not in out and threads[p].is_buy == thread.is_buy)
+            counter = None if target is None else self._fit(room, issues, thread.is_buy, target, weight[pid] / waiting)
+            if counter is None:
+                out[pid] = end
+                continue
+            room.take(thread.is_buy, counter)
+            out[pid] = SAOResponse(ResponseType.REJECT_OFFER, counter)
+        return {p: out[p] for p in by_alpha}
 
     def _best_baseline(self, snap: Snapshot, bounds: Bounds, is_buy: bool) -> Outcome | None:
         for delta in range(snap.horizon + 1):
@@ -271,8 +268,9 @@ class SafetyShield:
         return None
 
     @staticmethod
-    def _fit(room: _Room, issues: IssueRanges, is_buy: bool, wanted: tuple) -> Outcome | None:
-        """The closest legal, safe offer to ``wanted``: same day if it has room, else the nearest day that has."""
+    def _fit(room: _Room, issues: IssueRanges, is_buy: bool, wanted: tuple, share: float = 1.0) -> Outcome | None:
+        """The closest legal, safe offer to ``wanted``: same day if it has room, else the nearest day
+        that has; at most ``share`` of that day's room (but at least one unit)."""
         q = int(min(max(int(wanted[QUANTITY]), issues.q_min, 1), issues.q_max))
         price = issues.clamp_price(float(wanted[UNIT_PRICE]))
         t0 = int(min(max(int(wanted[TIME]), issues.t_min), issues.t_max))
@@ -281,6 +279,6 @@ class SafetyShield:
         for t in days:
             cap = min(room.quantity_cap(is_buy, t, price), issues.q_max)
             if cap >= q_floor:
-                return (min(q, cap), t, price)
+                fair = max(q_floor, int(math.floor(cap * min(1.0, share) + 1e-9)))
+                return (min(q, fair), t, price)
         return None
-

@@ -106,13 +106,15 @@ class Snapshot:
     sell_partners: tuple[str, ...] = ()
     initial_balance: float = 0.0  # the balance the score is relative to; 0 if the builder did not know it
     partner_offers: tuple[tuple[str, bool, int, int, float], ...] = ()  # (partner, we_buy, q, t, p) on the table
+    bankrupt_partners: tuple[str, ...] = ()  # their contracts are void; never trade with them
     version: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("buy_issues", "sell_issues", "buy_partners", "sell_partners", "partner_offers", "extra"):
+            if f.name in ("buy_issues", "sell_issues", "buy_partners", "sell_partners", "partner_offers",
+                          "bankrupt_partners", "extra"):
                 continue
             if isinstance(value, tuple):
                 _check_days(f.name, value)
@@ -161,7 +163,8 @@ class Snapshot:
         for side in ("buy_issues", "sell_issues"):
             if d.get(side) is not None:
                 d[side] = IssueRanges(**d[side])
-        for name in ("supply_qty", "supply_cost", "sale_qty", "sale_revenue", "buy_partners", "sell_partners"):
+        for name in ("supply_qty", "supply_cost", "sale_qty", "sale_revenue", "buy_partners", "sell_partners",
+                     "bankrupt_partners"):
             d[name] = tuple(d.get(name, ()))
         d["partner_offers"] = tuple(tuple(o) for o in d.get("partner_offers", ()))
         return cls(**d)
@@ -211,11 +214,15 @@ def _check_number(name: str, value: Any, allow_negative: bool = False) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _per_day(by_day: Mapping[int, Mapping[str, float]], today: Mapping[str, float], step: int, horizon: int) -> tuple[float, ...]:
-    out = [float(sum(today.values()))]
-    for k in range(1, horizon + 1):
-        out.append(float(sum(by_day.get(step + k, {}).values())))
-    return tuple(out)
+def _per_day(
+    by_day: Mapping[int, Mapping[str, float]], today: Mapping[str, float], step: int, horizon: int,
+    void: frozenset[str] = frozenset(),
+) -> tuple[float, ...]:
+    """Per-day totals over partners, leaving out the ``void`` ones (bankrupt: scml nullified their contracts)."""
+    def total(per_partner: Mapping[str, float]) -> float:
+        return float(sum(v for p, v in per_partner.items() if p not in void))
+
+    return tuple([total(today)] + [total(by_day.get(step + k, {})) for k in range(1, horizon + 1)])
 
 
 def _active(details: Mapping[str, Any], ignore: Iterable[str] = ()) -> tuple[str, ...]:
@@ -251,9 +258,15 @@ def snapshot_from_awi(
     ``initial_balance`` is not on the AWI: an agent records its balance in
     ``init`` and passes it. ``offers`` are the partners' standing offers of the
     batch being decided (partner -> outcome).
+
+    A partner's bankruptcy makes scml nullify its contracts not yet executed
+    (`scml/oneshot/world.py`, the profit update after ``is_bankrupt`` is set;
+    `OneShotUFun.from_contracts` skips nullified ones), but the AWI's
+    ``future_supplies`` / ``future_sales`` keep them: they are left out here.
     """
     step = int(awi.current_step)
     suppliers = set(awi.my_suppliers)
+    bankrupt = frozenset(p for p in (*awi.my_suppliers, *awi.my_consumers) if awi.is_bankrupt(p))
     details = awi.current_negotiation_details
     profile = awi.profile
     in_p, out_p = awi.my_input_product, awi.my_output_product
@@ -272,10 +285,10 @@ def snapshot_from_awi(
         exogenous_input_cost=float(awi.current_exogenous_input_price),
         exogenous_output_qty=int(awi.current_exogenous_output_quantity),
         exogenous_output_revenue=float(awi.current_exogenous_output_price),
-        supply_qty=_per_day(awi.future_supplies, awi.supplies, step, horizon),
-        supply_cost=_per_day(awi.future_supplies_cost, awi.supplies_cost, step, horizon),
-        sale_qty=_per_day(awi.future_sales, awi.sales, step, horizon),
-        sale_revenue=_per_day(awi.future_sales_cost, awi.sales_cost, step, horizon),
+        supply_qty=_per_day(awi.future_supplies, awi.supplies, step, horizon, bankrupt),
+        supply_cost=_per_day(awi.future_supplies_cost, awi.supplies_cost, step, horizon, bankrupt),
+        sale_qty=_per_day(awi.future_sales, awi.sales, step, horizon, bankrupt),
+        sale_revenue=_per_day(awi.future_sales_cost, awi.sales_cost, step, horizon, bankrupt),
         production_cost=float(profile.cost),
         storage_cost=float(awi.current_storage_cost),
         shortfall_penalty=float(awi.current_shortfall_penalty),
@@ -285,13 +298,14 @@ def snapshot_from_awi(
         catalog_price_out=float(catalog[out_p]),
         buy_issues=None if awi.is_first_level else _fresh(IssueRanges.from_issues(awi.current_input_issues), step),
         sell_issues=None if awi.is_last_level else _fresh(IssueRanges.from_issues(awi.current_output_issues), step),
-        buy_partners=_active(details.get("buy", {})),
-        sell_partners=_active(details.get("sell", {})),
+        buy_partners=_active(details.get("buy", {}), bankrupt),
+        sell_partners=_active(details.get("sell", {}), bankrupt),
         initial_balance=float(initial_balance),
         partner_offers=tuple(
             (p, p in suppliers, int(o[QUANTITY]), int(o[TIME]), float(o[UNIT_PRICE]))
             for p, o in sorted((offers or {}).items())
             if o is not None and well_formed(o)
         ),
+        bankrupt_partners=tuple(sorted(bankrupt)),
         version=version,
     )

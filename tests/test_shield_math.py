@@ -35,7 +35,7 @@ def test_first_level_counts_todays_exogenous_supply():
     b = SafetyShield().bounds(s)
     assert b.q_safe_sell[0] == 6
     assert np.all(b.q_safe_buy == 0)
-    assert b.b_free == pytest.approx(1000 - 60)
+    assert b.b_free == pytest.approx(1000 - 60 - 2.0 * 6)  # payables + production cost of the 6 units
 
 
 def test_buy_room_is_what_production_and_a_full_stock_could_use():
@@ -46,7 +46,7 @@ def test_buy_room_is_what_production_and_a_full_stock_could_use():
     assert b.q_safe_buy[5] == 20 - 3 - 12
     # 12 > 10 lines: 2 units certainly reach the stock from day 6 on
     assert b.q_safe_buy[6] == 20 - 5
-    assert b.b_free == pytest.approx(1000 - 240)
+    assert b.b_free == pytest.approx(1000 - 240 - 2.0 * 24)  # payables + production cost (2 per unit)
 
 
 def test_a_full_stock_needs_no_input_ever():
@@ -141,14 +141,47 @@ def test_illegal_responses_are_made_legal():
     assert out["s1"].outcome == (1, 15, 9)
 
 
-def test_budget_binds_purchases():
-    s = snap(balance=100.0)
+def test_budget_binds_purchases_at_price_plus_production_cost():
+    s = snap(balance=120.0)
     out = SafetyShield().clip_batch(
         s, _threads(s1=(8, 5, 10), s2=(8, 5, 10)),
         {"s1": SAOResponse(ACCEPT, (8, 5, 10)), "s2": SAOResponse(ACCEPT, (8, 5, 10))},
     )
     assert out["s1"].response == ACCEPT
-    assert out["s2"] == SAOResponse(REJECT, (2, 5, 10))  # 100 - 80 buys 2 more at 10
+    assert out["s2"] == SAOResponse(REJECT, (2, 5, 10))  # 120 - 8 x (10 + 2) buys 2 more at 10 + 2
+
+
+def test_counter_offers_share_the_room_instead_of_ending_threads():
+    s = snap()  # empty stock: room 20 today for four suppliers
+    wants = {f"s{i}": SAOResponse(REJECT, (10, 5, 10)) for i in range(4)}
+    out = SafetyShield().clip_batch(s, _threads(**{p: None for p in wants}), wants)
+    quantities = [out[p].outcome[0] for p in sorted(out) if out[p].response == REJECT]
+    assert len(quantities) == 4 and sum(quantities) <= 20  # nobody ended; 5 each, not 10 + 10 + END + END
+    assert quantities == [5, 5, 5, 5]
+
+
+def test_alpha_weights_the_shares():
+    s = snap()
+    wants = {"s1": SAOResponse(REJECT, (20, 5, 10)), "s2": SAOResponse(REJECT, (20, 5, 10))}
+    out = SafetyShield().clip_batch(s, _threads(s1=None, s2=None), wants, alpha={"s1": 0.5, "s2": -0.5})
+    assert out["s1"].outcome[0] == 15 and out["s2"].outcome[0] == 5  # weights 1.5 : 0.5 of 20
+
+
+def test_a_certain_deal_is_served_before_speculative_offers_whatever_their_alpha():
+    s = snap(inventory_input=5)  # 5 sellable today
+    out = SafetyShield().clip_batch(
+        s, _threads(c1=None, c2=(4, 5, 20)),
+        {"c1": SAOResponse(REJECT, (5, 5, 22)), "c2": SAOResponse(ACCEPT, (4, 5, 20))},
+        alpha={"c1": 0.99, "c2": -0.99},
+    )
+    assert out["c2"] == SAOResponse(ACCEPT, (4, 5, 20))
+    assert out["c1"] == SAOResponse(REJECT, (1, 5, 22))
+
+
+def test_a_bankrupt_partner_is_ended():
+    s = snap(inventory_input=5, bankrupt_partners=("c1",))
+    out = SafetyShield().clip_batch(s, _threads(c1=(1, 5, 20)), {"c1": SAOResponse(ACCEPT, (1, 5, 20))})
+    assert out["c1"] == SAOResponse(END, None)
 
 
 def test_reserved_offers_count_against_the_bounds():

@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from negmas.sao import ResponseType, SAOResponse
 
@@ -39,6 +39,7 @@ def snapshots(draw):
         trading_price_in=10.0, trading_price_out=20.0, catalog_price_in=10.0, catalog_price_out=20.0,
         buy_issues=issues(8, 12) if can_buy else None, sell_issues=issues(18, 22) if can_sell else None,
         buy_partners=("s0", "s1", "s2") if can_buy else (), sell_partners=("c0", "c1", "c2") if can_sell else (),
+        bankrupt_partners=tuple(draw(st.sets(st.sampled_from(["s2", "c2"]), max_size=1))),
     )
 
 
@@ -74,6 +75,7 @@ def test_clipped_batch_respects_every_bound_and_is_legal(batch):
         if r.response == END:
             assert r.outcome is None
             continue
+        assert p not in s.bankrupt_partners
         if r.response == ACCEPT:
             assert t.offer is not None and tuple(r.outcome) == tuple(t.offer)
         else:
@@ -83,7 +85,7 @@ def test_clipped_batch_respects_every_bound_and_is_legal(batch):
         k = day - s.step
         if t.is_buy:
             used_buy[k] += q
-            spent += q * price
+            spent += q * (price + s.production_cost)
         else:
             used_sell[k] += q
     assert np.all(used_buy <= np.floor(bounds.q_safe_buy + 1e-9))
@@ -114,3 +116,31 @@ def test_bounds_are_finite_non_negative_and_zero_past_the_end(s):
     assert np.all(b.q_safe_sell[last + 1 :] == 0) and np.all(b.q_safe_buy[last + 1 :] == 0)
     assert b.b_free >= 0 and not math.isnan(b.b_free)
     assert np.all(b.q_safe_sell <= s.n_lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(1, 12), st.integers(0, 15),
+    st.lists(st.integers(0, 15), min_size=8, max_size=8),
+    st.lists(st.sampled_from([0, 0, 0, 0, 1, 2, 4]), min_size=8, max_size=8),
+    st.integers(0, 7), st.integers(0, 8),
+)
+def test_closed_form_purchase_cap_is_the_largest_purchase_of_use(n, stock, signed, bought, k, ended_from):
+    """physics.purchase_cap against a search over physics.purchases_of_use (the definition)."""
+    from hrlxf_agent import physics
+
+    stock = stock * n // 10  # stock and signed inputs drawn in tenths of the lines
+    days_left = np.asarray([max(0, ended_from - d) for d in range(8)], float)
+    purchases = np.where(days_left > 0, np.asarray(bought, float), 0.0)
+    inputs = np.asarray(signed, float) * n // 10 + purchases
+    assume(physics.purchases_of_use(stock, inputs, purchases, n, days_left))  # the batch so far is of use
+    cap = physics.purchase_cap(stock, inputs, purchases, n, days_left, k)
+
+    def of_use(q):
+        i, b = inputs.copy(), purchases.copy()
+        i[k] += q
+        b[k] += q
+        return physics.purchases_of_use(stock, i, b, n, days_left)
+
+    expected = max((q for q in range(0, 4 * n + 2) if all(of_use(x) for x in range(0, q + 1))), default=0)
+    assert cap == expected
