@@ -248,7 +248,7 @@ BY_NAME = {s.name: s for s in STAGES}
 RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("collect", "worlds"): (1, 100_000), ("collect", "steps"): (3, 1_000), ("collect", "workers"): (1, 256),
     ("collect", "world_timeout"): (1, None), ("collect", "seed"): (0, None),
-    ("tables", "horizon"): (1, 40),  # the tracker logs 41 days ahead (today + 40)
+    ("tables", "horizon"): (1, 40),  # logs hold at least today + 10 (std's horizon); older ones today + 40
     ("backfill", "horizon"): (1, 40), ("train_l2", "planner.horizon"): (1, 40), ("train_l3", "executor.horizon"): (1, 40),
     ("train_l3_direct", "executor.horizon"): (1, 40),
     ("evaluate", "worlds"): (1, 10_000), ("evaluate", "steps"): (3, 1_000), ("evaluate", "workers"): (1, 256),

@@ -24,6 +24,7 @@ import torch
 from hrlxf_models import Coordinator, CoordinatorConfig, Executor, ExecutorConfig, Planner, PlannerConfig
 
 from .paths import bundles_root
+from .snapshot import DEFAULT_HORIZON
 from .state import FeatureSpec
 
 BUNDLE_SCHEMA_VERSION = 1
@@ -48,6 +49,7 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     trained_on: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
+    features: dict[str, Any] = field(default_factory=dict)  # the FeatureSpec the networks were trained on
 
 
 @dataclass
@@ -94,6 +96,7 @@ def save_bundle(
         metrics=metrics or {},
         trained_on=trained_on or {},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        features=asdict(spec),
     )
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -157,11 +160,12 @@ def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
         raise BundleError(f"{manifest_path}: not a valid manifest ({e})") from None
     if manifest.schema_version != BUNDLE_SCHEMA_VERSION:
         raise BundleError(f"{manifest_path}: schema_version {manifest.schema_version}, this code reads {BUNDLE_SCHEMA_VERSION}")
-    expected = FeatureSpec(horizon=manifest.horizon).fingerprint
-    if manifest.feature_fingerprint != expected:
-        raise BundleError(
-            f"{manifest_path}: feature_fingerprint {manifest.feature_fingerprint} does not match this StateBuilder ({expected})"
-        )
+    spec = FeatureSpec(horizon=manifest.horizon)
+    if manifest.feature_fingerprint != spec.fingerprint:
+        differ = spec.differences(manifest.features) if manifest.features else [
+            "features: not recorded (a bundle made before version 2 of the features: horizon 40, buckets from day 15)"]
+        raise BundleError(f"{manifest_path}: made for other features than this StateBuilder's (feature_fingerprint "
+                          f"{manifest.feature_fingerprint}, this code {spec.fingerprint}): " + "; ".join(differ))
     modules: dict[str, torch.nn.Module] = {}
     for name in NETWORKS:
         try:
@@ -190,7 +194,7 @@ def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
     return Bundle(path, manifest, modules["planner"], modules["executor"], modules["coordinator"])  # type: ignore[arg-type]
 
 
-def write_untrained_bundle(out_dir: Path, mode: str = "residual", seed: int = 0, horizon: int = 40) -> Path:
+def write_untrained_bundle(out_dir: Path, mode: str = "residual", seed: int = 0, horizon: int = DEFAULT_HORIZON) -> Path:
     """Random weights (heads of L3 at zero), so the neural path can run before training exists."""
     torch.manual_seed(seed)
     return save_bundle(

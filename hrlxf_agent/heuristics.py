@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 from negmas.sao import ResponseType, SAOResponse
 
+from hrlxf_models.layouts import BROADCAST
 from hrlxf_models.planner import GOAL_DIM, N_BUCKETS, P_BUY, P_SELL, Q_BUY, Q_SELL, bucket_edges
 
 from . import physics
@@ -24,7 +25,7 @@ from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot
 
 #: L2 label urgency weights per bucket (seed 004), reused as the coordinator's urgency
 BUCKET_URGENCY = (0.637, 0.212, 0.106, 0.045)
-BROADCAST_DIM = 12
+BROADCAST_DIM = len(BROADCAST)
 FREE_INPUT_DISCOUNT = 0.9  # sell price / market when the stock already feeds the lines
 SELL_FILL_PREMIUM = 1.05  # buy price / market while the stock is being filled
 
@@ -150,14 +151,16 @@ class GlobalMonitor:
         return (np.bincount(idx[:K], weights=dbuy, minlength=N_BUCKETS)[:N_BUCKETS],
                 np.bincount(idx[:K], weights=dsell, minlength=N_BUCKETS)[:N_BUCKETS])
 
-    def remaining(self, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+    def remaining(self, snap: Snapshot, committed: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The goal left per bucket (``committed``: `committed_today(snap)` if the caller has it)."""
         goal = self.goal or heuristic_goal(snap)
-        cb, cs = self.committed_today(snap)
+        cb, cs = committed if committed is not None else self.committed_today(snap)
         return np.maximum(0.0, goal.q_buy - cb), np.maximum(0.0, goal.q_sell - cs)
 
-    def broadcast(self, snap: Snapshot, bounds: Bounds, money_scale: float, rel_time: float) -> np.ndarray:
+    def broadcast(self, snap: Snapshot, bounds: Bounds, money_scale: float, rel_time: float,
+                  committed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         goal = self.goal or heuristic_goal(snap)
-        cb, cs = self.committed_today(snap)
+        cb, cs = committed if committed is not None else self.committed_today(snap)
         n = float(snap.n_lines)
         c = np.zeros(BROADCAST_DIM, dtype=np.float32)
         c[0:8:2] = (goal.q_buy - cb) / n
@@ -169,25 +172,47 @@ class GlobalMonitor:
         return c
 
 
+def tradable_buckets(snap: Snapshot, time_mask: np.ndarray) -> np.ndarray:
+    """Which goal buckets hold a day this side can still trade today (negotiable and safe)."""
+    idx = bucket_index(snap.horizon)
+    open_days = np.isfinite(np.asarray(time_mask[: snap.horizon + 1], dtype=float))
+    return np.bincount(idx[open_days], minlength=N_BUCKETS)[:N_BUCKETS] > 0
+
+
+#: the teacher's score -> alpha = tanh(TEACHER_GAIN x score): a score in about [-2.5, 2.5] spreads over (-1, 1)
+TEACHER_GAIN = 0.7
+
+
 def teacher_alpha(snap: Snapshot, bounds: Bounds, remaining: tuple[np.ndarray, np.ndarray], is_buy: bool,
                   offer: tuple | None, rel_time: float) -> float:
-    """The heuristic priority of one thread in (-1, 1): urgency of its goal gap,
-    how near its delivery is, how late in the negotiation, and budget pressure."""
+    """The heuristic priority of one thread in (-1, 1): urgency of its goal gap, how near its delivery
+    is, how late in the negotiation, and budget pressure.
+
+    Only buckets this side can still trade count, and each gap is a share of what its bucket can hold
+    (n_lines a day), so the urgency lies in [0, 1] whatever the goal asks; every term is centred, and
+    the gain keeps tanh out of saturation: alphas spread over (-1, 1) and rank threads.
+    """
     n = float(snap.n_lines)
     gaps = remaining[0] if is_buy else remaining[1]
+    tradable = tradable_buckets(snap, bounds.time_mask_buy if is_buy else bounds.time_mask_sell)
+    edges = bucket_edges(snap.horizon)
     if offer is not None:
         delta = int(offer[TIME]) - snap.step
     else:
-        needy = [b for b in range(N_BUCKETS) if gaps[b] > 0]
-        delta = bucket_edges(snap.horizon)[needy[0]][0] if needy else 0
+        needy = [b for b in range(N_BUCKETS) if gaps[b] > 0 and tradable[b]]
+        delta = edges[needy[0]][0] if needy else 0
     b = int(bucket_index(snap.horizon)[min(max(delta, 0), snap.horizon)])
-    urgency = sum(w * g for w, g in zip(BUCKET_URGENCY, gaps / n))
+    weights = np.asarray(BUCKET_URGENCY) * tradable
+    days = np.asarray([min(hi, snap.horizon) - lo + 1 for lo, hi in edges], dtype=float)
+    fill = np.clip(gaps / (n * days), 0.0, 1.0)
+    urgency = float(weights @ fill / weights.sum()) if weights.sum() > 0 else 0.0
     near = 1.0 - min(1.0, max(0, delta) / max(1, snap.horizon))
     budget = 0.0
     if is_buy and offer is not None and bounds.b_free > 0:
         budget = min(1.0, offer[QUANTITY] * offer[UNIT_PRICE] / bounds.b_free)
-    score = 1.5 * urgency + 0.5 * near + 0.3 * rel_time - 0.8 * budget + (0.3 if gaps[b] > 0 else -0.3)
-    return float(math.tanh(score - 0.5))
+    wanted = 1.0 if gaps[b] > 0 and tradable[b] else -1.0
+    score = 1.5 * (2 * urgency - 1) + 0.5 * (2 * near - 1) + 0.3 * (2 * rel_time - 1) - 0.8 * budget + 0.5 * wanted
+    return float(math.tanh(TEACHER_GAIN * score))
 
 
 def limit_price(goal_price: float, is_buy: bool, rel_time: float) -> float:

@@ -20,7 +20,7 @@ import torch
 from negmas.sao import ResponseType, SAOResponse
 from scml.std import StdSyncAgent
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, BundleError, load_bundle
 from .heuristics import GlobalMonitor, Goal, bucket_index, heuristic_action, heuristic_goal, teacher_alpha
 from .intercept import intercept
 from .shield import Bounds, SafetyShield
@@ -43,7 +43,7 @@ class HRLPolicy(StdSyncAgent):
     "l4" (the teacher alpha in place of the coordinator).
     """
 
-    def __init__(self, *args, bundle: Any = None, horizon: int = DEFAULT_HORIZON, executor: str = "final",
+    def __init__(self, *args, bundle: Any = None, executor: str = "final",
                  ablate: Any = (), **kwargs):
         super().__init__(*args, **kwargs)
         unknown = set(ablate) - set(ABLATIONS)
@@ -52,9 +52,9 @@ class HRLPolicy(StdSyncAgent):
         self.executor_weights = executor
         self.ablate = frozenset(ablate)
         self.bundle_spec = bundle
-        self.horizon = horizon
+        self.horizon = DEFAULT_HORIZON  # the world's, from init on
         self.models: Bundle | None = None
-        self.builder = StateBuilder(FeatureSpec(horizon=horizon))
+        self.builder = StateBuilder(FeatureSpec(horizon=self.horizon))
         self.shield = SafetyShield()
         self.monitor = GlobalMonitor()
         self.initial_balance = 0.0
@@ -72,10 +72,16 @@ class HRLPolicy(StdSyncAgent):
     def init(self):
         super().init()
         self.initial_balance = float(self.awi.current_balance)
+        self.horizon = int(self.awi.horizon)  # H is the world's horizon (a bundle must have been made for it)
+        self.builder = StateBuilder(FeatureSpec(horizon=self.horizon))
         if self.bundle_spec is not None:
             try:
-                self.models = load_bundle(self.bundle_spec, executor=self.executor_weights)
-                self.horizon = self.models.manifest.horizon
+                models = load_bundle(self.bundle_spec, executor=self.executor_weights)
+                if models.manifest.horizon != int(self.awi.horizon):
+                    raise BundleError(f"{models.path}: horizon {models.manifest.horizon}, this world negotiates "
+                                      f"{self.awi.horizon} days ahead")
+                self.models = models
+                self.horizon = models.manifest.horizon
                 self.builder = StateBuilder(FeatureSpec(horizon=self.horizon))
                 torch.set_num_threads(1)  # tiny networks: threads cost more than they give
             except Exception as e:
@@ -154,24 +160,29 @@ class HRLPolicy(StdSyncAgent):
             rel[p] = float(getattr(state, "relative_time", 0.0) or 0.0)
         self._rel_time = rel
         goal = self.goal or heuristic_goal(snap)
-        remaining = self.monitor.remaining(snap)
+        committed = self.monitor.committed_today(snap)
+        remaining = self.monitor.remaining(snap, committed)
         mean_rel = float(np.mean(list(rel.values()))) if rel else 0.0
-        c = self.monitor.broadcast(snap, bounds, self.builder.money_scale(snap), mean_rel)
+        c = self.monitor.broadcast(snap, bounds, self.builder.money_scale(snap), mean_rel, committed)
+        static = self.builder.static(snap)
         offer_of = {p: (tuple(offers[p]) if offers.get(p) is not None else None) for p in partners}
-        alpha = self._coordinate(snap, bounds, remaining, c, partners, is_buy, offer_of, rel)
+        alpha = self._coordinate(snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel)
         self.batch_alpha = alpha
         n_side = {True: sum(is_buy.values()), False: len(partners) - sum(is_buy.values())}
-        rules = {
-            p: heuristic_action(snap, bounds, goal, remaining, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p])
-            for p in partners
-        }
+
+        def rules() -> dict[str, tuple[SAOResponse, int]]:  # the rule executor, computed only when something reads it
+            return {p: heuristic_action(snap, bounds, goal, remaining, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p])
+                    for p in partners}
+
         if self.models is None:
-            return {p: rules[p][0] for p in partners}
+            return {p: r for p, (r, _) in rules().items()}
         try:
-            return self._execute(snap, bounds, goal, c, alpha, partners, is_buy, offer_of, rel, rules)
+            ex = self.models.executor.config
+            return self._execute(snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel,
+                                 rules() if ex.heuristic_prior else None)
         except Exception as e:
             self._fallback("L3", e)
-            return {p: rules[p][0] for p in partners}
+            return {p: r for p, (r, _) in rules().items()}
 
     # ------------------------------------------------------------ layers
     def _plan(self, snap: Snapshot) -> Goal:
@@ -193,14 +204,16 @@ class HRLPolicy(StdSyncAgent):
                 self._fallback("L2", e)
         return heuristic_goal(snap)
 
-    def _coordinate(self, snap, bounds, remaining, c, partners, is_buy, offer_of, rel) -> dict[str, float]:
-        """L4: a priority per thread (the teacher's rule, or the coordinator)."""
-        teacher = {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners}
+    def _coordinate(self, snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel) -> dict[str, float]:
+        """L4: a priority per thread (the coordinator, or the teacher's rule)."""
+        def teacher() -> dict[str, float]:
+            return {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners}
+
         if self.models is None or not partners or "l4" in self.ablate:
-            return teacher
+            return teacher()
         try:
             feats = self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
-            glob = np.concatenate([self.builder.static(snap), c]).astype(np.float32)
+            glob = np.concatenate([static, c]).astype(np.float32)
             with torch.inference_mode():
                 a = self.models.coordinator_fn(
                     torch.from_numpy(feats)[None], torch.ones(1, len(partners), dtype=torch.bool), torch.from_numpy(glob)[None]
@@ -210,13 +223,16 @@ class HRLPolicy(StdSyncAgent):
             return {p: float(x) for p, x in zip(partners, a)}
         except Exception as e:
             self._fallback("L4", e)
-            return teacher
+            return teacher()
 
     def _thread_features(self, snap, bounds, remaining, partners, is_buy, offer_of, rel) -> np.ndarray:
         return batch_thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
 
-    def _execute(self, snap, bounds: Bounds, goal: Goal, c, alpha, partners, is_buy, offer_of, rel, rules) -> dict[str, SAOResponse]:
-        """L3 for every thread of the batch in one forward pass; decoding op -> delta -> (q, p)."""
+    def _execute(self, snap, bounds: Bounds, goal: Goal, c, static_row, alpha, partners, is_buy, offer_of, rel,
+                 rules) -> dict[str, SAOResponse]:
+        """L3 for every thread of the batch in one forward pass; decoding op -> delta -> (q, p).
+
+        ``rules``: the rule executor's (response, delta) per thread, when the bundle's prior reads it."""
         if not partners:
             return {}
         ex = self.models.executor
@@ -232,7 +248,7 @@ class HRLPolicy(StdSyncAgent):
             keep[i, N - len(past):] = True
             masks[i] = bounds.time_mask_buy if is_buy[p] else bounds.time_mask_sell
             roles[i] = self.builder.role_one_hot(is_buy[p])
-        static = np.repeat(self.builder.static(snap)[None], B, axis=0)
+        static = np.repeat(static_row[None], B, axis=0)
         goal_vec = np.repeat(goal.vector(snap)[None], B, axis=0)
         if self.l3_log is not None:  # a test's record of the inputs L3 reads; off by default
             for i, p in enumerate(partners):
@@ -252,9 +268,11 @@ class HRLPolicy(StdSyncAgent):
         responses: dict[str, SAOResponse] = {}
         wanted: list[tuple[int, str, int]] = []  # (row, partner, delta) of the counter-offers to price
         for i, p in enumerate(partners):
-            rule, rule_k = rules[p]
-            prior_op = np.zeros(3)
-            prior_op[{ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2)] = prior
+            prior_op, prior_delta = np.zeros(3), np.zeros(H + 1)
+            if rules is not None:
+                rule, rule_k = rules[p]
+                prior_op[{ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2)] = prior
+                prior_delta[min(max(rule_k, 0), H)] = prior
             op = OPS[int(np.argmax(op_logits[i] + prior_op))]
             if op == "accept" and offer_of[p] is not None:
                 responses[p] = SAOResponse(ResponseType.ACCEPT_OFFER, offer_of[p])
@@ -262,8 +280,6 @@ class HRLPolicy(StdSyncAgent):
             if op == "end" or not np.isfinite(delta_logits[i]).any():
                 responses[p] = SAOResponse(ResponseType.END_NEGOTIATION, None)
                 continue
-            prior_delta = np.zeros(H + 1)
-            prior_delta[min(max(rule_k, 0), H)] = prior
             wanted.append((i, p, int(np.argmax(delta_logits[i] + prior_delta))))
         if wanted:
             responses.update(self._offers(snap, bounds, goal, is_buy, wanted, out))

@@ -8,13 +8,15 @@ alone (DESIGN.md section 2).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-#: Default planning horizon H: commitment arrays cover days t .. t+H.
-DEFAULT_HORIZON = 40
+#: Planning horizon H: commitment arrays cover days t .. t+H. scml's std worlds negotiate at most
+#: 10 days ahead (`SCML2024StdWorld` horizon; the `time` issue never reaches further), so days beyond
+#: it carry nothing.
+DEFAULT_HORIZON = 10
 
 QUANTITY, TIME, UNIT_PRICE = 0, 1, 2
 
@@ -147,6 +149,14 @@ class Snapshot:
     def horizon(self) -> int:
         """H: the last day index k of the per-day arrays."""
         return len(self.supply_qty) - 1
+
+    def within(self, horizon: int) -> "Snapshot":
+        """This snapshot with its per-day arrays cut to days 0..horizon (logs written with a longer H)."""
+        if self.horizon <= horizon:
+            return self
+        k = horizon + 1
+        return replace(self, supply_qty=self.supply_qty[:k], supply_cost=self.supply_cost[:k],
+                       sale_qty=self.sale_qty[:k], sale_revenue=self.sale_revenue[:k])
 
     def days_left(self) -> list[int]:
         """Days of the game left from each day k on (0 past the end)."""

@@ -19,34 +19,42 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import physics
-from .snapshot import Snapshot
+from hrlxf_models import layouts
+from hrlxf_models.planner import BUCKET_STARTS, GOAL_LAYOUT
 
-STATIC_FEATURES = (
-    "t_norm", "days_left_norm", "balance_rel", "stock_in", "stock_out", "exo_in_today",
-    "exo_out_today", "spot_in", "spot_out", "unit_margin", "shortfall_penalty", "storage_cost",
-)
-TEMPORAL_CHANNELS = (
-    "vol_in", "vol_out", "prod_plan", "inventory_proj", "capacity_free", "balance_proj",
-    "price_diff_in", "price_diff_out", "buy_pressure", "sell_pressure",
-)
+from . import physics
+from .snapshot import DEFAULT_HORIZON, Snapshot
+
+STATIC_FEATURES = layouts.STATIC
+TEMPORAL_CHANNELS = layouts.TEMPORAL
 #: source weights of the blended price of a day: signed deals, offers on the table, spot (seed 002)
 PRICE_BLEND = (0.6, 0.3, 0.1)
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What the StateBuilder produces; its fingerprint ties a bundle to these exact features."""
+    """Everything a bundle's networks read: its fingerprint ties a bundle to these exact features."""
 
-    horizon: int = 40
-    version: int = 1
-    static: tuple[str, ...] = STATIC_FEATURES
-    temporal: tuple[str, ...] = TEMPORAL_CHANNELS
+    horizon: int = DEFAULT_HORIZON
+    version: int = 2
+    static: tuple[str, ...] = layouts.STATIC
+    temporal: tuple[str, ...] = layouts.TEMPORAL
+    round: tuple[str, ...] = layouts.ROUND
+    thread: tuple[str, ...] = layouts.THREAD
+    broadcast: tuple[str, ...] = layouts.BROADCAST
+    goal: tuple[str, ...] = GOAL_LAYOUT
+    bucket_starts: tuple[int, ...] = BUCKET_STARTS
+    normalisation: str = layouts.NORMALISATION
 
     @property
     def fingerprint(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differences(self, recorded: dict) -> list[str]:
+        """The fields where a recorded spec (a bundle manifest's ``features``) differs from this one."""
+        mine = json.loads(json.dumps(asdict(self)))
+        return [f"{k}: bundle {recorded.get(k)!r}, this code {v!r}" for k, v in mine.items() if recorded.get(k) != v]
 
 
 @dataclass(frozen=True)
@@ -167,8 +175,8 @@ def _premium(deal_money: np.ndarray, deal_q: np.ndarray, offer_money: np.ndarray
     return np.where(has_deal | has_offer, (blend - spot) / spot, 0.0)
 
 
-ROUND_FEATURES = 12
-THREAD_FEATURES = 10
+ROUND_FEATURES = len(layouts.ROUND)
+THREAD_FEATURES = len(layouts.THREAD)
 OP_INDEX = {"accept": 0, "reject": 1, "end": 2}
 
 

@@ -10,14 +10,15 @@ import torch
 import torch.nn as nn
 
 from .blocks import Block
+from .layouts import BROADCAST, STATIC, THREAD
 
-THREAD_FEATURES = 10
+THREAD_FEATURES = len(THREAD)
 
 
 @dataclass
 class CoordinatorConfig:
     thread_dim: int = THREAD_FEATURES
-    global_dim: int = 24  # x_static (12) + broadcast c (12)
+    global_dim: int = len(STATIC) + len(BROADCAST)  # x_static + broadcast c
     d_model: int = 64
     n_head: int = 4
     n_layer: int = 2

@@ -14,17 +14,18 @@ import torch
 import torch.nn as nn
 
 from .blocks import Block
+from .layouts import BROADCAST, ROUND, STATIC
 
 OPS = ("accept", "reject", "end")
-ROUND_FEATURES = 12  # offer_in (q, delta, p, present), offer_out (q, delta, p, present), op one-hot (3), rel_time
-BROADCAST_DIM = 12
+ROUND_FEATURES = len(ROUND)
+BROADCAST_DIM = len(BROADCAST)
 
 
 @dataclass
 class ExecutorConfig:
-    horizon: int = 40
+    horizon: int = 10
     history: int = 8
-    n_static: int = 12
+    n_static: int = len(STATIC)
     goal_dim: int = 16
     broadcast_dim: int = BROADCAST_DIM
     d_model: int = 64

@@ -13,11 +13,18 @@ import torch.nn.functional as F
 N_BUCKETS = 4
 GOAL_DIM = 4 * N_BUCKETS
 Q_BUY, P_BUY, Q_SELL, P_SELL = 0, 1, 2, 3
+GOAL_LAYOUT = tuple(f"{x}_{b}" for b in range(N_BUCKETS) for x in ("q_buy", "p_buy", "q_sell", "p_sell"))
+
+
+#: first delivery offset of each bucket after the first: [0,1], [2,4], [5,7], [8,H] cut the days a std
+#: world can trade (H = 10); the seeds' [0,2], [3,7], [8,14], [15,40] assumed 40 tradable days
+BUCKET_STARTS = (2, 5, 8)
 
 
 def bucket_edges(horizon: int) -> tuple[tuple[int, int], ...]:
-    """Delivery-offset buckets [0,2], [3,7], [8,14], [15,H] (inclusive)."""
-    return ((0, 2), (3, 7), (8, 14), (15, max(15, horizon)))
+    """Delivery-offset buckets [0,1], [2,4], [5,7], [8,H] (inclusive)."""
+    a, b, c = BUCKET_STARTS
+    return ((0, a - 1), (a, b - 1), (b, c - 1), (c, max(c, horizon)))
 
 
 def bucket_of(delta: int, horizon: int) -> int:
@@ -29,7 +36,7 @@ def bucket_of(delta: int, horizon: int) -> int:
 
 @dataclass
 class PlannerConfig:
-    horizon: int = 40
+    horizon: int = 10
     n_static: int = 12
     n_channels: int = 10
     n_role: int = 2

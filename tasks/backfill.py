@@ -31,7 +31,7 @@ GOAL_HAT_VERSION = 1
 
 @dataclass
 class BackfillConfig:
-    horizon: int = 40
+    horizon: int = 10
 
     @classmethod
     def smoke(cls) -> "BackfillConfig":

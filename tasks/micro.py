@@ -142,7 +142,7 @@ class WorldLog:
         if day not in self._mornings:
             if day not in self.days:
                 return None
-            morning = Snapshot.from_dict(json.loads(self.days[day]))
+            morning = Snapshot.from_dict(json.loads(self.days[day])).within(self.builder.spec.horizon)
             monitor = GlobalMonitor()
             monitor.reset(morning, heuristic_goal(morning))
             self._mornings[day] = (morning, monitor)

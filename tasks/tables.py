@@ -59,7 +59,8 @@ def macro_rows(world: Path, builder: StateBuilder) -> list[dict[str, Any]]:
         if o["success"] and (o["agent_id"], o["partner"]) in side:
             deals[(o["agent_id"], o["step"])].append(
                 Trade(side[(o["agent_id"], o["partner"])], o["agreement_t"] - o["step"], o["agreement_q"], o["agreement_p"]))
-    snaps = {(d["agent_id"], d["step"]): Snapshot.from_dict(json.loads(d["snapshot_json"])) for d in days}
+    H = builder.spec.horizon
+    snaps = {(d["agent_id"], d["step"]): Snapshot.from_dict(json.loads(d["snapshot_json"])).within(H) for d in days}
     rows = []
     for d in days:
         key = (d["agent_id"], d["step"])

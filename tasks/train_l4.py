@@ -74,21 +74,34 @@ def alpha_metrics(coordinator: Coordinator, arrays: tuple[np.ndarray, ...], rows
     teacher = alpha[keep]
     return {"batches": int(rows.sum()), "threads": int(keep.sum()), "mae": float(np.abs(err).mean()),
             "mse": float((err ** 2).mean()), "teacher_variance": float(teacher.var()),
-            "rank_agreement": _rank_agreement(pred, alpha, keep)}
+            "teacher_spread": _spread(teacher), **_rank_agreement(pred, alpha, keep)}
 
 
-def _rank_agreement(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray) -> float:
-    """Share of thread pairs within a batch that the coordinator orders as the teacher does (L1 clips in this order)."""
+def _spread(alpha: np.ndarray) -> dict[str, float]:
+    """Where the teacher's alphas lie: a teacher saturated at +-1 teaches one bit."""
+    q = np.percentile(alpha, [5, 50, 95]) if len(alpha) else [float("nan")] * 3
+    return {"p05": float(q[0]), "p50": float(q[1]), "p95": float(q[2]),
+            "saturated": float(np.mean(np.abs(alpha) > 0.999)) if len(alpha) else float("nan")}
+
+
+def _rank_agreement(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """How often the coordinator orders a batch's threads as the teacher does (L1 clips in this order):
+    over all thread pairs, and the mean of each batch's share."""
     agree = total = 0
+    shares = []
     for p, a, k in zip(pred, alpha, keep):
         p, a = p[k], a[k]
         if len(a) < 2:
             continue
         dp, da = np.sign(p[:, None] - p[None, :]), np.sign(a[:, None] - a[None, :])
         upper = np.triu(np.ones_like(dp, dtype=bool), 1) & (da != 0)
-        agree += int((dp[upper] == da[upper]).sum())
-        total += int(upper.sum())
-    return agree / total if total else float("nan")
+        if upper.any():
+            hits = int((dp[upper] == da[upper]).sum())
+            agree += hits
+            total += int(upper.sum())
+            shares.append(hits / int(upper.sum()))
+    return {"rank_agreement": agree / total if total else float("nan"),
+            "rank_agreement_per_batch": float(np.mean(shares)) if shares else float("nan")}
 
 
 def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> dict[str, Any]:

@@ -19,7 +19,7 @@ def test_round_trip_keeps_weights_and_configs(bundle):
     assert b.manifest.l3_mode == "direct" and b.executor.config.mode == "direct"
     torch.manual_seed(3)
     fresh = Planner(PlannerConfig())
-    x = (torch.randn(2, 12), torch.randn(2, 41, 10), torch.ones(2, 2))
+    x = (torch.randn(2, 12), torch.randn(2, 11, 10), torch.ones(2, 2))
     assert torch.allclose(b.planner(*x)[0], fresh(*x)[0])
     again = save_bundle(bundle.parent / "b2", b.planner, b.executor, b.coordinator, metrics={"x": 1})
     b2 = load_bundle(again)
@@ -51,7 +51,12 @@ def _edit_manifest(bundle, **changes):
         (lambda b: (b / "manifest.json").unlink(), r"manifest.json: missing"),
         (lambda b: (b / "manifest.json").write_text("{not json"), r"manifest.json: not a valid manifest"),
         (lambda b: _edit_manifest(b, schema_version=99), r"schema_version 99"),
-        (lambda b: _edit_manifest(b, feature_fingerprint="0000"), r"feature_fingerprint 0000 does not match"),
+        (lambda b: _edit_manifest(b, feature_fingerprint="0000"), r"made for other features .*feature_fingerprint 0000"),
+        # a bundle of the old horizon and features (before version 2): refused, naming what differs
+        (lambda b: _edit_manifest(b, feature_fingerprint="7c0d", features={}), r"features: not recorded .*horizon 40"),
+        (lambda b: _edit_manifest(b, feature_fingerprint="7c0d", features={**json.loads((b / "manifest.json").read_text())["features"],
+                                                                          "bucket_starts": [3, 8, 15]}),
+         r"bucket_starts: bundle \[3, 8, 15\], this code \[2, 5, 8\]"),
         (lambda b: (b / "executor.pt").unlink(), r"executor.pt: missing weights"),
         (lambda b: (b / "planner.pt").write_bytes(b"garbage"), r"planner.pt: not a loadable state dict"),
         (lambda b: torch.save({"w": [1, 2]}, b / "coordinator.pt"), r"coordinator.pt: not a state dict of tensors"),

@@ -25,7 +25,7 @@ def test_bounds_at_every_decision_match_what_the_agent_faced_online(tmp_path):
 
     class Recording(resolve("PenguinAgent")):
         def counter_all(self, offers, states):
-            snap = snapshot_from_awi(self.awi, horizon=40)
+            snap = snapshot_from_awi(self.awi)
             b = SafetyShield().bounds(snap)
             seen[(self.id, self.awi.current_step, self.hook().version)] = (b.q_safe_buy.copy(), b.q_safe_sell.copy(), b.b_free)
             return super().counter_all(offers, states)
@@ -68,16 +68,16 @@ class RuleGoalHRL(LitaAgentHRL):
     def _plan(self, snap):
         return heuristic_goal(snap)
 
-    def _coordinate(self, snap, bounds, remaining, c, partners, is_buy, offer_of, rel):
+    def _coordinate(self, snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel):
         if partners:  # what _coordinate hands the coordinator, and the teacher it falls back to
             self.l4_log.append({
                 "step": snap.step, "partners": list(partners),
                 "rounds": [int(self.negotiators[p][0].nmi.state.step) for p in partners],
                 "threads": self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel),
-                "global": np.concatenate([self.builder.static(snap), c]),
+                "global": np.concatenate([static, c]),
                 "teacher": [teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners],
             })
-        return super()._coordinate(snap, bounds, remaining, c, partners, is_buy, offer_of, rel)
+        return super()._coordinate(snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel)
 
 
 def run_hrl_world(tmp_path, steps: int = 12, seed: int = 3):

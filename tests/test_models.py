@@ -9,7 +9,7 @@ def test_planner_goal_shape_and_masked_sides():
     torch.manual_seed(0)
     p = Planner(PlannerConfig())
     roles = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
-    goal, value = p(torch.randn(3, 12), torch.randn(3, 41, 10), roles)
+    goal, value = p(torch.randn(3, 12), torch.randn(3, 11, 10), roles)
     assert goal.shape == (3, 16) and value.shape == (3, 1)
     g = goal.view(3, 4, 4)
     assert torch.all(g[1, :, :2] == 0) and torch.all(g[2, :, 2:] == 0)  # the side it cannot negotiate
@@ -17,7 +17,7 @@ def test_planner_goal_shape_and_masked_sides():
     assert torch.all((g[0, :, [1, 3]] > 0.49) & (g[0, :, [1, 3]] < 1.51))  # prices near the catalog
 
 
-def _executor_inputs(B=3, H=40):
+def _executor_inputs(B=3, H=10):
     mask = torch.zeros(B, H + 1)
     mask[:, 5:] = -float("inf")
     mask[1, :] = -float("inf")
@@ -34,7 +34,7 @@ def test_executor_masks_delivery_days_and_untrained_heads_return_the_baseline():
     with torch.no_grad():
         ex.delta_head.weight.normal_()  # a trained-looking delta head
     out = ex(*_executor_inputs())
-    assert out["op"].shape == (3, 3) and out["delta"].shape == (3, 41)
+    assert out["op"].shape == (3, 3) and out["delta"].shape == (3, 11)
     assert torch.all(out["delta"].argmax(dim=1)[[0, 2]] < 5) and out["delta"][1].argmax() == 3
     fresh = Executor(ExecutorConfig())
     q, p = fresh.quantity_price(fresh(*_executor_inputs()), torch.tensor([0.3] * 3), torch.tensor([0.95] * 3))

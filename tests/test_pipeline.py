@@ -176,7 +176,7 @@ def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
         (dict(profile="smoke", force=["train"]), "valid stages are collect, events, tables, train_l2, backfill"),
         (dict(profile="smoke", overrides={"collect": {"worlds": 0}}), "collect.worlds = 0 is out of range: valid [1, 100000]"),
         (dict(profile="smoke", overrides={"tables": {"nope": 1}}), "valid: horizon, version, static, temporal"),
-        (dict(profile="smoke", overrides={"tables": {"horizon": 20}}), "tables.horizon = 20, train_l2.planner.horizon = 40"),
+        (dict(profile="smoke", overrides={"tables": {"horizon": 20}}), "tables.horizon = 20, train_l2.planner.horizon = 10"),
         (dict(profile="smoke", overrides={"train_l2": {"fit.lr": "fast"}}), "train_l2.fit.lr expects a number"),
         (dict(profile="smoke", overrides={"train_l3": {"fit.max_epochs": 0}}), "max_epochs must be >= 1"),
         (dict(profile="smoke", workers=0), "workers = 0 is out of range"),

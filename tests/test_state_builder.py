@@ -18,7 +18,7 @@ def _example():
 def test_shapes_and_names():
     m = StateBuilder().macro(_example())
     assert m.x_static.shape == (12,) == (len(STATIC_FEATURES),)
-    assert m.x_temporal.shape == (41, 10) and len(TEMPORAL_CHANNELS) == 10
+    assert m.x_temporal.shape == (11, 10) and len(TEMPORAL_CHANNELS) == 10
     assert m.x_role.tolist() == [1.0, 1.0]
     assert m.x_static.dtype == np.float32 and m.x_temporal.dtype == np.float32
 
