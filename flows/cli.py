@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bundle.add_subparsers(dest="bundle_command", required=True)
     untrained = bsub.add_parser("untrained", help="write a bundle with random weights (exercises the neural path)")
     untrained.add_argument("--mode", choices=("residual", "direct"), default="residual", help="L3 output mode")
+    untrained.add_argument("--base", choices=("baseline", "rules"), default="baseline",
+                           help="residual L3's base: L1's baseline offer, or the rule executor's (plays as the rules)")
     untrained.add_argument("--seed", type=int, default=0)
     untrained.add_argument("--out", default=None, help="bundle directory (default: DATA/bundles/untrained-<mode>)")
     untrained.add_argument("--latest", action="store_true", help="also point DATA/bundles/LATEST at it")
@@ -282,7 +284,7 @@ def _bundle_untrained(args: argparse.Namespace) -> int:
     from hrlxf_agent.paths import bundles_root
 
     out = Path(args.out) if args.out else bundles_root() / f"untrained-{args.mode}"
-    path = write_untrained_bundle(out, mode=args.mode, seed=args.seed)
+    path = write_untrained_bundle(out, mode=args.mode, seed=args.seed, base=args.base)
     if args.latest:
         set_latest(path)
     print(f"wrote {path}" + (" (LATEST)" if args.latest else ""))

@@ -1,7 +1,8 @@
 """Prefect flows: ``hrlxf`` (the whole pipeline), ``collect`` (nightly collection) and ``evaluate``.
 
-collect -> events -> tables -> train_l2 -> backfill -> train_l3 (residual), train_l3_direct
--> train_l4 -> bundle (residual, LATEST), bundle_direct -> evaluate (both L3 modes)
+collect -> events -> tables -> train_l2 -> backfill -> train_l3 (residual over L1's baseline),
+train_l3_direct, train_l3_rules (residual over the rules) -> train_l4 -> bundle, bundle_direct,
+bundle_rules -> evaluate (every new bundle, and the LATEST the run started with)
 (`flows/stages.py` declares them). Every stage is one Prefect task whose cache
 key is `tasks.fingerprint.stage_key`: the stage's recipe (config, code version)
 and the content fingerprints of its input artifacts, never their paths. Results
@@ -37,7 +38,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.stages import (
-    ARTIFACTS, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, StageCall, StageFailed, execute, make_plan,
+    ARTIFACTS, BUNDLES, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, StageCall, StageFailed, execute, make_plan,
 )
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
 from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
@@ -164,7 +165,7 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
 def _fields(plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
     return {"run_id": plan.run_id, "mode": getattr(plan.configs.get("train_l3"), "mode", "residual"),
             "bundle_name": paths["bundle"].name if "bundle" in paths else "none",
-            "bundle_direct_name": paths["bundle_direct"].name if "bundle_direct" in paths else "none"}
+            **{f"{k}_name": paths[k].name if k in paths else "none" for k in BUNDLES if k != "bundle"}}
 
 
 def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | None) -> tuple[Path, dict]:
@@ -297,7 +298,7 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
                 record, how, seconds = run_stage(call, forced, results, refresh=bool(rows))  # worlds played: a new summary
             elif stage.name == "evaluate":
                 if latest_at_start is not None and latest_at_start not in {
-                        paths[k].resolve() for k in ("bundle", "bundle_direct") if k in paths}:
+                        paths[k].resolve() for k in BUNDLES if k in paths}:
                     paths["latest"] = latest_at_start  # played beside the new bundles: LATEST moves only on evidence
                 t0 = time.perf_counter()
                 worlds, report["evaluation_units"] = _evaluation_worlds(plan, paths, dask_address)
@@ -315,7 +316,7 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
         ran = {s.name for s in plan.stages}
         if "evaluation" in paths and "evaluate" in ran:
             report["evaluation"] = str(paths["evaluation"] / "evaluation.json")
-        report["bundles"] = {k: str(paths[k]) for k in ("bundle", "bundle_direct") if k in paths}  # made or given
+        report["bundles"] = {k: str(paths[k]) for k in BUNDLES if k in paths}  # made or given
         report["latest"] = _move_latest(plan, report, latest_at_start)
         report["bundle"] = str(current_latest(plan.data / "bundles") or "") or None
         report["status"] = "completed"

@@ -78,9 +78,11 @@ ARTIFACTS: dict[str, Artifact] = {
     "l2": Artifact("models/l2", MODEL),
     "l3": Artifact("models/l3-{mode}", MODEL),
     "l3_direct": Artifact("models/l3-direct", MODEL),
+    "l3_rules": Artifact("models/l3-rules", MODEL),
     "l4": Artifact("models/l4", MODEL),
     "bundle": Artifact("bundles/{bundle_name}"),
     "bundle_direct": Artifact("bundles/{bundle_direct_name}"),
+    "bundle_rules": Artifact("bundles/{bundle_rules_name}"),
     "latest": Artifact("bundles/{latest_name}"),  # the bundle LATEST names when the pipeline starts (the flow sets it)
     "evaluation": Artifact("reports/evaluation/{bundle_name}"),
 }
@@ -152,13 +154,18 @@ def _bundle(p: dict[str, Path], config: Any) -> Path:
                     trained_on={"lake": str(p["lake"])})
 
 
-def _bundle_direct(p: dict[str, Path], config: Any) -> Path:
-    from dataclasses import replace
+def _bundle_of(l3: str) -> Callable[[dict[str, Path], Any], Path]:
+    """The bundle stage of another L3 variant (the same L2 and L4)."""
 
-    from tasks.bundle import assemble
+    def bundle(p: dict[str, Path], config: Any) -> Path:
+        from dataclasses import replace
 
-    return assemble(p["l2"], p["l3_direct"], p["l4"], p["bundles"], replace(config, set_latest=False),
-                    trained_on={"lake": str(p["lake"])})
+        from tasks.bundle import assemble
+
+        return assemble(p["l2"], p[l3], p["l4"], p["bundles"], replace(config, set_latest=False),
+                        trained_on={"lake": str(p["lake"])})
+
+    return bundle
 
 
 def _evaluate(p: dict[str, Path], config: Any) -> dict:
@@ -217,6 +224,9 @@ def _per_world(*tables: str) -> Callable[[str], list[str]]:
     return outputs
 
 
+#: the bundles one pipeline run trains: L3 residual over L1's baseline, direct, residual over the rules
+BUNDLES = ("bundle", "bundle_direct", "bundle_rules")
+
 STAGES: tuple[Stage, ...] = (
     Stage("collect", ("tasks.collect",), (), ("raw_run",), lambda profile: COLLECT_PROFILES[profile], run=lambda p, c: {},
           mode="collect"),
@@ -232,13 +242,17 @@ STAGES: tuple[Stage, ...] = (
           _train_l3, mode="fresh"),
     Stage("train_l3_direct", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_direct",),
           _preset("tasks.train_l3", "L3Config", mode="direct"), _train_l3, mode="fresh"),
-    Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
+    Stage("train_l3_rules", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_rules",),
+          _preset("tasks.train_l3", "L3Config", base="rules"), _train_l3, mode="fresh"),
+    Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "goal_hat", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
           _train_l4, mode="fresh"),
     Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"), _bundle,
           mode="publish"),
     Stage("bundle_direct", ("tasks.bundle",), ("l2", "l3_direct", "l4"), ("bundle_direct",),
-          _preset("tasks.bundle", "BundleConfig"), _bundle_direct, mode="publish"),
-    Stage("evaluate", ("tasks.evaluate",), ("bundle", "bundle_direct", "latest"), ("evaluation",), _eval_config,
+          _preset("tasks.bundle", "BundleConfig"), _bundle_of("l3_direct"), mode="publish"),
+    Stage("bundle_rules", ("tasks.bundle",), ("l2", "l3_rules", "l4"), ("bundle_rules",),
+          _preset("tasks.bundle", "BundleConfig"), _bundle_of("l3_rules"), mode="publish"),
+    Stage("evaluate", ("tasks.evaluate",), BUNDLES + ("latest",), ("evaluation",), _eval_config,
           _evaluate, mode="fresh"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -250,12 +264,17 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("collect", "world_timeout"): (1, None), ("collect", "seed"): (0, None),
     ("tables", "horizon"): (1, 40),  # logs hold at least today + 10 (std's horizon); older ones today + 40
     ("backfill", "horizon"): (1, 40), ("train_l2", "planner.horizon"): (1, 40), ("train_l3", "executor.horizon"): (1, 40),
-    ("train_l3_direct", "executor.horizon"): (1, 40),
+    ("train_l3_direct", "executor.horizon"): (1, 40), ("train_l3_rules", "executor.horizon"): (1, 40),
     ("evaluate", "worlds"): (1, 10_000), ("evaluate", "steps"): (3, 1_000), ("evaluate", "workers"): (1, 256),
 }
-#: settings that must agree across stages (the feature horizon)
-SAME = (("tables", "horizon"), ("train_l2", "planner.horizon"), ("backfill", "horizon"), ("train_l3", "executor.horizon"),
-        ("train_l3_direct", "executor.horizon"))
+#: settings that must agree across stages: the feature horizon, and the one split by world of every training
+_TRAININGS = ("train_l2", "train_l3", "train_l3_direct", "train_l3_rules", "train_l4")
+SAME: dict[str, tuple[tuple[str, str], ...]] = {
+    "the feature horizon": (("tables", "horizon"), ("train_l2", "planner.horizon"), ("backfill", "horizon"),
+                            ("train_l3", "executor.horizon"), ("train_l3_direct", "executor.horizon"),
+                            ("train_l3_rules", "executor.horizon")),
+    **{f"the split by world ({f})": tuple((s, f"fit.{f}") for s in _TRAININGS) for f in ("val_fraction", "test_fraction", "seed")},
+}
 #: collect settings that do not change what a world holds (left out of its cache key and of a run's identity)
 COLLECT_RUNTIME = ("workers", "world_timeout")
 
@@ -400,10 +419,11 @@ def make_plan(profile: str = "default", force: list[str] | tuple[str, ...] | Non
         configs["collect"] = dataclasses.replace(configs["collect"], workers=workers)
     for s in stages:
         _validate(s.name, configs[s.name])
-    horizons = {f"{s}.{d}": _get(configs[s], d) for s, d in SAME if s in {x.name for x in stages}}
-    if len(set(horizons.values())) > 1:
-        raise ParameterError("the feature horizon must be the same in every stage: "
-                             + ", ".join(f"{k} = {v}" for k, v in horizons.items()))
+    for what, fields in SAME.items():
+        values = {f"{s}.{d}": _get(configs[s], d) for s, d in fields if s in {x.name for x in stages}}
+        if len(set(values.values())) > 1:
+            raise ParameterError(f"{what} must be the same in every stage: "
+                                 + ", ".join(f"{k} = {v}" for k, v in values.items()))
     data = Path(data or data_root()).resolve()
     if "collect" in {s.name for s in stages} and "collect" not in force:
         _check_collect_run(data / "raw" / run_id, configs["collect"])

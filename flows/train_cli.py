@@ -14,7 +14,10 @@ from typing import Any
 
 from hrlxf_agent.paths import data_root
 
-MODES = ("residual", "direct")
+#: the L3 variants: residual over L1's baseline, direct, residual over the rule executor (models/l3-<variant>)
+VARIANTS: dict[str, dict[str, str]] = {"residual": {"mode": "residual"}, "direct": {"mode": "direct"},
+                                       "rules": {"mode": "residual", "base": "rules"}}
+MODES = tuple(VARIANTS)
 
 
 def models_root(args: argparse.Namespace) -> Path:
@@ -50,7 +53,9 @@ def run_train(layer: str, lake: Path, models: Path, smoke: bool, modes: tuple[st
         done["backfill"] = backfill(lake, models / "l2", BackfillConfig())
     if layer in ("l3", "all"):
         for mode in modes:
-            done[f"l3-{mode}"] = train_l3(lake, models / f"l3-{mode}", _preset(L3Config, smoke, mode=mode))
+            if mode not in VARIANTS:
+                raise ValueError(f"unknown L3 variant {mode!r}: choose from {', '.join(VARIANTS)}")
+            done[f"l3-{mode}"] = train_l3(lake, models / f"l3-{mode}", _preset(L3Config, smoke, **VARIANTS[mode]))
     if layer in ("l4", "all"):
         done["l4"] = train_l4(lake, models / "l4", _preset(L4Config, smoke))
     if layer == "all":
@@ -196,7 +201,8 @@ def add_parsers(sub: Any, bundle_sub: Any) -> None:
     train.add_argument("layer", choices=("l2", "backfill", "l3", "l4", "all"), help="'all' also builds both bundles")
     train.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
     train.add_argument("--models", default=None, help="stage outputs (default: DATA/models)")
-    train.add_argument("--modes", default="residual,direct", help="L3 modes to train")
+    train.add_argument("--modes", default=",".join(MODES),
+                       help="L3 variants to train: residual (over L1's baseline), direct, rules (residual over the rules)")
     train.add_argument("--smoke", action="store_true", help="one epoch each, tiny minimum data (for tests)")
     train.set_defaults(func=_train)
 

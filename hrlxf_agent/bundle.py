@@ -194,13 +194,15 @@ def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
     return Bundle(path, manifest, modules["planner"], modules["executor"], modules["coordinator"])  # type: ignore[arg-type]
 
 
-def write_untrained_bundle(out_dir: Path, mode: str = "residual", seed: int = 0, horizon: int = DEFAULT_HORIZON) -> Path:
-    """Random weights (heads of L3 at zero), so the neural path can run before training exists."""
+def write_untrained_bundle(out_dir: Path, mode: str = "residual", seed: int = 0, horizon: int = DEFAULT_HORIZON,
+                           base: str = "baseline") -> Path:
+    """Random weights (heads of L3 at zero), so the neural path can run before training exists.
+    ``base="rules"`` (residual): the untrained L3 offers what the rule executor offers."""
     torch.manual_seed(seed)
     return save_bundle(
         out_dir,
         Planner(PlannerConfig(horizon=horizon)),
-        Executor(ExecutorConfig(horizon=horizon, mode=mode)),
+        Executor(ExecutorConfig(horizon=horizon, mode=mode, base=base)),
         Coordinator(CoordinatorConfig()),
         metrics={"trained": False},
         trained_on={"note": "untrained: random weights"},

@@ -50,7 +50,11 @@ class Goal:
 
     @classmethod
     def from_vector(cls, g: np.ndarray, snap: Snapshot) -> "Goal":
-        g = np.asarray(g, dtype=float).reshape(N_BUCKETS, 4)
+        """The goal of a (float32) vector; values are snapped to 1e-4 so that the rule goal sent through a
+        network unchanged (an untrained planner) comes back as the same numbers, not 9.9999995."""
+        g = np.round(np.asarray(g, dtype=float).reshape(N_BUCKETS, 4) * [snap.n_lines, snap.catalog_price_in,
+                                                                         snap.n_lines, snap.catalog_price_out], 4)
+        g = g / [snap.n_lines, max(snap.catalog_price_in, 1e-6), snap.n_lines, max(snap.catalog_price_out, 1e-6)]
         return cls(
             q_buy=g[:, Q_BUY] * snap.n_lines * snap.can_buy,
             p_buy=g[:, P_BUY] * snap.catalog_price_in,
@@ -185,34 +189,58 @@ TEACHER_GAIN = 0.7
 
 def teacher_alpha(snap: Snapshot, bounds: Bounds, remaining: tuple[np.ndarray, np.ndarray], is_buy: bool,
                   offer: tuple | None, rel_time: float) -> float:
-    """The heuristic priority of one thread in (-1, 1): urgency of its goal gap, how near its delivery
-    is, how late in the negotiation, and budget pressure.
-
-    Only buckets this side can still trade count, and each gap is a share of what its bucket can hold
-    (n_lines a day), so the urgency lies in [0, 1] whatever the goal asks; every term is centred, and
-    the gain keeps tanh out of saturation: alphas spread over (-1, 1) and rank threads.
-    """
-    n = float(snap.n_lines)
-    gaps = remaining[0] if is_buy else remaining[1]
+    """The heuristic priority of one thread in (-1, 1) (`teacher_alpha_from` on this snapshot's terms)."""
+    gaps = (remaining[0] if is_buy else remaining[1]) / float(snap.n_lines)
     tradable = tradable_buckets(snap, bounds.time_mask_buy if is_buy else bounds.time_mask_sell)
-    edges = bucket_edges(snap.horizon)
-    if offer is not None:
-        delta = int(offer[TIME]) - snap.step
-    else:
-        needy = [b for b in range(N_BUCKETS) if gaps[b] > 0 and tradable[b]]
-        delta = edges[needy[0]][0] if needy else 0
-    b = int(bucket_index(snap.horizon)[min(max(delta, 0), snap.horizon)])
-    weights = np.asarray(BUCKET_URGENCY) * tradable
-    days = np.asarray([min(hi, snap.horizon) - lo + 1 for lo, hi in edges], dtype=float)
-    fill = np.clip(gaps / (n * days), 0.0, 1.0)
-    urgency = float(weights @ fill / weights.sum()) if weights.sum() > 0 else 0.0
-    near = 1.0 - min(1.0, max(0, delta) / max(1, snap.horizon))
-    budget = 0.0
+    has_offer = offer is not None
+    delta = int(offer[TIME]) - snap.step if has_offer else 0
+    return float(teacher_alpha_from(gaps, tradable, has_offer, delta, rel_time, budget_use(bounds, is_buy, offer),
+                                    snap.horizon))
+
+
+def budget_use(bounds: Bounds, is_buy: bool, offer: tuple | None) -> float:
+    """The share of B_free a partner's offer to sell to us would take (0 for sales and without an offer)."""
     if is_buy and offer is not None and bounds.b_free > 0:
-        budget = min(1.0, offer[QUANTITY] * offer[UNIT_PRICE] / bounds.b_free)
-    wanted = 1.0 if gaps[b] > 0 and tradable[b] else -1.0
-    score = 1.5 * (2 * urgency - 1) + 0.5 * (2 * near - 1) + 0.3 * (2 * rel_time - 1) - 0.8 * budget + 0.5 * wanted
-    return float(math.tanh(TEACHER_GAIN * score))
+        return min(1.0, offer[QUANTITY] * offer[UNIT_PRICE] / bounds.b_free)
+    return 0.0
+
+
+def teacher_alpha_from(gaps: np.ndarray, tradable: np.ndarray, has_offer, offer_delta, rel_time, budget,
+                       horizon: int) -> np.ndarray:
+    """The teacher on arrays (one thread, or many rows at once: the training stages rebuild it against
+    L2's goal from table columns). ``gaps`` (..., 4): the side's goal left per bucket / n_lines;
+    ``tradable`` (..., 4): buckets the side can still trade; the offer's delivery offset when there is one.
+
+    The priority: urgency of the goal gap, how near the delivery is, how late in the negotiation, budget
+    pressure. Only tradable buckets count and each gap is a share of what its bucket can hold (n_lines a
+    day), so the urgency lies in [0, 1] whatever the goal asks; every term is centred, and the gain keeps
+    tanh out of saturation: alphas spread over (-1, 1) and rank threads. Without an offer, the thread is
+    taken at the first tradable bucket that still needs something.
+    """
+    gaps = np.asarray(gaps, dtype=float)
+    tradable = np.asarray(tradable, dtype=bool)
+    edges = bucket_edges(horizon)
+    starts = np.asarray([lo for lo, _ in edges])
+    days = np.asarray([min(hi, horizon) - lo + 1 for lo, hi in edges], dtype=float)
+    needed = gaps > GAP_EPSILON
+    needy = needed & tradable
+    default = np.where(needy.any(axis=-1), starts[np.argmax(needy, axis=-1)], 0)
+    delta = np.where(has_offer, offer_delta, default)
+    b = bucket_index(horizon)[np.clip(delta, 0, horizon)]
+    weights = np.asarray(BUCKET_URGENCY) * tradable
+    total = weights.sum(axis=-1)
+    fill = np.clip(gaps / days, 0.0, 1.0)
+    urgency = np.where(total > 0, (weights * fill).sum(axis=-1) / np.maximum(total, 1e-12), 0.0)
+    near = 1.0 - np.minimum(1.0, np.maximum(0, delta) / max(1, horizon))
+    at = np.take_along_axis(needy, np.expand_dims(b, -1), axis=-1)[..., 0]
+    wanted = np.where(at, 1.0, -1.0)
+    score = 1.5 * (2 * urgency - 1) + 0.5 * (2 * near - 1) + 0.3 * (2 * np.asarray(rel_time) - 1) \
+        - 0.8 * np.asarray(budget) + 0.5 * wanted
+    return np.tanh(TEACHER_GAIN * score)
+
+
+#: a goal gap (in n_lines) below this is none: float32 goals and float64 commitments need not cancel exactly
+GAP_EPSILON = 1e-6
 
 
 def limit_price(goal_price: float, is_buy: bool, rel_time: float) -> float:

@@ -25,7 +25,7 @@ from .heuristics import GlobalMonitor, Goal, bucket_index, heuristic_action, heu
 from .intercept import intercept
 from .shield import Bounds, SafetyShield
 from .shielded import ShieldHook
-from .snapshot import DEFAULT_HORIZON, Snapshot, snapshot_from_awi
+from .snapshot import DEFAULT_HORIZON, TIME, Snapshot, snapshot_from_awi
 from .state import FeatureSpec, StateBuilder, batch_thread_features, round_features
 
 log = logging.getLogger("hrlxf")
@@ -178,23 +178,28 @@ class HRLPolicy(StdSyncAgent):
             return {p: r for p, (r, _) in rules().items()}
         try:
             ex = self.models.executor.config
+            reads_rules = ex.heuristic_prior or (ex.mode == "residual" and ex.base == "rules")
             return self._execute(snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel,
-                                 rules() if ex.heuristic_prior else None)
+                                 rules() if reads_rules else None)
         except Exception as e:
             self._fallback("L3", e)
             return {p: r for p, (r, _) in rules().items()}
 
     # ------------------------------------------------------------ layers
     def _plan(self, snap: Snapshot) -> Goal:
-        """L2: the day's goal."""
+        """L2: the day's goal (the planner's residual over the rule goal)."""
+        rule = heuristic_goal(snap)
         if self.models is not None and "l2" not in self.ablate:
             try:
                 m = self.builder.macro(snap)
+                base = rule.vector(snap)
                 if self.feature_log is not None:
-                    self.feature_log.append({"step": snap.step, "x_static": m.x_static, "x_temporal": m.x_temporal, "x_role": m.x_role})
+                    self.feature_log.append({"step": snap.step, "x_static": m.x_static, "x_temporal": m.x_temporal,
+                                             "x_role": m.x_role, "rule_goal": base})
                 with torch.inference_mode():
                     g, _ = self.models.planner(
-                        torch.from_numpy(m.x_static)[None], torch.from_numpy(m.x_temporal)[None], torch.from_numpy(m.x_role)[None]
+                        torch.from_numpy(m.x_static)[None], torch.from_numpy(m.x_temporal)[None], torch.from_numpy(m.x_role)[None],
+                        torch.from_numpy(base)[None],
                     )
                 g = g[0].numpy()
                 if not np.all(np.isfinite(g)):
@@ -202,28 +207,27 @@ class HRLPolicy(StdSyncAgent):
                 return Goal.from_vector(g, snap)
             except Exception as e:
                 self._fallback("L2", e)
-        return heuristic_goal(snap)
+        return rule
 
     def _coordinate(self, snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel) -> dict[str, float]:
-        """L4: a priority per thread (the coordinator, or the teacher's rule)."""
-        def teacher() -> dict[str, float]:
-            return {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners}
-
+        """L4: a priority per thread (the coordinator's residual over the teacher's rule, or the teacher)."""
+        teacher = {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners}
         if self.models is None or not partners or "l4" in self.ablate:
-            return teacher()
+            return teacher
         try:
             feats = self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
             glob = np.concatenate([static, c]).astype(np.float32)
             with torch.inference_mode():
                 a = self.models.coordinator_fn(
-                    torch.from_numpy(feats)[None], torch.ones(1, len(partners), dtype=torch.bool), torch.from_numpy(glob)[None]
+                    torch.from_numpy(feats)[None], torch.ones(1, len(partners), dtype=torch.bool), torch.from_numpy(glob)[None],
+                    torch.tensor([[teacher[p] for p in partners]], dtype=torch.float32),
                 )[0].numpy()
             if not np.all(np.isfinite(a)):
                 raise FloatingPointError("coordinator returned non-finite values")
             return {p: float(x) for p, x in zip(partners, a)}
         except Exception as e:
             self._fallback("L4", e)
-            return teacher()
+            return teacher
 
     def _thread_features(self, snap, bounds, remaining, partners, is_buy, offer_of, rel) -> np.ndarray:
         return batch_thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
@@ -232,7 +236,8 @@ class HRLPolicy(StdSyncAgent):
                  rules) -> dict[str, SAOResponse]:
         """L3 for every thread of the batch in one forward pass; decoding op -> delta -> (q, p).
 
-        ``rules``: the rule executor's (response, delta) per thread, when the bundle's prior reads it."""
+        ``rules``: the rule executor's (response, delta) per thread, when the bundle reads it (its prior
+        for op and delta, or its offer as the residual base)."""
         if not partners:
             return {}
         ex = self.models.executor
@@ -241,12 +246,14 @@ class HRLPolicy(StdSyncAgent):
         rounds = np.zeros((B, N, 12), dtype=np.float32)
         keep = np.zeros((B, N), dtype=bool)
         masks = np.zeros((B, H + 1), dtype=np.float32)
+        rooms = np.zeros((B, H + 1), dtype=np.float32)  # L1's room per day, in units of n_lines (q, p read it at delta)
         roles = np.zeros((B, 2), dtype=np.float32)
         for i, p in enumerate(partners):
             past = self.history.get(p, [])[-(N - 1):] + [round_features(snap, is_buy[p], offer_of[p], None, None, rel[p], H)]
             rounds[i, N - len(past):] = np.stack(past)
             keep[i, N - len(past):] = True
             masks[i] = bounds.time_mask_buy if is_buy[p] else bounds.time_mask_sell
+            rooms[i] = (bounds.q_safe_buy if is_buy[p] else bounds.q_safe_sell)[: H + 1] / snap.n_lines
             roles[i] = self.builder.role_one_hot(is_buy[p])
         static = np.repeat(static_row[None], B, axis=0)
         goal_vec = np.repeat(goal.vector(snap)[None], B, axis=0)
@@ -254,7 +261,7 @@ class HRLPolicy(StdSyncAgent):
             for i, p in enumerate(partners):
                 self.l3_log.append({"partner": p, "step": snap.step, "round": int(self.negotiators[p][0].nmi.state.step),
                                     "static": static[i], "goal": goal_vec[i], "role": roles[i], "broadcast": c, "alpha": alpha[p],
-                                    "rounds": rounds[i], "keep": keep[i], "time_mask": masks[i]})
+                                    "rounds": rounds[i], "keep": keep[i], "time_mask": masks[i], "room": rooms[i]})
         with torch.inference_mode():
             out = self.models.executor_fn(
                 torch.from_numpy(static), torch.from_numpy(goal_vec), torch.from_numpy(roles),
@@ -262,7 +269,7 @@ class HRLPolicy(StdSyncAgent):
                 torch.from_numpy(rounds), torch.from_numpy(keep), torch.from_numpy(masks),
             )
         op_logits, delta_logits = out["op"].numpy(), out["delta"].numpy()
-        if not (np.all(np.isfinite(op_logits)) and np.all(np.isfinite(out["q"].numpy())) and np.all(np.isfinite(out["p"].numpy()))):
+        if not (np.all(np.isfinite(op_logits)) and np.all(np.isfinite(out["h"].numpy()))):
             raise FloatingPointError("executor returned non-finite values")
         prior = ex.config.heuristic_prior
         responses: dict[str, SAOResponse] = {}
@@ -282,17 +289,27 @@ class HRLPolicy(StdSyncAgent):
                 continue
             wanted.append((i, p, int(np.argmax(delta_logits[i] + prior_delta))))
         if wanted:
-            responses.update(self._offers(snap, bounds, goal, is_buy, wanted, out))
+            responses.update(self._offers(snap, bounds, goal, is_buy, wanted, out["h"], rooms, rules))
         return responses
 
-    def _offers(self, snap: Snapshot, bounds: Bounds, goal: Goal, is_buy: dict, wanted: list, out: dict) -> dict[str, SAOResponse]:
-        """(q, p) of every counter-offer at once: around L1's baseline (residual) or absolute (direct)."""
+    def _offers(self, snap: Snapshot, bounds: Bounds, goal: Goal, is_buy: dict, wanted: list, h: torch.Tensor,
+                rooms: np.ndarray, rules: dict | None) -> dict[str, SAOResponse]:
+        """(q, p) of every counter-offer at once, read at its chosen day: around the base (residual) or
+        absolute (direct).
+
+        The base is L1's baseline offer for the chosen day, or (``base="rules"``) the rule executor's
+        counter-offer when it is for that day: an untrained residual L3 then offers what the rules do."""
         idx = bucket_index(snap.horizon)
+        on_rules = self.models.executor.config.base == "rules" and rules is not None
         rows, base_q, base_p, catalogs = [], [], [], []
         for i, p, k in wanted:
             buy = is_buy[p]
             catalog = snap.catalog_price_in if buy else snap.catalog_price_out
-            base = self.shield.baseline(snap, bounds, buy, k)
+            rule = rules[p][0] if on_rules else None
+            if rule is not None and rule.response == ResponseType.REJECT_OFFER and rule.outcome[TIME] == snap.step + k:
+                base = tuple(rule.outcome)
+            else:
+                base = self.shield.baseline(snap, bounds, buy, k)
             if base is None:
                 base_q.append(1.0 / snap.n_lines)
                 base_p.append((goal.p_buy if buy else goal.p_sell)[idx[k]] / catalog)
@@ -302,9 +319,12 @@ class HRLPolicy(StdSyncAgent):
             rows.append(i)
             catalogs.append(catalog)
         sel = torch.tensor(rows)
-        q, price = self.models.executor.quantity_price(
-            {"q": out["q"][sel], "p": out["p"][sel]}, torch.tensor(base_q), torch.tensor(base_p)
-        )
+        with torch.inference_mode():
+            raw_q, raw_p = self.models.executor_fn.quantity_price_heads(
+                h[sel], torch.tensor([k for _, _, k in wanted]), torch.from_numpy(rooms[rows]))
+        if not (torch.isfinite(raw_q).all() and torch.isfinite(raw_p).all()):
+            raise FloatingPointError("executor returned non-finite values")
+        q, price = self.models.executor.quantity_price(raw_q, raw_p, torch.tensor(base_q), torch.tensor(base_p))
         result = {}
         for j, (i, p, k) in enumerate(wanted):
             quantity = max(1, int(round(float(q[j]) * snap.n_lines)))

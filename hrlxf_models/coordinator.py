@@ -1,6 +1,10 @@
 """L4 coordinator: self-attention over the active threads plus a global token
 -> a priority alpha in (-1, 1) per thread (seed 002 section 6). It never edits
-actions: alpha is an input to L3 and the order of L1's joint clip."""
+actions: alpha is an input to L3 and the order of L1's joint clip.
+
+alpha is a residual over the rule teacher's (`heuristics.teacher_alpha`), which it
+reads per thread: alpha = tanh(atanh(teacher) + head). The head starts at zero, so
+an untrained coordinator is the teacher; online learning moves it from there."""
 
 from __future__ import annotations
 
@@ -33,12 +37,16 @@ class Coordinator(nn.Module):
         self.blocks = nn.ModuleList(Block(c.d_model, c.n_head) for _ in range(c.n_layer))
         self.ln = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, 1)
+        nn.init.zeros_(self.head.weight)  # untrained: the teacher exactly
+        nn.init.zeros_(self.head.bias)
 
-    def forward(self, threads: torch.Tensor, keep: torch.Tensor, global_features: torch.Tensor) -> torch.Tensor:
-        """threads (B,N,F), keep (B,N) bool, global (B,G) -> alpha (B,N) in (-1, 1)."""
+    def forward(self, threads: torch.Tensor, keep: torch.Tensor, global_features: torch.Tensor,
+                teacher: torch.Tensor) -> torch.Tensor:
+        """threads (B,N,F), keep (B,N) bool, global (B,G), teacher alpha (B,N) -> alpha (B,N) in (-1, 1)."""
         B = threads.shape[0]
         x = torch.cat([self.globl(global_features)[:, None], self.thread(threads)], dim=1)
         mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), keep.to(torch.bool)], dim=1)
         for block in self.blocks:
             x = block(x, mask)
-        return torch.tanh(self.head(self.ln(x[:, 1:]))).squeeze(-1)
+        base = torch.atanh(teacher.clamp(-0.999999, 0.999999))
+        return torch.tanh(base + self.head(self.ln(x[:, 1:])).squeeze(-1))

@@ -3,7 +3,11 @@
 Tokens: prefix [context (static), goal, role, broadcast c, alpha], then the last
 N rounds of the thread (left-padded), then a decision token whose output feeds
 the heads: op {ACCEPT, REJECT, END}, delivery offset delta in 0..H (masked by
-L1's time_mask), quantity and price. One policy serves every thread.
+L1's time_mask), then quantity and price. Decoding is autoregressive, as the
+seeds draw it: q and p read the decision token together with the chosen delta
+(an embedding of it) and L1's room on that day (`quantity_price_heads`), so an
+offer for today and one in ten days need not be the same. One policy serves
+every thread.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ExecutorConfig:
     q_scale: float = 0.5  # residual quantity range, in units of n_lines
     p_scale: float = 0.1  # residual price range, relative
     heuristic_prior: float = 3.0  # logit bonus the agent gives the rule-based op / delta: an untrained model follows the rules
+    base: str = "baseline"  # residual mode's base: "baseline" (L1's simple safe offer, seed 004) or "rules" (the rule executor's offer)
 
 
 class Executor(nn.Module):
@@ -42,6 +47,8 @@ class Executor(nn.Module):
         super().__init__()
         if config.mode not in ("residual", "direct"):
             raise ValueError(f"mode must be 'residual' or 'direct', got {config.mode!r}")
+        if config.base not in ("baseline", "rules"):
+            raise ValueError(f"base must be 'baseline' or 'rules', got {config.base!r}")
         self.config = c = config
         d = c.d_model
         self.context = nn.Linear(c.n_static, d)
@@ -56,6 +63,9 @@ class Executor(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.op_head = nn.Linear(d, len(OPS))
         self.delta_head = nn.Linear(d, c.horizon + 1)
+        self.horizon: int = c.horizon  # TorchScript reads ints, not the config object
+        self.delta_embed = nn.Embedding(c.horizon + 1, d)
+        self.qp_mix = nn.Sequential(nn.Linear(2 * d + 1, d), nn.GELU())  # [h, delta embedding, room at delta]
         self.q_head = nn.Linear(d, 1)
         self.p_head = nn.Linear(d, 1)
         for head in (self.op_head, self.delta_head, self.q_head, self.p_head):
@@ -86,20 +96,25 @@ class Executor(nn.Module):
         for block in self.blocks:
             x = block(x, keep)
         h = self.ln(x[:, -1])
-        return {
-            "op": self.op_head(h),
-            "delta": self.delta_head(h) + time_mask,
-            "q": self.q_head(h).squeeze(-1),
-            "p": self.p_head(h).squeeze(-1),
-        }
+        return {"op": self.op_head(h), "delta": self.delta_head(h) + time_mask, "h": h}
 
-    def quantity_price(self, out: dict[str, torch.Tensor], base_q: torch.Tensor, base_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(q in units of n_lines, p relative to the catalog) from the heads.
+    @torch.jit.export
+    def quantity_price_heads(self, h: torch.Tensor, delta: torch.Tensor, room: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw q and p head outputs for the chosen ``delta`` (B,) given L1's room per day ``room`` (B, H+1, in
+        units of n_lines): the second step of the autoregressive decoding."""
+        delta = delta.clamp(0, self.horizon)
+        at = room.gather(1, delta[:, None])
+        z = self.qp_mix(torch.cat([h, self.delta_embed(delta), at], dim=-1))
+        return self.q_head(z).squeeze(-1), self.p_head(z).squeeze(-1)
 
-        residual: around the L1 baseline (an untrained head returns it exactly);
+    def quantity_price(self, raw_q: torch.Tensor, raw_p: torch.Tensor, base_q: torch.Tensor,
+                       base_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q in units of n_lines, p relative to the catalog) from the raw head outputs.
+
+        residual: around the base (L1's baseline or the rule executor's offer; an untrained head returns it exactly);
         direct: absolute values (``base_*`` only fixes the scale of p at 1).
         """
         c = self.config
         if c.mode == "residual":
-            return base_q + c.q_scale * torch.tanh(out["q"]), base_p * (1.0 + c.p_scale * torch.tanh(out["p"]))
-        return torch.nn.functional.softplus(out["q"]), 1.0 + 0.5 * torch.tanh(out["p"])
+            return base_q + c.q_scale * torch.tanh(raw_q), base_p * (1.0 + c.p_scale * torch.tanh(raw_p))
+        return torch.nn.functional.softplus(raw_q), 1.0 + 0.5 * torch.tanh(raw_p)

@@ -1,5 +1,9 @@
 """L2 strategic planner: a 1D-CNN over the (H+1) x 10 commitment tensor, fused with
-the static vector and the role, -> the day's goal g (16) and a value (seed 002 section 4)."""
+the static vector and the role, -> the day's goal g (16) and a value (seed 002 section 4).
+
+The goal is a residual over the rule goal (`heuristics.heuristic_goal`), which the
+planner reads as its base: quantities base + head, prices base x (1 + 0.5 tanh(head)).
+Its goal head starts at zero, so an untrained planner plans as the rules do."""
 
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ class PlannerConfig:
 
 
 class Planner(nn.Module):
-    """Goal quantities come out in units of n_lines (>= 0), prices as a ratio to the catalog price."""
+    """Goal quantities come out in units of n_lines (>= 0), prices as a ratio to the catalog price,
+    both around the base goal it is given (the rule goal)."""
 
     def __init__(self, config: PlannerConfig):
         super().__init__()
@@ -60,17 +65,21 @@ class Planner(nn.Module):
             nn.Linear(c.hidden, c.hidden), nn.GELU(),
         )
         self.goal = nn.Linear(c.hidden, GOAL_DIM)
+        nn.init.zeros_(self.goal.weight)  # untrained: the base goal exactly
+        nn.init.zeros_(self.goal.bias)
         self.value = nn.Linear(c.hidden, 1)
 
-    def forward(self, x_static: torch.Tensor, x_temporal: torch.Tensor, x_role: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,12), (B,H+1,10), (B,2) -> goal (B,16), value (B,1)."""
+    def forward(self, x_static: torch.Tensor, x_temporal: torch.Tensor, x_role: torch.Tensor,
+                base_goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,12), (B,H+1,10), (B,2), base goal (B,16) -> goal (B,16), value (B,1)."""
         h = F.gelu(self.conv1(x_temporal.transpose(1, 2)))
         h = F.gelu(self.conv2(h))
         pooled = torch.cat([h.amax(dim=2), h.mean(dim=2)], dim=1)
         z = self.fuse(torch.cat([pooled, F.gelu(self.static(x_static)), F.gelu(self.role(x_role))], dim=1))
         raw = self.goal(z).view(-1, N_BUCKETS, 4)
-        q = F.softplus(raw[..., [Q_BUY, Q_SELL]])
-        p = 1.0 + 0.5 * torch.tanh(raw[..., [P_BUY, P_SELL]])
+        base = base_goal.view(-1, N_BUCKETS, 4)
+        q = (base[..., [Q_BUY, Q_SELL]] + raw[..., [Q_BUY, Q_SELL]]).clamp_min(0.0)
+        p = base[..., [P_BUY, P_SELL]] * (1.0 + 0.5 * torch.tanh(raw[..., [P_BUY, P_SELL]]))
         goal = torch.stack([q[..., 0], p[..., 0], q[..., 1], p[..., 1]], dim=-1)
         # the side the agent cannot negotiate is masked to zero
         side = torch.stack([x_role[:, 0], x_role[:, 0], x_role[:, 1], x_role[:, 1]], dim=-1).unsqueeze(1)

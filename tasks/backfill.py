@@ -2,7 +2,9 @@
 
 L3 is conditioned on the goal L2 gives it online, not on the hindsight label,
 so its training rows must carry what the trained planner would have said that
-morning. Written as ``<lake>/goal_hat/<run_id>/<world_id>.parquet`` (run_id,
+morning, from a planner that never saw the world: each world's goal_hat comes
+from the fold planner of its cross-fitting fold (`train_l2.crossfit_fold`), the
+test worlds' (and those of a fold too small to fit) from the bundle's planner. Written as ``<lake>/goal_hat/<run_id>/<world_id>.parquet`` (run_id,
 world_id, agent_id, step, goal_hat[16]) with the planner's weight digest in the
 metadata: a world is recomputed only when the planner changed or it is new.
 The L3 stage joins it onto micro's ``goal`` column (``goal_filled`` true).
@@ -10,6 +12,7 @@ The L3 stage joins it onto micro's ``goal`` column (``goal_filled`` true).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +26,8 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.fingerprint import file_digest
 from tasks.tables import macro_arrays
-from tasks.train_l2 import predict_goals
-from tasks.training import TrainingDataError, table_files
+from tasks.train_l2 import crossfit_fold, predict_goals
+from tasks.training import TrainingDataError, table_files, world_position
 
 GOAL_HAT_VERSION = 1
 
@@ -45,8 +48,8 @@ def goal_hat_schema(planner_digest: str) -> pa.Schema:
     ], metadata={"version": str(GOAL_HAT_VERSION), "planner_digest": planner_digest})
 
 
-def load_planner(l2_dir: Path, config: PlannerConfig) -> Planner:
-    weights = Path(l2_dir) / "planner.pt"
+def load_planner(l2_dir: Path, config: PlannerConfig, name: str = "planner.pt") -> Planner:
+    weights = Path(l2_dir) / name
     if not weights.is_file():
         raise TrainingDataError(f"{weights}: missing (run the train_l2 stage first)")
     planner = Planner(config)
@@ -59,17 +62,28 @@ def backfill(lake: Path, l2_dir: Path, config: BackfillConfig) -> dict[str, Any]
     lake = Path(lake)
     spec = FeatureSpec(horizon=config.horizon)
     planner = load_planner(l2_dir, PlannerConfig(horizon=config.horizon))
-    digest = file_digest(Path(l2_dir) / "planner.pt")
+    metrics = json.loads((Path(l2_dir) / "metrics.json").read_text())
+    crossfit = metrics.get("crossfit") or {"folds": 1, "seed": 0, "test_fraction": 0.0, "trained": []}
+    folds = {f: load_planner(l2_dir, PlannerConfig(horizon=config.horizon), f"planner_fold{f}.pt")
+             for f in crossfit["trained"]}
+    digest = "+".join(file_digest(p) for p in sorted(Path(l2_dir).glob("planner*.pt")))
     schema = goal_hat_schema(digest)
-    built = skipped = rows = 0
+    built = skipped = rows = in_sample = 0
     for macro in table_files(lake, "macro"):
         out = lake / "goal_hat" / macro.parent.name / macro.name
         if out.exists() and (pq.read_schema(out).metadata or {}).get(b"planner_digest", b"").decode() == digest:
             skipped += 1
             continue
         a = macro_arrays(macro, spec)
-        goals = predict_goals(planner, a["x_static"], a["x_temporal"], a["x_role"])
         t = pq.read_table(macro, columns=["run_id", "world_id", "agent_id", "step"])
+        which = planner
+        if t.num_rows:
+            key = f"{t.column('run_id')[0].as_py()}/{t.column('world_id')[0].as_py()}"
+            if world_position(key, crossfit["seed"]) >= crossfit["test_fraction"]:  # not a test world
+                fold = crossfit_fold(key, crossfit["folds"], crossfit["seed"])
+                which = folds.get(fold, planner)
+                in_sample += t.num_rows if fold not in folds else 0
+        goals = predict_goals(which, a["x_static"], a["x_temporal"], a["x_role"], a["rule_goal"])
         table = pa.table({
             "run_id": t.column("run_id"), "world_id": t.column("world_id"), "agent_id": t.column("agent_id"),
             "step": t.column("step"),
@@ -81,4 +95,4 @@ def backfill(lake: Path, l2_dir: Path, config: BackfillConfig) -> dict[str, Any]
         os.replace(tmp, out)
         built += 1
         rows += len(goals)
-    return {"built": built, "skipped": skipped, "rows": rows, "planner_digest": digest}
+    return {"built": built, "skipped": skipped, "rows": rows, "in_sample_rows": in_sample, "planner_digest": digest}

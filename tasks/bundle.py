@@ -74,7 +74,8 @@ def assemble(l2: Path, l3: Path, l4: Path, out_root: Path, config: BundleConfig,
         for k in sorted(state):
             h.update(k.encode())
             h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    bundle_id = f"{config.prefix}-{executor.config.mode}-{h.hexdigest()}"
+    variant = executor.config.mode + ("-rules" if executor.config.mode == "residual" and executor.config.base == "rules" else "")
+    bundle_id = f"{config.prefix}-{variant}-{h.hexdigest()}"
     metrics = {"trained": True, "headline": headline(p_metrics, e_metrics, c_metrics),
                "l2": p_metrics, "l3": e_metrics, "l4": c_metrics}
     bc_file = Path(l3) / "executor_bc.pt"

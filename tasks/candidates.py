@@ -4,8 +4,11 @@ A candidate spec is one of:
 
 - an agent name the registry resolves (``PenguinAgent``, ``AS0``, ``LitaAgentHS``, a dotted path);
 - ``rules``: LitaAgentHRL with no bundle (the rule-based layers behind L1);
-- ``untrained`` or ``untrained:direct``: LitaAgentHRL with random weights (written once to
-  ``DATA/bundles/untrained-<mode>``; an untrained residual L3 plays its L1 baseline);
+- ``untrained``, ``untrained:direct`` or ``untrained:rules``: LitaAgentHRL with an untrained bundle
+  (written once to ``DATA/bundles/untrained-<variant>``). Its planner plans the rule goal and its
+  coordinator gives the teacher's alpha (residuals starting at 0); its L3 plays L1's baseline
+  (residual), random absolute offers (direct), or the rule executor's offers (rules: the whole
+  agent is then the rules agent);
 - a bundle: ``latest`` or a bundle directory;
 - an ablation of a bundle, ``VARIANTS:BUNDLE`` with VARIANTS ``+``-joined from ``bc`` (its L3 before
   AWR), ``nol2`` (the rule goal in place of the planner) and ``nol4`` (the teacher alpha in place of
@@ -68,7 +71,7 @@ def _bundle_candidate(spec: str, target: str, variants: tuple[str, ...]) -> Cand
 
 def parse_candidate(spec: str, bundles_root: Path | None = None) -> Candidate:
     """One spec -> a Candidate (see the module docstring); CandidateError if it cannot play."""
-    from hrlxf_agent.bundle import write_untrained_bundle
+    from hrlxf_agent.bundle import BundleError, load_bundle, write_untrained_bundle
     from hrlxf_agent.paths import bundles_root as default_bundles
 
     spec = spec.strip()
@@ -77,14 +80,17 @@ def parse_candidate(spec: str, bundles_root: Path | None = None) -> Candidate:
     if spec == "rules":
         return Candidate("rules", spec, HRL, {})
     if spec.split(":")[0] == "untrained":
-        mode = spec.partition(":")[2] or "residual"
-        if mode not in ("residual", "direct"):
-            raise CandidateError(f"candidate {spec!r}: untrained takes residual or direct, not {mode!r}")
+        variant = spec.partition(":")[2] or "residual"
+        kinds = {"residual": {"mode": "residual"}, "direct": {"mode": "direct"}, "rules": {"mode": "residual", "base": "rules"}}
+        if variant not in kinds:
+            raise CandidateError(f"candidate {spec!r}: untrained takes residual, direct or rules, not {variant!r}")
         root = Path(bundles_root) if bundles_root is not None else default_bundles()
-        path = root / f"untrained-{mode}"
-        if not (path / "manifest.json").is_file():
-            write_untrained_bundle(path, mode=mode, seed=0)
-        return Candidate(f"untrained-{mode}", spec, HRL, {"bundle": str(path.resolve())}, bundle=str(path.resolve()))
+        path = root / f"untrained-{variant}"
+        try:
+            load_bundle(path)
+        except BundleError:  # none yet, or one written for older features: write it afresh
+            write_untrained_bundle(path, seed=0, **kinds[variant])
+        return Candidate(f"untrained-{variant}", spec, HRL, {"bundle": str(path.resolve())}, bundle=str(path.resolve()))
     head, sep, tail = spec.partition(":")
     if sep and all(v in VARIANTS for v in head.split("+")):
         variants = tuple(head.split("+"))

@@ -268,9 +268,10 @@ def apply_latest(doc: dict[str, Any], bundles_root: Path) -> dict[str, Any] | No
 def pipeline_candidates(p: dict[str, Path]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
     """The pipeline's bundles as candidate specs (the new ones, then the LATEST the run started with if it
     is not one of them), the pairs that decide the L3 mode and LATEST, and the new bundles' labels."""
-    new = [Path(p[k]) for k in ("bundle", "bundle_direct") if k in p]
+    new = [Path(p[k]) for k in ("bundle", "bundle_direct", "bundle_rules") if k in p]  # flows.stages.BUNDLES
     labels = [b.resolve().name for b in new]
-    specs, pairs = [str(b) for b in new], [tuple(labels)] if len(labels) == 2 else []
+    specs = [str(b) for b in new]
+    pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
     if "latest" in p:
         current = Path(p["latest"]).resolve().name
         specs.append(str(p["latest"]))

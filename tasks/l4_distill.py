@@ -5,7 +5,10 @@ teacher's answer, for distilling the teacher into the coordinator: ``threads``
 (n_threads x 10, flattened row-major: `state.batch_thread_features`, the
 function the agent calls), ``partners`` (the same order: sorted, as the agent
 sorts its running threads), ``global`` (24 = x_static ++ broadcast c) and
-``teacher_alpha`` (`heuristics.teacher_alpha` per thread). The context of a
+``teacher_alpha`` (`heuristics.teacher_alpha` per thread), and what rebuilds the
+goal-dependent ones against L2's goal at training time (`tasks.goal_inputs`):
+``committed`` (signed today per bucket / n_lines, laid out as c[0:8]) and
+``tradable`` (the buckets each side can still trade: buy 4, then sell 4). The context of a
 batch (Snapshot with the day's deals, bounds, monitor against the morning's
 rule-based goal) is the micro table's (`tasks.micro.WorldLog`). Only the
 running threads of a batch count; a batch with none, or a log without batch
@@ -20,11 +23,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from hrlxf_agent.heuristics import teacher_alpha
+from hrlxf_agent.heuristics import teacher_alpha, tradable_buckets
 from hrlxf_agent.state import THREAD_FEATURES, FeatureSpec, batch_thread_features
 from tasks.micro import WorldLog, mean_rel_time, offer_in
 
-L4_DISTILL_VERSION = 1
+L4_DISTILL_VERSION = 2  # 2: H = 10; committed, tradable
 
 
 def l4_distill_schema(spec: FeatureSpec) -> pa.Schema:
@@ -33,7 +36,8 @@ def l4_distill_schema(spec: FeatureSpec) -> pa.Schema:
         pa.field("run_id", pa.string()), pa.field("world_id", pa.string()), pa.field("agent_id", pa.string()),
         pa.field("step", pa.int64()), pa.field("batch", pa.int64()), pa.field("version", pa.int64()),
         pa.field("n_threads", pa.int64()), pa.field("threads", pa.list_(f32)), pa.field("partners", pa.list_(pa.string())),
-        pa.field("global", pa.list_(f32, len(spec.static) + 12)), pa.field("teacher_alpha", pa.list_(f32)),
+        pa.field("global", pa.list_(f32, len(spec.static) + len(spec.broadcast))), pa.field("teacher_alpha", pa.list_(f32)),
+        pa.field("committed", pa.list_(f32, 8)), pa.field("tradable", pa.list_(f32, 8)),
     ], metadata={"version": str(L4_DISTILL_VERSION), "feature_fingerprint": spec.fingerprint,
                  "thread_features": str(THREAD_FEATURES)})
 
@@ -58,6 +62,9 @@ def l4_distill_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
             "batch": batch, "version": first["version"], "n_threads": len(partners),
             "threads": feats.reshape(-1).tolist(), "partners": partners,
             "global": np.concatenate([ctx.static, c]).astype(np.float32).tolist(), "teacher_alpha": alpha,
+            "committed": ctx.committed.tolist(),
+            "tradable": np.concatenate([tradable_buckets(ctx.snap, ctx.bounds.time_mask_buy),
+                                        tradable_buckets(ctx.snap, ctx.bounds.time_mask_sell)]).astype(np.float32).tolist(),
         })
     return rows
 

@@ -44,13 +44,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hrlxf_agent.heuristics import GlobalMonitor, heuristic_goal, teacher_alpha
+from negmas.sao import ResponseType
+
+from hrlxf_agent.heuristics import (
+    GlobalMonitor, budget_use, heuristic_action, heuristic_goal, teacher_alpha, tradable_buckets,
+)
 from hrlxf_agent.shield import Bounds, SafetyShield
 from hrlxf_agent.snapshot import Snapshot
 from hrlxf_agent.state import ROUND_FEATURES, FeatureSpec, StateBuilder, round_features
 
 HISTORY = 8
-MICRO_VERSION = 2  # 2: static, role, alpha, batch; broadcast with the batch's mean relative time; legal, committed; no WAIT rows; per-agent histories
+# 2: static, role, alpha, batch; broadcast with the batch's mean relative time; legal, committed; no WAIT rows;
+#    per-agent histories
+# 3: H = 10; rule_base_q / rule_base_p, rule_op / rule_delta (the rule executor); the teacher's goal-free terms
+MICRO_VERSION = 3
 OPS = {"accept": 0, "reject": 1, "end": 2}
 
 
@@ -65,10 +72,14 @@ def micro_schema(spec: FeatureSpec) -> pa.Schema:
         pa.field("static", pa.list_(f32, len(spec.static))), pa.field("role", pa.list_(f32, 2)),
         pa.field("history", pa.list_(f32, HISTORY * ROUND_FEATURES)), pa.field("history_len", pa.int64()),
         pa.field("time_mask", pa.list_(f32, spec.horizon + 1)), pa.field("q_safe", pa.list_(f32, spec.horizon + 1)),
-        pa.field("b_free", pa.float64()), pa.field("broadcast", pa.list_(f32, 12)), pa.field("committed", pa.list_(f32, 8)),
+        pa.field("b_free", pa.float64()), pa.field("broadcast", pa.list_(f32, len(spec.broadcast))),
+        pa.field("committed", pa.list_(f32, 8)),
         pa.field("alpha", pa.float64()),
+        pa.field("tradable", pa.list_(f32, 4)), pa.field("offer_delta", pa.int64()), pa.field("budget", pa.float64()),
         pa.field("op", pa.int64()), pa.field("delta", pa.int64()), pa.field("q", pa.float64()), pa.field("p", pa.float64()),
         pa.field("base_q", pa.float64()), pa.field("base_p", pa.float64()),
+        pa.field("rule_base_q", pa.float64()), pa.field("rule_base_p", pa.float64()),
+        pa.field("rule_op", pa.int64()), pa.field("rule_delta", pa.int64()),
         pa.field("res_q", pa.float64()), pa.field("res_p", pa.float64()),
         pa.field("legal", pa.bool_()), pa.field("deal", pa.bool_()), pa.field("deal_value", pa.float64()),
         pa.field("goal", pa.list_(f32, 16)), pa.field("goal_filled", pa.bool_()),
@@ -176,7 +187,9 @@ def mean_rel_time(threads: list[dict[str, Any]]) -> float:
 
 def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
     log = WorldLog(world, spec)
-    batch_rel = {k: mean_rel_time(v) for k, v in log.batches().items()}
+    batches = log.batches()
+    batch_rel = {k: mean_rel_time(v) for k, v in batches.items()}
+    batch_sides = {k: {side: sum(1 for d in v if d["is_buy"] == side) for side in (True, False)} for k, v in batches.items()}
     history: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
     rows = []
     H = spec.horizon
@@ -201,6 +214,12 @@ def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
         base = log.shield.baseline(snap, bounds, is_buy, delta) if 0 <= delta <= snap.horizon else None
         base_q = base[0] / snap.n_lines if base else None
         base_p = base[2] / catalog if base else None
+        # the residual base of ``base="rules"`` (HRLPolicy._offers): the rule executor's counter-offer when it
+        # is for the chosen day, else L1's baseline
+        n_side = batch_sides.get((d["agent_id"], d["batch"]), {}).get(is_buy, 1)
+        rule, rule_k = heuristic_action(snap, bounds, ctx.monitor.goal, ctx.remaining, max(1, n_side), is_buy, o_in, rel)
+        rule_base = (rule.outcome if rule.response == ResponseType.REJECT_OFFER and delta >= 0
+                     and rule.outcome[1] == snap.step + delta else base)
         issues = snap.buy_issues if is_buy else snap.sell_issues
         legal = issues.contains(chosen) if chosen is not None and issues is not None else None
         deal = log.deal_of.get((d["agent_id"], d["step"], d["partner"]))
@@ -220,7 +239,15 @@ def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
             "q_safe": (bounds.q_safe_buy if is_buy else bounds.q_safe_sell)[: H + 1].tolist(),
             "b_free": bounds.b_free, "broadcast": c.tolist(), "committed": ctx.committed.tolist(),
             "alpha": teacher_alpha(snap, bounds, ctx.remaining, is_buy, o_in, rel),
+            # what the teacher reads besides the goal: the training stages rebuild alpha against L2's goal
+            "tradable": tradable_buckets(snap, mask).astype(np.float32).tolist(),
+            "offer_delta": int(o_in[1]) - snap.step if o_in is not None else None,
+            "budget": budget_use(bounds, is_buy, o_in),
             "op": OPS[d["op"]], "delta": delta, "q": q, "p": p, "base_q": base_q, "base_p": base_p,
+            "rule_op": {ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2),
+            "rule_delta": min(max(rule_k, 0), H),
+            "rule_base_q": rule_base[0] / snap.n_lines if rule_base else None,
+            "rule_base_p": rule_base[2] / catalog if rule_base else None,
             "res_q": (q - base_q) if q is not None and base_q is not None else None,
             "res_p": (p - base_p) if p is not None and base_p is not None else None,
             "legal": legal, "deal": deal is not None, "deal_value": value, "goal": [0.0] * 16, "goal_filled": False,

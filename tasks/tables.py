@@ -23,12 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hrlxf_agent.heuristics import heuristic_goal
 from hrlxf_agent.snapshot import Snapshot
 from hrlxf_agent.state import FeatureSpec, StateBuilder
 from tasks.events import SUCCESS
 from tasks.labels import Trade, goal_label, potential
 
-MACRO_VERSION = 1
+MACRO_VERSION = 2  # 2: H = 10, buckets [0,1] [2,4] [5,7] [8,H]; rule_goal (the planner's base)
 
 
 def macro_schema(spec: FeatureSpec) -> pa.Schema:
@@ -38,6 +39,7 @@ def macro_schema(spec: FeatureSpec) -> pa.Schema:
         pa.field("step", pa.int64()), pa.field("x_static", pa.list_(pa.float32(), len(spec.static))),
         pa.field("x_temporal", pa.list_(pa.float32(), k)), pa.field("x_role", pa.list_(pa.float32(), 2)),
         pa.field("goal", pa.list_(pa.float32(), 16)), pa.field("goal_mask", pa.list_(pa.float32(), 16)),
+        pa.field("rule_goal", pa.list_(pa.float32(), 16)),
         pa.field("cash_delta", pa.float64()), pa.field("phi_delta", pa.float64()), pa.field("shortfall", pa.int64()),
     ], metadata={"version": str(MACRO_VERSION), "feature_fingerprint": spec.fingerprint, "horizon": str(spec.horizon)})
 
@@ -73,6 +75,7 @@ def macro_rows(world: Path, builder: StateBuilder) -> list[dict[str, Any]]:
         rows.append({"run_id": d["run_id"], "world_id": d["world_id"], "agent_id": d["agent_id"], "step": d["step"],
                      "x_static": m.x_static.tolist(), "x_temporal": m.x_temporal.reshape(-1).tolist(),
                      "x_role": m.x_role.tolist(), "goal": goal.tolist(), "goal_mask": mask.tolist(),
+                     "rule_goal": heuristic_goal(snap).vector(snap).tolist(),
                      "cash_delta": cash, "phi_delta": (potential(nxt) - potential(snap)) if nxt else 0.0,
                      "shortfall": today["shortfall_quantity"] if today else None})
     return rows
@@ -115,7 +118,7 @@ def build_macro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
 
 
 def macro_arrays(path: Path, spec: FeatureSpec | None = None) -> dict[str, np.ndarray]:
-    """A macro file back as arrays: x_static (N,12), x_temporal (N,H+1,10), x_role (N,2)."""
+    """A macro file back as arrays: x_static (N,12), x_temporal (N,H+1,10), x_role (N,2), rule_goal (N,16)."""
     spec = spec or FeatureSpec()
     t = pq.read_table(path)
     n = t.num_rows
@@ -125,4 +128,5 @@ def macro_arrays(path: Path, spec: FeatureSpec | None = None) -> dict[str, np.nd
         "x_static": np.asarray(t.column("x_static").to_pylist(), dtype=np.float32).reshape(n, len(spec.static)),
         "x_temporal": np.asarray(t.column("x_temporal").to_pylist(), dtype=np.float32).reshape(n, spec.horizon + 1, len(spec.temporal)),
         "x_role": np.asarray(t.column("x_role").to_pylist(), dtype=np.float32).reshape(n, 2),
+        "rule_goal": np.asarray(t.column("rule_goal").to_pylist(), dtype=np.float32).reshape(n, 16),
     }

@@ -5,6 +5,13 @@ quantities through log1p (the labels are heavy-tailed: a few days ask for
 5x n_lines, most for under 1), prices as they are (ratios to the catalog
 price). Split by world; metrics in the game's units (items, share of the
 catalog price) beside the plain masked MSE the reference implementation reported.
+
+Cross-fitting: besides the planner the bundle carries (fitted on the train
+worlds), K fold planners are fitted, fold f on the train worlds outside fold f
+(`crossfit_fold`). The backfill gives every world of fold f its goal_hat from
+planner f, so no L3 row sees a goal predicted by a planner trained on its own
+world (in-sample goals sit closer to their hindsight labels than online ones);
+the test worlds get the bundle's planner, which never saw them either.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.tables import MACRO_VERSION, macro_schema
 from tasks.training import (
     Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
-    loss_module, require_rows, table_files, world_split, write_stage_output,
+    Split, loss_module, require_rows, split_counts, table_files, world_position, world_split, write_stage_output,
 )
 
 Q_COLUMNS = np.array([b * 4 + c for b in range(4) for c in (0, 2)])  # Q_buy, Q_sell of each bucket
@@ -35,10 +42,12 @@ class L2Config:
     fit: FitConfig = field(default_factory=FitConfig)
     price_weight: float = 4.0  # prices vary ~0.1 around 0.85; quantities ~1 in log1p: comparable losses
     min_relative_score: float = 1.0  # expert classes kept (see training.expert_agents)
+    crossfit_folds: int = 4  # fold planners for goal_hat (see the module's docstring)
 
     @classmethod
     def smoke(cls) -> "L2Config":
-        return cls(fit=FitConfig(max_epochs=2, batch_size=64, min_train_rows=20, min_val_rows=5), min_relative_score=0.0)
+        return cls(fit=FitConfig(max_epochs=2, batch_size=64, min_train_rows=20, min_val_rows=5), min_relative_score=0.0,
+                   crossfit_folds=2)
 
 
 @dataclass
@@ -46,10 +55,11 @@ class MacroData:
     x_static: np.ndarray
     x_temporal: np.ndarray
     x_role: np.ndarray
+    rule_goal: np.ndarray  # the planner's base
     goal: np.ndarray
     mask: np.ndarray
     n_lines: np.ndarray
-    val: np.ndarray  # bool per row
+    split: Split  # by world: train / val / test
     keys: pl.DataFrame  # run_id, world_id, agent_id, step
 
 
@@ -65,10 +75,11 @@ def load_macro(lake: Path, spec: FeatureSpec, fit: FitConfig, min_relative_score
         x_static=list_array(df, "x_static", len(spec.static)),
         x_temporal=list_array(df, "x_temporal", K).reshape(len(df), spec.horizon + 1, len(spec.temporal)),
         x_role=list_array(df, "x_role", 2),
+        rule_goal=list_array(df, "rule_goal", GOAL_DIM),
         goal=list_array(df, "goal", GOAL_DIM),
         mask=list_array(df, "goal_mask", GOAL_DIM),
         n_lines=df["n_lines"].to_numpy().astype(np.float32),
-        val=world_split(df, fit).to_numpy(),
+        split=world_split(df, fit),
         keys=df.select("run_id", "world_id", "agent_id", "step"),
     )
 
@@ -96,32 +107,69 @@ def goal_metrics(pred: np.ndarray, label: np.ndarray, mask: np.ndarray, n_lines:
 
 def _module(config: L2Config) -> Any:
     def loss(planner: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        xs, xt, xr, goal, mask = batch
-        pred, _ = planner(xs, xt, xr)
+        xs, xt, xr, base, goal, mask = batch
+        pred, _ = planner(xs, xt, xr, base)
         return goal_loss(pred, goal, mask, config.price_weight)
 
     return loss_module(Planner(config.planner), loss, config.fit)
 
 
 def predict_goals(planner: Planner, x_static: np.ndarray, x_temporal: np.ndarray, x_role: np.ndarray,
-                  batch: int = 2048) -> np.ndarray:
+                  rule_goal: np.ndarray, batch: int = 2048) -> np.ndarray:
     planner.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(x_static), batch):
             g, _ = planner(torch.from_numpy(x_static[i:i + batch]), torch.from_numpy(x_temporal[i:i + batch]),
-                           torch.from_numpy(x_role[i:i + batch]))
+                           torch.from_numpy(x_role[i:i + batch]), torch.from_numpy(rule_goal[i:i + batch]))
             out.append(g.numpy())
     return np.concatenate(out) if out else np.zeros((0, GOAL_DIM), np.float32)
+
+
+def crossfit_fold(world_key: str, folds: int, seed: int) -> int:
+    """A world's cross-fitting fold (independent of the train / val / test split)."""
+    return min(folds - 1, int(world_position(world_key, seed + 1) * folds))
+
+
+def _fit_folds(data: MacroData, config: L2Config, out: Path) -> tuple[dict[str, dict], dict[str, Any]]:
+    """The fold planners and their out-of-fold metrics (what goal_hat's error really is on unseen worlds)."""
+    keys = (data.keys["run_id"] + "/" + data.keys["world_id"]).to_list()
+    fold = np.asarray([crossfit_fold(k, config.crossfit_folds, config.fit.seed) for k in keys])
+    states: dict[str, dict] = {}
+    preds = np.full_like(data.goal, np.nan)
+    skipped = []
+    arrays = (data.x_static, data.x_temporal, data.x_role, data.rule_goal, data.goal, data.mask)
+    world = np.asarray(keys)
+    for f in range(config.crossfit_folds):
+        pool = ~data.split.test & (fold != f)  # fold f's planner never sees fold f (nor the test worlds)
+        va = data.split.val & pool
+        if not va.any() and pool.any():  # few worlds: hold one of the pool out to choose the checkpoint
+            va = pool & (world == sorted(set(world[pool]))[0])
+        tr = pool & ~va
+        held = ~data.split.test & (fold == f)
+        if tr.sum() < config.fit.min_train_rows or va.sum() < config.fit.min_val_rows or not held.any():
+            skipped.append(f)
+            continue
+        module = _module(config)
+        result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, va), config.fit, out / f"fold{f}", False)
+        load_best(module, result)
+        states[f"planner_fold{f}"] = module.net.eval().state_dict()
+        preds[held] = predict_goals(module.net, data.x_static[held], data.x_temporal[held], data.x_role[held],
+                                    data.rule_goal[held])
+    done = ~np.isnan(preds[:, 0])
+    info = {"folds": config.crossfit_folds, "seed": config.fit.seed, "test_fraction": config.fit.test_fraction,
+            "trained": sorted(int(k.removeprefix("planner_fold")) for k in states), "skipped_too_few_worlds": skipped,
+            "out_of_fold": goal_metrics(preds[done], data.goal[done], data.mask[done], data.n_lines[done]) if done.any() else None}
+    return states, info
 
 
 def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> dict[str, Any]:
     """macro table -> ``out/planner.pt`` + ``out/metrics.json``; returns the metrics."""
     spec = FeatureSpec(horizon=config.planner.horizon)
     data = load_macro(Path(lake), spec, config.fit, config.min_relative_score)
-    tr, va = ~data.val, data.val
+    tr, va, te = data.split.train, data.split.val, data.split.test
     require_rows("L2 (macro agent-days)", int(tr.sum()), int(va.sum()), config.fit)
-    arrays = (data.x_static, data.x_temporal, data.x_role, data.goal, data.mask)
+    arrays = (data.x_static, data.x_temporal, data.x_role, data.rule_goal, data.goal, data.mask)
 
     module = _module(config)
     result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, va), config.fit, Path(out), progress)
@@ -129,12 +177,21 @@ def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> 
     planner = module.net.eval()
     metrics: dict[str, Any] = {"stage": "train_l2", "best_val_loss": result.best_val_loss, "epochs": result.epochs,
                                "history": result.history, "config": asdict(config), "resumed_from": result.resumed_from}
-    for name, rows in (("train", tr), ("val", va)):
-        pred = predict_goals(planner, data.x_static[rows], data.x_temporal[rows], data.x_role[rows])
+    for name, rows in (("train", tr), ("val", va), ("test", te)):
+        if not rows.any():
+            metrics[name] = None  # too few worlds for a test split
+            continue
+        pred = predict_goals(planner, data.x_static[rows], data.x_temporal[rows], data.x_role[rows], data.rule_goal[rows])
         metrics[name] = goal_metrics(pred, data.goal[rows], data.mask[rows], data.n_lines[rows])
+    # the floor that means something: the rule goal (the planner's base, what an untrained planner plans)
+    held = te if te.any() else va
+    metrics["floor_rule_goal"] = goal_metrics(data.rule_goal[held] * data.mask[held], data.goal[held], data.mask[held],
+                                              data.n_lines[held])
     # the floor any planner must beat: the mean label of the training days
     mean_goal = (data.goal[tr] * data.mask[tr]).sum(0) / np.maximum(data.mask[tr].sum(0), 1)
     metrics["val_mean_baseline"] = goal_metrics(np.repeat(mean_goal[None], int(va.sum()), 0) * data.mask[va],
                                                 data.goal[va], data.mask[va], data.n_lines[va])
-    write_stage_output(Path(out), {"planner": planner.state_dict()}, metrics)
+    metrics["split"] = split_counts(data.split, data.keys)
+    fold_states, metrics["crossfit"] = _fit_folds(data, config, Path(out))
+    write_stage_output(Path(out), {"planner": planner.state_dict(), **fold_states}, metrics)
     return metrics

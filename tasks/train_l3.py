@@ -2,13 +2,15 @@
 
 Inputs per row are exactly what the runtime executor reads (`HRLPolicy._execute`):
 static, goal (goal_hat from the backfill stage, as L2 gives it online), role,
-broadcast c (its goal gaps recomputed against goal_hat), alpha (the rule
-teacher's, which the L4 coordinator is distilled to), the rounds window and
-L1's time_mask. Rows answering threads already over are dropped. Losses:
+broadcast c and alpha (the rule teacher's, which the coordinator starts from),
+both rebuilt against goal_hat (`tasks.goal_inputs`), the rounds window, L1's
+time_mask and its room per day. Rows answering threads already over are dropped. Losses:
 * op: cross-entropy on every row (accept / reject / end);
 * delta: cross-entropy under the time_mask, on counter-offers whose offset L1 allows;
-* q, p: on those counter-offers, in the executor's output space: around the L1
-  baseline in ``residual`` mode, absolute in ``direct`` mode (q through log1p in both).
+* q, p: on those counter-offers, read at the offer's own delta (teacher forcing of
+  the autoregressive decoding: the heads see the delta and L1's room on that day),
+  in the executor's output space: around the L1 baseline in ``residual`` mode,
+  absolute in ``direct`` mode (q through log1p in both).
 AWR then re-weights the same losses by exp(A / beta), clipped, where the
 advantage A = R - V(s) is taken against a learned value baseline V (a small MLP
 on the same inputs) and R is the thread's deal value against the spot price
@@ -29,21 +31,23 @@ import torch.nn.functional as F
 
 from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.executor import Executor, ExecutorConfig
+from tasks.goal_inputs import alpha_with_goal, broadcast_with_goal
 from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
 from tasks.training import (
-    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
-    loss_module, require_rows, table_files, world_split, write_stage_output,
+    Batches, FitConfig, Split, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
+    loss_module, require_rows, split_counts, table_files, world_split, write_stage_output,
 )
 
 ROUND = 12
 #: tensor order of one L3 batch
-FIELDS = ("static", "goal", "role", "broadcast", "alpha", "rounds", "keep", "time_mask",
+FIELDS = ("static", "goal", "role", "broadcast", "alpha", "rounds", "keep", "time_mask", "room", "prior_op", "prior_delta",
           "op", "delta", "delta_ok", "q", "p", "base_q", "base_p", "qp_ok", "ret", "weight")
 
 
 @dataclass
 class L3Config:
     mode: str = "residual"
+    base: str = "baseline"  # residual mode's base: L1's baseline, or "rules" (the rule executor's offer)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     # one epoch of the default collection (~75k live expert rows) takes ~10 s on 2 cores
     fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=20, batch_size=512, lr=5e-4, patience=3))
@@ -62,20 +66,23 @@ class L3Config:
     residual_p_scale: float = 0.25
 
     def __post_init__(self) -> None:
-        self.executor = ExecutorConfig(**{**asdict(self.executor), "mode": self.mode, "heuristic_prior": 0.0,
+        over_rules = self.base == "rules"
+        # over the rules, an untrained L3 is the rule executor: the rules' op and day stay its prior
+        self.executor = ExecutorConfig(**{**asdict(self.executor), "mode": self.mode, "base": self.base,
+                                          "heuristic_prior": self.executor.heuristic_prior if over_rules else 0.0,
                                           "q_scale": self.residual_q_scale, "p_scale": self.residual_p_scale})
 
     @classmethod
-    def smoke(cls, mode: str = "residual") -> "L3Config":
+    def smoke(cls, mode: str = "residual", base: str = "baseline") -> "L3Config":
         tiny = FitConfig(max_epochs=1, batch_size=256, min_train_rows=50, min_val_rows=10)
-        return cls(mode=mode, fit=tiny, awr_fit=tiny, value_fit=tiny, min_relative_score=0.0)
+        return cls(mode=mode, base=base, fit=tiny, awr_fit=tiny, value_fit=tiny, min_relative_score=0.0)
 
 
 # ---------------------------------------------------------------------------- data
 
 
-def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every expert row with its goal_hat, as the arrays of FIELDS; and the validation flags."""
+def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[str, np.ndarray], Split, pl.DataFrame]:
+    """Every expert row with its goal_hat, as the arrays of FIELDS; the split by world; the rows' world keys."""
     lake = Path(lake)
     files = table_files(lake, "micro")
     check_schema(files, micro_schema(spec), str(MICRO_VERSION))
@@ -91,18 +98,7 @@ def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[st
     df = df.filter(pl.col("negotiation_id").is_not_null())  # answers to threads already over are no decisions
     if df.is_empty():
         raise TrainingDataError(f"{lake / 'micro'}: no rows of expert agents")
-    return micro_arrays(df, spec, config), world_split(df, config.fit).to_numpy()
-
-
-def broadcast_with_goal(broadcast: np.ndarray, goal: np.ndarray, committed: np.ndarray) -> np.ndarray:
-    """c with its goal gaps (c[0:8]: per bucket, buy then sell) against ``goal`` instead of the rule goal.
-
-    Online, c[0:8] is L2's goal minus what was signed today (`GlobalMonitor.broadcast`);
-    micro keeps the signed part (``committed``), so the gaps follow goal_hat exactly.
-    """
-    out = broadcast.copy()
-    out[:, :8] = goal.reshape(-1, 4, 4)[:, :, [0, 2]].reshape(-1, 8) - committed
-    return out
+    return micro_arrays(df, spec, config), world_split(df, config.fit), df.select("run_id", "world_id")
 
 
 def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[str, np.ndarray]:
@@ -116,22 +112,37 @@ def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[
     allowed = in_range & (time_mask[np.arange(n), np.clip(delta, 0, H)] == 0)
     q = df["q"].fill_null(np.nan).to_numpy().astype(np.float32)
     p = df["p"].fill_null(np.nan).to_numpy().astype(np.float32)
-    base_q = df["base_q"].fill_null(np.nan).to_numpy().astype(np.float32)
-    base_p = df["base_p"].fill_null(np.nan).to_numpy().astype(np.float32)
+    prefix = "rule_base" if config.executor.base == "rules" else "base"
+    base_q = df[f"{prefix}_q"].fill_null(np.nan).to_numpy().astype(np.float32)
+    base_p = df[f"{prefix}_p"].fill_null(np.nan).to_numpy().astype(np.float32)
     legal = df["legal"].fill_null(False).to_numpy()
     counter = (op == 1) & allowed & legal & np.isfinite(q) & np.isfinite(p)  # off-range offers teach nothing
     qp_ok = counter & (np.isfinite(base_q) & np.isfinite(base_p) if config.mode == "residual" else True)
+    # over the rules, the policy is a residual in every head: the rules' op and day get the agent's prior logit
+    prior = config.executor.heuristic_prior if config.executor.base == "rules" else 0.0
+    prior_op = np.zeros((n, 3), np.float32)
+    prior_delta = np.zeros((n, H + 1), np.float32)
+    prior_op[np.arange(n), df["rule_op"].to_numpy()] = prior
+    prior_delta[np.arange(n), df["rule_delta"].to_numpy()] = prior
     ret = np.where(df["deal"].to_numpy(), df["deal_value"].fill_null(0.0).to_numpy(), 0.0).astype(np.float32)
     goal = list_array(df, "goal_hat", 16)
-    broadcast = broadcast_with_goal(list_array(df, "broadcast", 12), goal, list_array(df, "committed", 8))
+    committed = list_array(df, "committed", 8)
+    broadcast = broadcast_with_goal(list_array(df, "broadcast", len(spec.broadcast)), goal, committed)
+    is_buy = df["is_buy"].to_numpy()
+    alpha = alpha_with_goal(goal, committed, is_buy, list_array(df, "tradable", 4),
+                            df["offer_delta"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+                            df["rel_time"].fill_null(0.0).to_numpy(), df["budget"].to_numpy(), H)
     return {
         "static": list_array(df, "static", 12), "goal": goal, "role": list_array(df, "role", 2),
-        "broadcast": broadcast, "alpha": df["alpha"].to_numpy().astype(np.float32)[:, None],
+        "broadcast": broadcast, "alpha": alpha[:, None],
         "rounds": list_array(df, "history", HISTORY * ROUND).reshape(n, HISTORY, ROUND), "keep": keep,
-        "time_mask": time_mask, "op": op, "delta": np.where(counter, delta, 0), "delta_ok": counter,
+        "time_mask": time_mask, "prior_op": prior_op, "prior_delta": prior_delta,
+        "room": list_array(df, "q_safe", H + 1) / df["n_lines"].to_numpy()[:, None].astype(np.float32),
+        "op": op, "delta": np.where(counter, delta, 0), "delta_ok": counter,
         "q": np.nan_to_num(q), "p": np.nan_to_num(p, nan=1.0), "base_q": np.nan_to_num(base_q),
         "base_p": np.nan_to_num(base_p, nan=1.0), "qp_ok": qp_ok, "ret": ret, "weight": np.ones(n, np.float32),
         "n_lines": df["n_lines"].to_numpy().astype(np.float32),
+        "rule_op": df["rule_op"].to_numpy().astype(np.int64), "rule_delta": df["rule_delta"].to_numpy().astype(np.int64),
     }
 
 
@@ -140,7 +151,10 @@ def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[
 
 def executor_outputs(ex: Executor, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = ex(b["static"], b["goal"], b["role"], b["broadcast"], b["alpha"], b["rounds"], b["keep"], b["time_mask"])
-    out["q_hat"], out["p_hat"] = ex.quantity_price(out, b["base_q"], b["base_p"])
+    out["op"] = out["op"] + b["prior_op"]  # as the agent decodes (`HRLPolicy._execute`); 0 unless base = rules
+    out["delta"] = out["delta"] + b["prior_delta"]
+    raw_q, raw_p = ex.quantity_price_heads(out["h"], b["delta"], b["room"])  # at the expert's own delta
+    out["q_hat"], out["p_hat"] = ex.quantity_price(raw_q, raw_p, b["base_q"], b["base_p"])
     return out
 
 
@@ -234,7 +248,24 @@ def l3_metrics(ex: Executor, a: dict[str, np.ndarray], rows: np.ndarray, mode: s
         "delta_rows": n_delta, "delta_accuracy": delta_hit / max(n_delta, 1),
         "q_mae_items": float(q_all.mean()) if len(q_all) else float("nan"),
         "p_mae_catalog_share": float(p_all.mean()) if len(p_all) else float("nan"),
+        **floors(a, idx),
     }
+
+
+def floors(a: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, float]:
+    """What the accuracies must beat to mean something: the rule executor's agreement with the experts
+    (op, and delta on counter-offers), and the conditional majority op (a row with no offer received
+    cannot ACCEPT: the majority of each kind of row)."""
+    op = a["op"][idx]
+    has_offer = a["rounds"][idx, -1, 3] > 0  # the current round's in_present
+    hits = 0
+    for group in (has_offer, ~has_offer):
+        if group.any():
+            hits += int(np.bincount(op[group], minlength=3).max())
+    ok = a["delta_ok"][idx].astype(bool)
+    return {"floor_rules_op_accuracy": float((a["rule_op"][idx] == op).mean()) if len(idx) else float("nan"),
+            "floor_rules_delta_accuracy": float((a["rule_delta"][idx][ok] == a["delta"][idx][ok]).mean()) if ok.any() else float("nan"),
+            "floor_conditional_majority_op": hits / max(len(idx), 1)}
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -245,8 +276,8 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     for the ablation) + ``out/metrics.json``."""
     out = Path(out)
     spec = FeatureSpec(horizon=config.executor.horizon)
-    a, val = load_micro(Path(lake), spec, config)
-    tr = ~val
+    a, split, keys = load_micro(Path(lake), spec, config)
+    tr, val, test = split.train, split.val, split.test
     require_rows(f"L3 ({config.mode}, micro rows)", int(tr.sum()), int(val.sum()), config.fit)
     arrays = tuple(a[k] for k in FIELDS)
 
@@ -258,7 +289,9 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     metrics: dict[str, Any] = {
         "stage": "train_l3", "mode": config.mode, "config": asdict(config),
         "bc": {"epochs": bc_result.epochs, "best_val_loss": bc_result.best_val_loss, "history": bc_result.history,
-               "train": l3_metrics(executor, a, tr, config.mode), "val": l3_metrics(executor, a, val, config.mode)},
+               "train": l3_metrics(executor, a, tr, config.mode), "val": l3_metrics(executor, a, val, config.mode),
+               "test": l3_metrics(executor, a, test, config.mode) if test.any() else None},
+        "split": split_counts(split, keys),
     }
     if config.awr:
         x = value_inputs(a)
@@ -281,7 +314,10 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
         metrics["awr"] = {"epochs": awr_result.epochs, "best_val_loss": awr_result.best_val_loss,
                           "history": awr_result.history, "weight_mean": float(a["weight"].mean()),
                           "weight_max": float(a["weight"].max()), "clipped_share": float((a["weight"] >= config.awr_max_weight).mean()),
-                          "val": l3_metrics(executor, a, val, config.mode)}
-    metrics["final"] = metrics["awr"]["val"] if config.awr else metrics["bc"]["val"]
+                          "val": l3_metrics(executor, a, val, config.mode),
+                          "test": l3_metrics(executor, a, test, config.mode) if test.any() else None}
+    stage = metrics["awr"] if config.awr else metrics["bc"]
+    metrics["final"] = stage["val"]
+    metrics["final_test"] = stage["test"]  # no checkpoint selection saw these worlds
     write_stage_output(out, {"executor": executor.state_dict(), "executor_bc": bc_state}, metrics)
     return metrics

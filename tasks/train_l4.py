@@ -1,8 +1,13 @@
-"""Stage: L4 distillation. The coordinator learns the rule teacher's alpha per thread.
+"""Stage: L4 distillation. The coordinator fits the rule teacher's alpha per thread.
 
 One row of the l4_distill table is one batch decision: the features of its
 threads, the global features (x_static ++ broadcast c) and the teacher's alpha.
 Rows are padded to the largest batch; the loss is the MSE over the real threads.
+
+The coordinator is a residual over the teacher it reads (`hrlxf_models.coordinator`):
+offline, the teacher is the only target there is, so the residual stays near 0
+and the coordinator orders threads as the teacher does (the rank agreement says
+how closely); one epoch checks the data path. Online learning trains the residual.
 """
 
 from __future__ import annotations
@@ -15,17 +20,19 @@ import numpy as np
 import polars as pl
 import torch
 
+from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.coordinator import THREAD_FEATURES, Coordinator, CoordinatorConfig
+from tasks.goal_inputs import l4_with_goal
 from tasks.training import (
-    Batches, FitConfig, TrainingDataError, expert_agents, fit_module, list_array, load_best, loss_module,
-    require_rows, table_files, world_split, write_stage_output,
+    Batches, FitConfig, Split, TrainingDataError, expert_agents, fit_module, list_array, load_best, loss_module,
+    require_rows, split_counts, table_files, world_split, write_stage_output,
 )
 
 
 @dataclass
 class L4Config:
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
-    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=5, batch_size=256, patience=2))  # ~1 min an epoch
+    fit: FitConfig = field(default_factory=lambda: FitConfig(max_epochs=1, batch_size=256, patience=1))  # ~1 min an epoch
     min_relative_score: float = 0.0  # the teacher is a rule: every expert's batches teach it
 
     @classmethod
@@ -33,17 +40,24 @@ class L4Config:
         return cls(fit=FitConfig(max_epochs=1, batch_size=64, min_train_rows=20, min_val_rows=5))
 
 
-def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """(threads (B,N,F), keep (B,N), global (B,G), alpha (B,N)) padded to the largest batch; validation flags."""
+def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], Split, pl.DataFrame]:
+    """(threads (B,N,F), keep (B,N), global (B,G), alpha (B,N)) padded to the largest batch; the split by
+    world; the rows' world keys."""
     files = table_files(lake, "l4_distill")
     df = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
-    for col in ("threads", "n_threads", "global", "teacher_alpha"):
+    for col in ("threads", "n_threads", "global", "teacher_alpha", "committed", "tradable"):
         if col not in df.columns:
             raise TrainingDataError(f"{Path(lake) / 'l4_distill'}: column {col!r} missing (rebuild with `hrlxf tables`)")
-    df = df.join(expert_agents(lake, config.min_relative_score), on=["run_id", "world_id", "agent_id"], how="inner")
+    keys = ["run_id", "world_id", "agent_id", "step"]
+    goals = pl.concat([pl.read_parquet(f) for f in table_files(lake, "goal_hat")], how="vertical")
+    df = (df.join(expert_agents(lake, config.min_relative_score), on=keys[:3], how="inner")
+          .join(goals, on=keys, how="left"))
     df = df.filter(pl.col("n_threads") > 0)
     if df.is_empty():
         raise TrainingDataError(f"{Path(lake) / 'l4_distill'}: no batch rows of expert agents")
+    missing = int(df["goal_hat"].is_null().sum())
+    if missing:
+        raise TrainingDataError(f"{Path(lake) / 'goal_hat'}: {missing} l4_distill rows have no goal_hat (run the backfill stage)")
     n = df["n_threads"].to_numpy()
     B, N, F = len(df), int(n.max()), THREAD_FEATURES
     threads = np.zeros((B, N, F), np.float32)
@@ -54,14 +68,17 @@ def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], np.nd
     threads[keep] = flat.reshape(-1, F)
     alpha[keep] = flat_alpha
     glob = list_array(df, "global", config.coordinator.global_dim)
-    return (threads, keep, glob, alpha), world_split(df, config.fit).to_numpy()
+    # the goal-dependent inputs and the teacher against L2's goal, as the agent computes them online
+    threads, glob, alpha = l4_with_goal(threads, keep, glob, list_array(df, "goal_hat", 16), list_array(df, "committed", 8),
+                                        list_array(df, "tradable", 8), len(FeatureSpec().static), FeatureSpec().horizon)
+    return (threads, keep, glob, alpha), world_split(df, config.fit), df.select("run_id", "world_id")
 
 
 def _module(config: L4Config) -> Any:
     def loss(coordinator: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         threads, keep, glob, alpha = batch
         keep = keep.to(torch.bool)
-        return ((coordinator(threads, keep, glob) - alpha) ** 2)[keep].mean()
+        return ((coordinator(threads, keep, glob, alpha) - alpha) ** 2)[keep].mean()
 
     return loss_module(Coordinator(config.coordinator), loss, config.fit)
 
@@ -69,7 +86,8 @@ def _module(config: L4Config) -> Any:
 def alpha_metrics(coordinator: Coordinator, arrays: tuple[np.ndarray, ...], rows: np.ndarray) -> dict[str, float]:
     threads, keep, glob, alpha = (a[rows] for a in arrays)
     with torch.inference_mode():
-        pred = coordinator.eval()(torch.from_numpy(threads), torch.from_numpy(keep), torch.from_numpy(glob)).numpy()
+        pred = coordinator.eval()(torch.from_numpy(threads), torch.from_numpy(keep), torch.from_numpy(glob),
+                                  torch.from_numpy(alpha)).numpy()
     err = (pred - alpha)[keep]
     teacher = alpha[keep]
     return {"batches": int(rows.sum()), "threads": int(keep.sum()), "mae": float(np.abs(err).mean()),
@@ -106,8 +124,8 @@ def _rank_agreement(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray) -> di
 
 def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> dict[str, Any]:
     """l4_distill -> ``out/coordinator.pt`` + ``out/metrics.json``; returns the metrics."""
-    arrays, val = load_l4(Path(lake), config)
-    tr = ~val
+    arrays, split, keys = load_l4(Path(lake), config)
+    tr, val, test = split.train, split.val, split.test
     require_rows("L4 (l4_distill batches)", int(tr.sum()), int(val.sum()), config.fit)
     module = _module(config)
     result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, val), config.fit, Path(out), progress)
@@ -115,6 +133,7 @@ def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> 
     coordinator = module.net.eval()
     metrics = {"stage": "train_l4", "config": asdict(config), "epochs": result.epochs, "best_val_loss": result.best_val_loss,
                "history": result.history, "train": alpha_metrics(coordinator, arrays, tr),
-               "val": alpha_metrics(coordinator, arrays, val)}
+               "val": alpha_metrics(coordinator, arrays, val),
+               "test": alpha_metrics(coordinator, arrays, test) if test.any() else None, "split": split_counts(split, keys)}
     write_stage_output(Path(out), {"coordinator": coordinator.state_dict()}, metrics)
     return metrics

@@ -44,14 +44,17 @@ class FitConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 4  # epochs without a better validation loss before stopping
-    val_fraction: float = 0.2  # of the worlds, not of the rows
-    seed: int = 0
+    val_fraction: float = 0.2  # of the worlds, not of the rows: checkpoint selection and early stopping
+    test_fraction: float = 0.1  # of the worlds: held out of training and of every selection; the reported metrics
+    seed: int = 0  # of the split (every training stage must use the same split: `flows.stages` checks it)
     min_train_rows: int = 200
     min_val_rows: int = 20
 
     def validate(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
+            raise ValueError(f"test_fraction must be in [0, 1 - val_fraction), got {self.test_fraction}")
         for name in ("max_epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -102,22 +105,55 @@ def expert_agents(lake: Path, min_relative_score: float = 1.0) -> pl.DataFrame:
     return agents.filter(pl.col("agent_class").is_in(keep)).select("run_id", "world_id", "agent_id", "agent_class", "n_lines")
 
 
-def is_validation_world(world_key: str, fraction: float, seed: int) -> bool:
-    """A stable split by world (hash of run/world), so rows of one world never sit on both sides."""
+def world_position(world_key: str, seed: int) -> float:
+    """A world's stable place in [0, 1) (hash of run/world): the split and the cross-fitting folds read it,
+    so the rows of one world never sit on two sides."""
     h = hashlib.blake2b(f"{seed}:{world_key}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2**64 < fraction
+    return int.from_bytes(h, "big") / 2**64
 
 
-def world_split(df: pl.DataFrame, fit: FitConfig) -> pl.Series:
+def is_validation_world(world_key: str, fraction: float, seed: int) -> bool:
+    return world_position(world_key, seed) < fraction
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row masks of one split by world: train (fitted), val (checkpoint selection), test (never seen by either)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def world_split(df: pl.DataFrame, fit: FitConfig) -> Split:
+    """The split every training stage uses: [0, test) test, [test, test + val) validation, the rest train."""
     keys = (df["run_id"] + "/" + df["world_id"]).to_list()
-    val = pl.Series("val", [is_validation_world(k, fit.val_fraction, fit.seed) for k in keys])
-    if val.all() or not val.any():  # tiny data: force at least one world on each side
-        worlds = sorted(set(keys))
+    pos = np.asarray([world_position(k, fit.seed) for k in keys])
+    test = pos < fit.test_fraction
+    val = ~test & (pos < fit.test_fraction + fit.val_fraction)
+    train = ~test & ~val
+    if not val.any() or not train.any():  # tiny data: at least one world on each of train and val
+        worlds = sorted(set(k for k, t in zip(keys, test) if not t))
         if len(worlds) < 2:
-            raise TrainingDataError(f"need rows from at least 2 worlds to hold one out for validation, got {len(worlds)}")
-        held = worlds[0]
-        val = pl.Series("val", [k == held for k in keys])
-    return val
+            raise TrainingDataError(f"need rows from at least 2 worlds outside the test split to hold one out for "
+                                    f"validation, got {len(worlds)}")
+        held = np.asarray([k == worlds[0] for k in keys])
+        val, train = held & ~test, ~held & ~test
+    return Split(train, val, test)
+
+
+def split_counts(split: Split, keys: pl.DataFrame) -> dict[str, Any]:
+    """Worlds and rows per part, and a digest of which worlds are where (equal across stages: one split)."""
+    world = (keys["run_id"] + "/" + keys["world_id"]).to_numpy()
+    out: dict[str, Any] = {}
+    h = hashlib.blake2b(digest_size=8)
+    for part in ("train", "val", "test"):
+        mask = getattr(split, part)
+        worlds = sorted(set(world[mask]))
+        out[part] = {"worlds": len(worlds), "rows": int(mask.sum())}
+        h.update(f"{part}:{','.join(worlds)};".encode())
+    out["digest"] = h.hexdigest()
+    return out
 
 
 def require_rows(what: str, n_train: int, n_val: int, fit: FitConfig) -> None:

@@ -19,7 +19,7 @@ def test_round_trip_keeps_weights_and_configs(bundle):
     assert b.manifest.l3_mode == "direct" and b.executor.config.mode == "direct"
     torch.manual_seed(3)
     fresh = Planner(PlannerConfig())
-    x = (torch.randn(2, 12), torch.randn(2, 11, 10), torch.ones(2, 2))
+    x = (torch.randn(2, 12), torch.randn(2, 11, 10), torch.ones(2, 2), torch.rand(2, 16))
     assert torch.allclose(b.planner(*x)[0], fresh(*x)[0])
     again = save_bundle(bundle.parent / "b2", b.planner, b.executor, b.coordinator, metrics={"x": 1})
     b2 = load_bundle(again)

@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from conftest import agents_of, make_world
 from hrlxf_agent import LitaAgentHRL
 from hrlxf_agent.audit import audited
 from hrlxf_agent.bundle import load_bundle, save_bundle, write_untrained_bundle
+from hrlxf_agent.heuristics import heuristic_goal, teacher_alpha
 from hrlxf_agent.registry import resolve
 
 EXPERTS = ("PenguinAgent", "AS0", "UltraSuperMiracleSoraFinalAgentZ")
@@ -110,3 +112,59 @@ def test_ablations_replace_the_planner_and_the_coordinator_by_their_rules(tmp_pa
         assert not a.fallbacks, a.fallbacks  # neither layer ran; L3 ran its network
     with pytest.raises(ValueError, match="unknown layers"):
         LitaAgentHRL(bundle=str(bundle), ablate=["l3"])
+
+
+class _RulesWatched(LitaAgentHRL):
+    """Records each layer's output next to its rule: the day's goal and the rule goal, each thread's alpha
+    and the teacher's, each thread's L3 response and the rule executor's."""
+
+    pairs: list = []
+    goals: list = []
+    alphas: list = []
+
+    def _plan(self, snap):
+        goal = super()._plan(snap)
+        side = np.tile([snap.can_buy, snap.can_buy, snap.can_sell, snap.can_sell], 4)  # what the factory can trade
+        _RulesWatched.goals.append((goal.vector(snap) * side, heuristic_goal(snap).vector(snap) * side))
+        return goal
+
+    def _coordinate(self, snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel):
+        alpha = super()._coordinate(snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel)
+        _RulesWatched.alphas.extend(
+            (alpha[p], teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p])) for p in partners)
+        return alpha
+
+    def _execute(self, snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel, rules):
+        out = super()._execute(snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel, rules)
+        _RulesWatched.pairs.extend((out[p], rules[p][0]) for p in partners)
+        return out
+
+
+def _same(ours, rule) -> bool:
+    if ours.response != rule.response:
+        return False
+    if ours.outcome is None or rule.outcome is None:
+        return ours.outcome is rule.outcome
+    (q, t, p), (rq, rt, rp) = ours.outcome[:3], rule.outcome[:3]
+    return (q, t, round(p)) == (rq, rt, round(rp))
+
+
+def test_an_untrained_residual_bundle_over_the_rules_plays_as_the_rules(tmp_path):
+    """base=rules: every layer of an untrained bundle is its rule. The planner plans the rule goal and the
+    coordinator gives the teacher's alpha (residuals starting at 0), and L3 answers every thread as the
+    rule executor does (op and day from the prior, quantity and price = the rules' offer + a zero residual)."""
+    bundle = write_untrained_bundle(tmp_path / "r", base="rules")
+    _RulesWatched.pairs, _RulesWatched.goals, _RulesWatched.alphas = [], [], []
+    params = {"controller_params": {"bundle": str(bundle)}}
+    world = make_world([_RulesWatched] + [resolve(n) for n in EXPERTS], steps=10, seed=5,
+                       agent_params=[params] + [{} for _ in EXPERTS])
+    world.run()
+    pairs = _RulesWatched.pairs
+    offers = [r for _, r in pairs if r.outcome is not None and r.response.name == "REJECT_OFFER"]
+    assert len(pairs) > 50 and len(offers) > 10, (len(pairs), len(offers))
+    differ = [(o, r) for o, r in pairs if not _same(o, r)]
+    assert not differ, differ[:5]
+    assert len(_RulesWatched.goals) >= 10 and all(np.allclose(g, r, atol=1e-5) for g, r in _RulesWatched.goals)
+    assert len(_RulesWatched.alphas) > 50 and all(abs(a - t) < 1e-5 for a, t in _RulesWatched.alphas)
+    with pytest.raises(ValueError, match="base must be"):
+        write_untrained_bundle(tmp_path / "x", base="experts")

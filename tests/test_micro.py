@@ -5,10 +5,11 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from conftest import agents_of, make_world
 from hrlxf_agent import LitaAgentHRL
-from hrlxf_agent.bundle import write_untrained_bundle
+from hrlxf_agent.bundle import load_bundle, save_bundle, write_untrained_bundle
 from hrlxf_agent.heuristics import heuristic_goal, teacher_alpha
 from hrlxf_agent.registry import resolve
 from hrlxf_agent.shield import SafetyShield
@@ -17,6 +18,7 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_agent.tracker import tracked
 from hrlxf_models.planner import Q_BUY, Q_SELL
 from tasks.events import run_events
+from tasks.goal_inputs import alpha_with_goal
 from tasks.micro import HISTORY, MICRO_VERSION, build_micro
 
 
@@ -57,16 +59,12 @@ def test_bounds_at_every_decision_match_what_the_agent_faced_online(tmp_path):
     assert len(versions_with_deals) > 3  # bounds were rebuilt after deals, not only in the mornings
 
 
-class RuleGoalHRL(LitaAgentHRL):
-    """LitaAgentHRL whose L2 is the rule-based goal, as the experts' tables assume (they have no L2): with it, the
-    goal-dependent inputs (broadcast c, L4's gaps, the teacher) are comparable too. Records what L4 was given."""
+class L4Logged(LitaAgentHRL):
+    """LitaAgentHRL recording what its L4 was given, batch by batch (and the teacher it falls back to)."""
 
     def init(self):
         super().init()
         self.l4_log = []
-
-    def _plan(self, snap):
-        return heuristic_goal(snap)
 
     def _coordinate(self, snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel):
         if partners:  # what _coordinate hands the coordinator, and the teacher it falls back to
@@ -80,12 +78,31 @@ class RuleGoalHRL(LitaAgentHRL):
         return super()._coordinate(snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel)
 
 
+class RuleGoalHRL(L4Logged):
+    """LitaAgentHRL whose L2 is the rule-based goal, as the experts' tables assume (they have no L2): with it, the
+    goal-dependent inputs (broadcast c, L4's gaps, the teacher) equal the tables' columns as they are."""
+
+    def _plan(self, snap):
+        return heuristic_goal(snap)
+
+
+def planned_bundle(path):
+    """An untrained bundle whose planner's residual head is not zero: its L2 goal differs from the rule goal,
+    as a trained planner's does."""
+    b = load_bundle(write_untrained_bundle(path / "untrained"))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        b.planner.goal.weight.normal_(0.0, 0.05)
+        b.planner.goal.bias.normal_(0.0, 0.3)
+    return save_bundle(path / "planned", b.planner, b.executor, b.coordinator)
+
+
 def run_hrl_world(tmp_path, steps: int = 12, seed: int = 3):
-    """A real world with a tracked LitaAgentHRL and a tracked RuleGoalHRL (untrained bundle), the L3 inputs each
-    computed online recorded, converted to event tables: (lake, {agent_id: agent})."""
-    bundle = write_untrained_bundle(tmp_path / "bundle")
+    """A real world with a tracked LitaAgentHRL whose L2 is a planner (`planned_bundle`) and a tracked RuleGoalHRL,
+    the L3 and L4 inputs each computed online recorded, converted to event tables: (lake, {agent_id: agent})."""
+    bundle = planned_bundle(tmp_path)
     raw_world = tmp_path / "raw" / "hrl" / "w0000"
-    plain, rule = tracked(LitaAgentHRL, raw_world / "events"), tracked(RuleGoalHRL, raw_world / "events")
+    plain, rule = tracked(L4Logged, raw_world / "events"), tracked(RuleGoalHRL, raw_world / "events")
     params = {"controller_params": {"bundle": str(bundle)}}
     world = make_world([plain, rule, resolve("PenguinAgent"), resolve("AS0")], steps=steps, seed=seed,
                        agent_params=[params, params, {}, {}])
@@ -120,7 +137,7 @@ def test_micro_rows_carry_exactly_the_l3_inputs_lita_agent_hrl_computed_online(t
             for p, k, a in zip(e["partners"], e["rounds"], e["teacher"]):
                 teacher[(aid, e["step"], p, k)].append(a)
     seen = Counter()
-    checked, signed = {True: 0, False: 0}, 0
+    checked, signed, rebuilt_mattered = {True: 0, False: 0}, 0, 0
     for aid, agent in mine.items():
         rule_goal = isinstance(agent, RuleGoalHRL)
         for online in agent.l3_log:
@@ -132,6 +149,8 @@ def test_micro_rows_carry_exactly_the_l3_inputs_lita_agent_hrl_computed_online(t
             np.testing.assert_allclose(np.reshape(r["history"], (HISTORY, -1)), online["rounds"], atol=1e-6, err_msg=msg)
             assert r["history_len"] == int(online["keep"].sum()), msg
             np.testing.assert_array_equal(np.asarray(r["time_mask"]) == 0.0, np.isfinite(online["time_mask"]), err_msg=msg)
+            # L1's room per day, which q and p read at the chosen delta (train_l3: q_safe / n_lines)
+            np.testing.assert_allclose(np.asarray(r["q_safe"]) / agent.awi.n_lines, online["room"], atol=1e-6, err_msg=msg)
             # the broadcast's goal gaps (c[0:8]) follow the goal: micro's is the rule goal's (experts have no L2) ...
             part = slice(0, 12) if rule_goal else slice(8, 12)
             np.testing.assert_allclose(np.asarray(r["broadcast"])[part], online["broadcast"][part], atol=1e-6, err_msg=msg)
@@ -140,11 +159,21 @@ def test_micro_rows_carry_exactly_the_l3_inputs_lita_agent_hrl_computed_online(t
             rebuilt = np.stack([goal[:, Q_BUY], goal[:, Q_SELL]], axis=1).reshape(-1) - np.asarray(r["committed"])
             np.testing.assert_allclose(rebuilt, online["broadcast"][:8], atol=1e-5, err_msg=msg)
             signed += bool(np.any(r["committed"]))
+            online_teacher = teacher[key][seen[key]]
             if rule_goal:
-                assert abs(r["alpha"] - teacher[key][seen[key]]) < 1e-6, msg
+                assert abs(r["alpha"] - online_teacher) < 1e-6, msg
+            # against the agent's own L2 goal, the training stages' rebuild gives the teacher it computed online
+            rebuilt_alpha = alpha_with_goal(
+                online["goal"][None], np.asarray(r["committed"])[None], np.array([r["is_buy"]]), np.asarray(r["tradable"])[None],
+                np.array([np.nan if r["offer_delta"] is None else r["offer_delta"]]), np.array([r["rel_time"] or 0.0]),
+                np.array([r["budget"]]), FeatureSpec().horizon)[0]
+            assert abs(rebuilt_alpha - online_teacher) < 1e-5, msg
+            assert abs(online["alpha"] - online_teacher) < 1e-5, msg  # an untrained coordinator is the teacher
+            rebuilt_mattered += (not rule_goal) and abs(r["alpha"] - online_teacher) > 1e-3
             seen[key] += 1
             checked[rule_goal] += 1
     assert checked[True] > 30 and checked[False] > 30, checked
+    assert rebuilt_mattered > 10  # the planner's goal moved the teacher: the table's rule-goal alpha would be wrong
     assert signed > 10  # decisions taken after the day's first deals were compared
     # every running decision of the agents is one L3 made online (none invented, none lost)
     assert sum(map(len, rows.values())) == sum(len(a.l3_log) for a in mine.values())

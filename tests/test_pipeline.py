@@ -23,8 +23,8 @@ from tasks.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l3_direct", "train_l4", "bundle",
-          "bundle_direct", "evaluate"]
+STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l3_direct", "train_l3_rules", "train_l4",
+          "bundle", "bundle_direct", "bundle_rules", "evaluate"]
 
 
 def _env(data: Path, **extra: str) -> dict[str, str]:
@@ -84,7 +84,7 @@ def test_a_run_killed_in_collect_resumes_without_redoing_finished_worlds(data):
     assert worlds["skipped"] == len(finished) and worlds["played"] == 4 - len(finished) and not worlds["failed"]
     assert list(states(r)) == STAGES and all(s == "computed" for s in states(r).values()), states(r)
     evaluated = r["report"]["evaluation_units"]  # (world, candidate) units, mapped as tasks
-    assert evaluated["played"] == 3 and evaluated["workers"] and not evaluated["failed"], evaluated  # 2 bundles, Penguin
+    assert evaluated["played"] == 4 and evaluated["workers"] and not evaluated["failed"], evaluated  # 3 bundles, Penguin
     assert Path(r["report"]["bundle"], "manifest.json").is_file() and Path(r["report"]["evaluation"]).is_file()
     assert f"LATEST bundle: {r['report']['bundle']}" in r["out"] and f"evaluation: {r['report']['evaluation']}" in r["out"]
     assert (data["root"] / "bundles" / "LATEST").read_text().strip() == r["report"]["bundle"]
@@ -154,12 +154,12 @@ def test_a_changed_stage_config_recomputes_only_that_stage_and_the_ones_after(da
     r = hrlxf(data["root"], "--profile", "smoke", "--set", "train_l4.fit.max_epochs=2")
     assert r["rc"] == 0, r["err"][-3000:]
     got = states(r)
-    assert all(got[s] == "cached" for s in STAGES[:7]), got
-    assert all(got[s] == "computed" for s in ("train_l4", "bundle", "bundle_direct", "evaluate")), got
+    assert all(got[s] == "cached" for s in STAGES[:STAGES.index("train_l4")]), got
+    assert all(got[s] == "computed" for s in ("train_l4", "bundle", "bundle_direct", "bundle_rules", "evaluate")), got
     # the old LATEST plays beside the new bundles; one smoke world cannot show a difference: LATEST stays
     latest = r["report"]["latest"]
     assert not latest["move"] and "too few worlds" in latest["reason"], latest
-    assert r["report"]["evaluation_units"]["played"] == 2 and len(r["report"]["evaluation_units"]["candidates"]) == 4
+    assert r["report"]["evaluation_units"]["played"] == 3 and len(r["report"]["evaluation_units"]["candidates"]) == 5
 
 
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ def test_macro_features_rebuilt_from_the_log_equal_the_online_ones(tmp_path):
         for online in agent.feature_log:
             i = np.flatnonzero((offline["agent_id"] == aid) & (offline["step"] == online["step"]))
             assert len(i) == 1
-            for key in ("x_static", "x_temporal", "x_role"):
+            for key in ("x_static", "x_temporal", "x_role", "rule_goal"):
                 np.testing.assert_allclose(offline[key][i[0]], online[key], atol=1e-6, err_msg=f"{aid} day {online['step']} {key}")
             compared += 1
     assert compared >= 12

@@ -28,7 +28,7 @@ from tasks.train_l3 import L3Config, awr_weights, train_l3
 from tasks.train_l4 import L4Config, train_l4
 from tasks.training import Batches, DivergedError, FitConfig, TrainingDataError, fit_module, is_validation_world
 
-PROFILE = CollectProfile(worlds=4, steps=12, experts=("PenguinAgent", "AS0", "XenoSotaAgent"), agents_per_world=(6, 8), workers=2)
+PROFILE = CollectProfile(worlds=6, steps=12, experts=("PenguinAgent", "AS0", "XenoSotaAgent"), agents_per_world=(6, 8), workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,7 @@ def trained(lake, tmp_path_factory) -> dict[str, Path]:
     backfill(lake, models / "l2", BackfillConfig())
     for mode in ("residual", "direct"):
         train_l3(lake, models / f"l3-{mode}", L3Config.smoke(mode), progress=False)
+    train_l3(lake, models / "l3-rules", L3Config.smoke(base="rules"), progress=False)
     train_l4(lake, models / "l4", L4Config.smoke(), progress=False)
     return {"models": models, "bundles": models / "bundles"}
 
@@ -62,6 +63,43 @@ def test_stages_write_weights_and_metrics_in_game_units(trained):
         assert l3["awr"]["weight_max"] <= L3Config().awr_max_weight
     l4 = json.loads((models / "l4" / "metrics.json").read_text())
     assert l4["val"]["threads"] > 0 and 0 <= l4["val"]["rank_agreement"] <= 1
+    # one split by world: every stage holds out the same worlds (and reports the floors beside its figures)
+    digests = {m["split"]["digest"] for m in (l2, l4, *(json.loads((models / f"l3-{v}" / "metrics.json").read_text())
+                                                         for v in ("residual", "direct", "rules")))}
+    l3 = json.loads((models / "l3-rules" / "metrics.json").read_text())
+    assert len(digests) <= 2, digests  # L2 splits agent-days, L3/L4 decisions: the same worlds where both have rows
+    assert {"floor_rules_op_accuracy", "floor_conditional_majority_op", "floor_rules_delta_accuracy"} <= set(l3["final"])
+    assert l2["floor_rule_goal"]["rows"] > 0 and l3["config"]["executor"]["base"] == "rules"
+
+
+def test_goal_hat_is_cross_fitted_by_world(lake, trained):
+    """Each world's goal_hat comes from the fold planner that did not see it (the bundle's for test worlds)."""
+    from hrlxf_models.planner import PlannerConfig
+    from tasks.backfill import load_planner
+    from tasks.tables import macro_arrays
+    from tasks.train_l2 import crossfit_fold, predict_goals
+    from tasks.training import world_position
+
+    l2 = trained["models"] / "l2"
+    crossfit = json.loads((l2 / "metrics.json").read_text())["crossfit"]
+    assert crossfit["trained"], crossfit  # at least one fold had enough worlds
+    checked = 0
+    for macro in sorted((lake / "macro").glob("*/*.parquet")):
+        key = f"{macro.parent.name}/{macro.stem}"
+        if world_position(key, crossfit["seed"]) < crossfit["test_fraction"]:
+            continue
+        fold = crossfit_fold(key, crossfit["folds"], crossfit["seed"])
+        if fold not in crossfit["trained"]:
+            continue
+        a = macro_arrays(macro)
+        own = predict_goals(load_planner(l2, PlannerConfig(), f"planner_fold{fold}.pt"), a["x_static"], a["x_temporal"],
+                            a["x_role"], a["rule_goal"])
+        main = predict_goals(load_planner(l2, PlannerConfig()), a["x_static"], a["x_temporal"], a["x_role"], a["rule_goal"])
+        hat = np.asarray(pq.read_table(lake / "goal_hat" / macro.parent.name / macro.name).column("goal_hat").to_pylist())
+        np.testing.assert_allclose(hat, own, atol=1e-6)
+        assert not np.allclose(own, main, atol=1e-4)  # another planner than the bundle's
+        checked += 1
+    assert checked >= 1
 
 
 def test_backfill_is_the_planners_goal_and_skips_what_is_done(lake, trained):
@@ -166,7 +204,18 @@ def test_awr_weights_favour_better_than_expected_and_are_clipped():
 
 
 def test_split_holds_whole_worlds_out():
+    import polars as pl
+
+    from tasks.training import world_split
+
     keys = [f"r/w{i:04d}" for i in range(200)]
     held = [k for k in keys if is_validation_world(k, 0.2, 0)]
     assert 20 < len(held) < 60
     assert held == [k for k in keys if is_validation_world(k, 0.2, 0)]  # stable
+    df = pl.DataFrame({"run_id": ["r"] * 600, "world_id": [f"w{i // 3:04d}" for i in range(600)]})
+    split = world_split(df, FitConfig())
+    assert np.all(split.train.astype(int) + split.val + split.test == 1)
+    world = df["world_id"].to_numpy()
+    for part in (split.train, split.val, split.test):
+        assert not set(world[part]) & set(world[~part])  # whole worlds
+    assert 5 < len(set(world[split.test])) < 40 and 20 < len(set(world[split.val])) < 60
