@@ -58,6 +58,24 @@ def test_a_missing_bundle_warns_once_and_plays_on_rules(tmp_path, caplog):
     assert any("no-such-bundle" in r.message for r in caplog.records)
 
 
+def test_a_bundle_for_other_features_or_another_horizon_is_refused_and_the_rules_play(tmp_path, caplog):
+    """An H = 40 bundle of the earlier features, and one made for a 12-day horizon in a std world (10)."""
+    import json
+
+    old = write_untrained_bundle(tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.update(horizon=40, feature_fingerprint="d41d8cd98f00b204", features={})  # as bundles before version 2
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    longer = write_untrained_bundle(tmp_path / "h12", horizon=12)
+    for bundle, says in ((old, "features: not recorded"), (longer, "horizon 12, this world negotiates 10 days ahead")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hrlxf"):
+            agents = _play(bundle, steps=10)
+        _assert_safe_and_active(agents)
+        assert all(a.fallbacks["bundle"] == 1 and a.models is None for a in agents)
+        assert any(says in r.message for r in caplog.records), [r.message for r in caplog.records]
+
+
 def test_a_model_returning_nan_falls_back_for_that_layer(tmp_path):
     good = load_bundle(write_untrained_bundle(tmp_path / "ok"))
     with torch.no_grad():
