@@ -155,9 +155,11 @@ class GlobalMonitor:
         return (np.bincount(idx[:K], weights=dbuy, minlength=N_BUCKETS)[:N_BUCKETS],
                 np.bincount(idx[:K], weights=dsell, minlength=N_BUCKETS)[:N_BUCKETS])
 
-    def remaining(self, snap: Snapshot, committed: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The goal left per bucket (``committed``: `committed_today(snap)` if the caller has it)."""
-        goal = self.goal or heuristic_goal(snap)
+    def remaining(self, snap: Snapshot, committed: tuple[np.ndarray, np.ndarray] | None = None,
+                  goal: Goal | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The goal left per bucket (``committed``: `committed_today(snap)` if the caller has it; ``goal``:
+        another goal than the day's, e.g. the rule goal the rule executor plays against)."""
+        goal = goal or self.goal or heuristic_goal(snap)
         cb, cs = committed if committed is not None else self.committed_today(snap)
         return np.maximum(0.0, goal.q_buy - cb), np.maximum(0.0, goal.q_sell - cs)
 

@@ -60,6 +60,7 @@ class HRLPolicy(StdSyncAgent):
         self.initial_balance = 0.0
         self.version = 0
         self.goal: Goal | None = None
+        self.rule_goal: Goal | None = None  # what the rule executor plays against, whatever L2 plans
         self.batch_alpha: dict[str, float] = {}
         self.history: dict[str, list[tuple]] = defaultdict(list)
         self._rel_time: dict[str, float] = {}
@@ -170,8 +171,13 @@ class HRLPolicy(StdSyncAgent):
         self.batch_alpha = alpha
         n_side = {True: sum(is_buy.values()), False: len(partners) - sum(is_buy.values())}
 
-        def rules() -> dict[str, tuple[SAOResponse, int]]:  # the rule executor, computed only when something reads it
-            return {p: heuristic_action(snap, bounds, goal, remaining, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p])
+        def rules() -> dict[str, tuple[SAOResponse, int]]:
+            """The rule executor, computed only when something reads it. It plays against the rule goal (as the
+            micro table records it for the experts, who have no L2), so the residual over the rules trains
+            and plays on the same base whatever L2 plans."""
+            rule_goal = self.rule_goal or heuristic_goal(snap)
+            left = self.monitor.remaining(snap, committed, rule_goal)
+            return {p: heuristic_action(snap, bounds, rule_goal, left, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p])
                     for p in partners}
 
         if self.models is None:
@@ -188,7 +194,7 @@ class HRLPolicy(StdSyncAgent):
     # ------------------------------------------------------------ layers
     def _plan(self, snap: Snapshot) -> Goal:
         """L2: the day's goal (the planner's residual over the rule goal)."""
-        rule = heuristic_goal(snap)
+        rule = self.rule_goal = heuristic_goal(snap)
         if self.models is not None and "l2" not in self.ablate:
             try:
                 m = self.builder.macro(snap)
