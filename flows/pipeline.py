@@ -177,7 +177,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     A unit whose process died writes nothing: it is reported as failed and played on the next run.
     """
     config = plan.configs["evaluate"]
-    specs, _, _ = pipeline_candidates(paths)
+    specs, _, _ = pipeline_candidates(paths, BUNDLES)
     candidates = resolve_candidates(config, specs, plan.data / "bundles")
     worlds_dir = units_dir(plan.data / "reports" / "evaluation-worlds", config, code=plan.code["evaluate"]["digest"])
     if "evaluate" in plan.force and worlds_dir.exists():

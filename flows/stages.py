@@ -144,24 +144,15 @@ def _train_l4(p: dict[str, Path], config: Any) -> dict:
     return _headline(train_l4(p["lake"], p["out"], config, progress=False))
 
 
-def _bundle(p: dict[str, Path], config: Any) -> Path:
-    from dataclasses import replace
-
-    from tasks.bundle import assemble
-
-    # LATEST moves only on the evaluation's evidence (the flow decides, `tasks.evaluate.decide_latest`)
-    return assemble(p["l2"], p["l3"], p["l4"], p["bundles"], replace(config, set_latest=False),
-                    trained_on={"lake": str(p["lake"])})
-
-
 def _bundle_of(l3: str) -> Callable[[dict[str, Path], Any], Path]:
-    """The bundle stage of another L3 variant (the same L2 and L4)."""
+    """The bundle stage of one L3 variant (the same L2 and L4 in every bundle)."""
 
     def bundle(p: dict[str, Path], config: Any) -> Path:
         from dataclasses import replace
 
         from tasks.bundle import assemble
 
+        # LATEST moves only on the evaluation's evidence (the flow decides, `tasks.evaluate.decide_latest`)
         return assemble(p["l2"], p[l3], p["l4"], p["bundles"], replace(config, set_latest=False),
                         trained_on={"lake": str(p["lake"])})
 
@@ -171,7 +162,7 @@ def _bundle_of(l3: str) -> Callable[[dict[str, Path], Any], Path]:
 def _evaluate(p: dict[str, Path], config: Any) -> dict:
     from tasks.evaluate import evaluate, find_pair, pipeline_candidates
 
-    specs, pairs, _ = pipeline_candidates(p)
+    specs, pairs, _ = pipeline_candidates(p, BUNDLES)
     # the flow mapped the (world, candidate) units as tasks already: summarize what they wrote
     doc = evaluate(config, p["out"], specs, worlds_dir=p["eval_worlds"], play=False, extra_pairs=pairs,
                    bundles_root=p["bundles"])
@@ -246,8 +237,8 @@ STAGES: tuple[Stage, ...] = (
           _preset("tasks.train_l3", "L3Config", base="rules"), _train_l3, mode="fresh"),
     Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "goal_hat", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
           _train_l4, mode="fresh"),
-    Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"), _bundle,
-          mode="publish"),
+    Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"),
+          _bundle_of("l3"), mode="publish"),
     Stage("bundle_direct", ("tasks.bundle",), ("l2", "l3_direct", "l4"), ("bundle_direct",),
           _preset("tasks.bundle", "BundleConfig"), _bundle_of("l3_direct"), mode="publish"),
     Stage("bundle_rules", ("tasks.bundle",), ("l2", "l3_rules", "l4"), ("bundle_rules",),

@@ -14,10 +14,8 @@ from typing import Any
 
 from hrlxf_agent.paths import data_root
 
-#: the L3 variants: residual over L1's baseline, direct, residual over the rule executor (models/l3-<variant>)
-VARIANTS: dict[str, dict[str, str]] = {"residual": {"mode": "residual"}, "direct": {"mode": "direct"},
-                                       "rules": {"mode": "residual", "base": "rules"}}
-MODES = tuple(VARIANTS)
+#: the names of `hrlxf_models.executor.VARIANTS` (models/l3-<variant>), spelled out: the CLI loads no torch to parse
+MODES = ("residual", "direct", "rules")
 
 
 def models_root(args: argparse.Namespace) -> Path:
@@ -39,7 +37,8 @@ def _stage_errors() -> tuple[type, ...]:
 
 
 def run_train(layer: str, lake: Path, models: Path, smoke: bool, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
-    """One training stage (or all of them, then both bundles); returns what each wrote."""
+    """One training stage (or all of them, then a bundle per L3 variant); returns what each wrote."""
+    from hrlxf_models.executor import VARIANTS
     from tasks.backfill import BackfillConfig, backfill
     from tasks.bundle import BundleConfig, assemble
     from tasks.train_l2 import L2Config, train_l2

@@ -22,6 +22,7 @@ from hrlxf_models.planner import GOAL_DIM, N_BUCKETS, P_BUY, P_SELL, Q_BUY, Q_SE
 from . import physics
 from .shield import Bounds
 from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot
+from .state import budget_use
 
 #: L2 label urgency weights per bucket (seed 004), reused as the coordinator's urgency
 BUCKET_URGENCY = (0.637, 0.212, 0.106, 0.045)
@@ -196,15 +197,12 @@ def teacher_alpha(snap: Snapshot, bounds: Bounds, remaining: tuple[np.ndarray, n
     tradable = tradable_buckets(snap, bounds.time_mask_buy if is_buy else bounds.time_mask_sell)
     has_offer = offer is not None
     delta = int(offer[TIME]) - snap.step if has_offer else 0
-    return float(teacher_alpha_from(gaps, tradable, has_offer, delta, rel_time, budget_use(bounds, is_buy, offer),
+    return float(teacher_alpha_from(gaps, tradable, has_offer, delta, rel_time, budget_use(bounds.b_free, is_buy, offer),
                                     snap.horizon))
 
 
-def budget_use(bounds: Bounds, is_buy: bool, offer: tuple | None) -> float:
-    """The share of B_free a partner's offer to sell to us would take (0 for sales and without an offer)."""
-    if is_buy and offer is not None and bounds.b_free > 0:
-        return min(1.0, offer[QUANTITY] * offer[UNIT_PRICE] / bounds.b_free)
-    return 0.0
+#: a goal gap (in n_lines) below this is none: float32 goals and float64 commitments need not cancel exactly
+GAP_EPSILON = 1e-6
 
 
 def teacher_alpha_from(gaps: np.ndarray, tradable: np.ndarray, has_offer, offer_delta, rel_time, budget,
@@ -224,8 +222,7 @@ def teacher_alpha_from(gaps: np.ndarray, tradable: np.ndarray, has_offer, offer_
     edges = bucket_edges(horizon)
     starts = np.asarray([lo for lo, _ in edges])
     days = np.asarray([min(hi, horizon) - lo + 1 for lo, hi in edges], dtype=float)
-    needed = gaps > GAP_EPSILON
-    needy = needed & tradable
+    needy = (gaps > GAP_EPSILON) & tradable
     default = np.where(needy.any(axis=-1), starts[np.argmax(needy, axis=-1)], 0)
     delta = np.where(has_offer, offer_delta, default)
     b = bucket_index(horizon)[np.clip(delta, 0, horizon)]
@@ -241,8 +238,12 @@ def teacher_alpha_from(gaps: np.ndarray, tradable: np.ndarray, has_offer, offer_
     return np.tanh(TEACHER_GAIN * score)
 
 
-#: a goal gap (in n_lines) below this is none: float32 goals and float64 commitments need not cancel exactly
-GAP_EPSILON = 1e-6
+def rule_offer_for(rule: SAOResponse | None, day: int) -> tuple | None:
+    """The rule executor's counter-offer when it is for ``day`` (the base of an L3 residual over the rules;
+    otherwise L1's baseline is the base)."""
+    if rule is not None and rule.response == ResponseType.REJECT_OFFER and rule.outcome[TIME] == day:
+        return tuple(rule.outcome)
+    return None
 
 
 def limit_price(goal_price: float, is_buy: bool, rel_time: float) -> float:

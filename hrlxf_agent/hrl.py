@@ -21,12 +21,14 @@ from negmas.sao import ResponseType, SAOResponse
 from scml.std import StdSyncAgent
 
 from .bundle import Bundle, BundleError, load_bundle
-from .heuristics import GlobalMonitor, Goal, bucket_index, heuristic_action, heuristic_goal, teacher_alpha
+from .heuristics import (
+    GlobalMonitor, Goal, bucket_index, heuristic_action, heuristic_goal, rule_offer_for, teacher_alpha,
+)
 from .intercept import intercept
 from .shield import Bounds, SafetyShield
 from .shielded import ShieldHook
-from .snapshot import DEFAULT_HORIZON, TIME, Snapshot, snapshot_from_awi
-from .state import FeatureSpec, StateBuilder, batch_thread_features, round_features
+from .snapshot import DEFAULT_HORIZON, Snapshot, snapshot_from_awi
+from .state import OP_INDEX, FeatureSpec, StateBuilder, batch_thread_features, op_of, round_features
 
 log = logging.getLogger("hrlxf")
 OPS = ("accept", "reject", "end")
@@ -82,8 +84,6 @@ class HRLPolicy(StdSyncAgent):
                     raise BundleError(f"{models.path}: horizon {models.manifest.horizon}, this world negotiates "
                                       f"{self.awi.horizon} days ahead")
                 self.models = models
-                self.horizon = models.manifest.horizon
-                self.builder = StateBuilder(FeatureSpec(horizon=self.horizon))
                 torch.set_num_threads(1)  # tiny networks: threads cost more than they give
             except Exception as e:
                 self._fallback("bundle", e)
@@ -114,7 +114,7 @@ class HRLPolicy(StdSyncAgent):
             return
         suppliers = set(self.awi.my_suppliers)
         for p, r in responses.items():
-            op = {ResponseType.ACCEPT_OFFER: "accept", ResponseType.REJECT_OFFER: "reject"}.get(r.response, "end")
+            op = op_of(r)
             out = r.outcome if r.response == ResponseType.REJECT_OFFER else None
             offer = offers.get(p)
             self.history[p].append(round_features(
@@ -284,7 +284,7 @@ class HRLPolicy(StdSyncAgent):
             prior_op, prior_delta = np.zeros(3), np.zeros(H + 1)
             if rules is not None:
                 rule, rule_k = rules[p]
-                prior_op[{ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2)] = prior
+                prior_op[OP_INDEX[op_of(rule)]] = prior
                 prior_delta[min(max(rule_k, 0), H)] = prior
             op = OPS[int(np.argmax(op_logits[i] + prior_op))]
             if op == "accept" and offer_of[p] is not None:
@@ -311,11 +311,8 @@ class HRLPolicy(StdSyncAgent):
         for i, p, k in wanted:
             buy = is_buy[p]
             catalog = snap.catalog_price_in if buy else snap.catalog_price_out
-            rule = rules[p][0] if on_rules else None
-            if rule is not None and rule.response == ResponseType.REJECT_OFFER and rule.outcome[TIME] == snap.step + k:
-                base = tuple(rule.outcome)
-            else:
-                base = self.shield.baseline(snap, bounds, buy, k)
+            base = rule_offer_for(rules[p][0] if on_rules else None, snap.step + k) \
+                or self.shield.baseline(snap, bounds, buy, k)
             if base is None:
                 base_q.append(1.0 / snap.n_lines)
                 base_p.append((goal.p_buy if buy else goal.p_sell)[idx[k]] / catalog)

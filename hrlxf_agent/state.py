@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from negmas.sao import ResponseType, SAOResponse
 
 from hrlxf_models import layouts
 from hrlxf_models.planner import BUCKET_STARTS, GOAL_LAYOUT
@@ -180,6 +181,18 @@ THREAD_FEATURES = len(layouts.THREAD)
 OP_INDEX = {"accept": 0, "reject": 1, "end": 2}
 
 
+def op_of(response: SAOResponse) -> str:
+    """The L3 op of an SAO response: accept, reject (a counter-offer) or end."""
+    return {ResponseType.ACCEPT_OFFER: "accept", ResponseType.REJECT_OFFER: "reject"}.get(response.response, "end")
+
+
+def budget_use(b_free: float, is_buy: bool, offer: tuple | None) -> float:
+    """The share of B_free a partner's offer to sell to us would take (0 for sales and without an offer)."""
+    if is_buy and offer is not None and b_free > 0:
+        return min(1.0, offer[0] * offer[2] / b_free)
+    return 0.0
+
+
 def _encode_offer(snap: Snapshot, offer: tuple | None, catalog: float, horizon: int) -> list[float]:
     if offer is None:
         return [0.0, 0.0, 0.0, 0.0]
@@ -204,7 +217,7 @@ def thread_features(snap: Snapshot, q_safe: np.ndarray, b_free: float, gap_of_bu
     enc = _encode_offer(snap, offer, catalog, horizon)
     k = int(offer[1]) - snap.step if offer is not None else 0
     room = float(q_safe[k]) if 0 <= k < len(q_safe) else 0.0
-    budget = min(1.0, offer[0] * offer[2] / b_free) if (offer is not None and is_buy and b_free > 0) else 0.0
+    budget = budget_use(b_free, is_buy, offer)
     x = [float(is_buy), float(not is_buy), rel_time, enc[3], enc[0], enc[1], enc[2],
          gap_of_bucket / snap.n_lines, room / snap.n_lines, budget]
     return np.asarray(x, dtype=np.float32)

@@ -21,6 +21,9 @@ from .blocks import Block
 from .layouts import BROADCAST, ROUND, STATIC
 
 OPS = ("accept", "reject", "end")
+#: the L3 variants by name: residual over L1's baseline, direct, residual over the rule executor
+VARIANTS: dict[str, dict[str, str]] = {"residual": {"mode": "residual"}, "direct": {"mode": "direct"},
+                                       "rules": {"mode": "residual", "base": "rules"}}
 ROUND_FEATURES = len(ROUND)
 BROADCAST_DIM = len(BROADCAST)
 
@@ -40,6 +43,11 @@ class ExecutorConfig:
     p_scale: float = 0.1  # residual price range, relative
     heuristic_prior: float = 3.0  # logit bonus the agent gives the rule-based op / delta: an untrained model follows the rules
     base: str = "baseline"  # residual mode's base: "baseline" (L1's simple safe offer, seed 004) or "rules" (the rule executor's offer)
+
+
+def variant_of(config: ExecutorConfig) -> str:
+    """The name (`VARIANTS`) of a config's variant."""
+    return "rules" if config.mode == "residual" and config.base == "rules" else config.mode
 
 
 class Executor(nn.Module):

@@ -20,6 +20,7 @@ import torch
 
 from hrlxf_agent.bundle import load_bundle, save_bundle, set_latest
 from hrlxf_models import Coordinator, CoordinatorConfig, Executor, ExecutorConfig, Planner, PlannerConfig
+from hrlxf_models.executor import variant_of
 from tasks.training import TrainingDataError
 
 
@@ -74,7 +75,7 @@ def assemble(l2: Path, l3: Path, l4: Path, out_root: Path, config: BundleConfig,
         for k in sorted(state):
             h.update(k.encode())
             h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    variant = executor.config.mode + ("-rules" if executor.config.mode == "residual" and executor.config.base == "rules" else "")
+    variant = {"rules": "residual-rules"}.get(variant_of(executor.config), executor.config.mode)
     bundle_id = f"{config.prefix}-{variant}-{h.hexdigest()}"
     metrics = {"trained": True, "headline": headline(p_metrics, e_metrics, c_metrics),
                "l2": p_metrics, "l3": e_metrics, "l4": c_metrics}

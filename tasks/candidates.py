@@ -73,6 +73,7 @@ def parse_candidate(spec: str, bundles_root: Path | None = None) -> Candidate:
     """One spec -> a Candidate (see the module docstring); CandidateError if it cannot play."""
     from hrlxf_agent.bundle import BundleError, load_bundle, write_untrained_bundle
     from hrlxf_agent.paths import bundles_root as default_bundles
+    from hrlxf_models.executor import VARIANTS as L3_VARIANTS
 
     spec = spec.strip()
     if not spec:
@@ -81,15 +82,14 @@ def parse_candidate(spec: str, bundles_root: Path | None = None) -> Candidate:
         return Candidate("rules", spec, HRL, {})
     if spec.split(":")[0] == "untrained":
         variant = spec.partition(":")[2] or "residual"
-        kinds = {"residual": {"mode": "residual"}, "direct": {"mode": "direct"}, "rules": {"mode": "residual", "base": "rules"}}
-        if variant not in kinds:
+        if variant not in L3_VARIANTS:
             raise CandidateError(f"candidate {spec!r}: untrained takes residual, direct or rules, not {variant!r}")
         root = Path(bundles_root) if bundles_root is not None else default_bundles()
         path = root / f"untrained-{variant}"
         try:
             load_bundle(path)
         except BundleError:  # none yet, or one written for older features: write it afresh
-            write_untrained_bundle(path, seed=0, **kinds[variant])
+            write_untrained_bundle(path, seed=0, **L3_VARIANTS[variant])
         return Candidate(f"untrained-{variant}", spec, HRL, {"bundle": str(path.resolve())}, bundle=str(path.resolve()))
     head, sep, tail = spec.partition(":")
     if sep and all(v in VARIANTS for v in head.split("+")):

@@ -265,10 +265,11 @@ def apply_latest(doc: dict[str, Any], bundles_root: Path) -> dict[str, Any] | No
     return decision
 
 
-def pipeline_candidates(p: dict[str, Path]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """The pipeline's bundles as candidate specs (the new ones, then the LATEST the run started with if it
-    is not one of them), the pairs that decide the L3 mode and LATEST, and the new bundles' labels."""
-    new = [Path(p[k]) for k in ("bundle", "bundle_direct", "bundle_rules") if k in p]  # flows.stages.BUNDLES
+def pipeline_candidates(p: dict[str, Path], bundles: Sequence[str]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """The pipeline's bundles (the artifacts named ``bundles``, in order) as candidate specs (the new ones,
+    then the LATEST the run started with if it is not one of them), the pairs that decide the L3 variant and
+    LATEST, and the new bundles' labels."""
+    new = [Path(p[k]) for k in bundles if k in p]
     labels = [b.resolve().name for b in new]
     specs = [str(b) for b in new]
     pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]

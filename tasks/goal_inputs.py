@@ -6,7 +6,7 @@ stages join goal_hat (L2's cross-fitted prediction, `tasks.backfill`) and rebuil
 them here from what the tables keep beside them (``committed``: signed today per
 bucket / n_lines; the teacher's goal-free terms), with the agent's own functions
 (`GlobalMonitor.broadcast`'s layout, `heuristics.teacher_alpha_from`).
-`tests/test_goal_inputs.py` checks them against an agent whose L2 is a trained planner.
+`tests/test_micro.py` and `tests/test_l4_distill.py` check them against an agent whose L2 is a planner.
 """
 
 from __future__ import annotations

@@ -44,14 +44,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negmas.sao import ResponseType
-
 from hrlxf_agent.heuristics import (
-    GlobalMonitor, budget_use, heuristic_action, heuristic_goal, teacher_alpha, tradable_buckets,
+    GlobalMonitor, heuristic_action, heuristic_goal, rule_offer_for, teacher_alpha, tradable_buckets,
 )
 from hrlxf_agent.shield import Bounds, SafetyShield
 from hrlxf_agent.snapshot import Snapshot
-from hrlxf_agent.state import ROUND_FEATURES, FeatureSpec, StateBuilder, round_features
+from hrlxf_agent.state import ROUND_FEATURES, FeatureSpec, StateBuilder, budget_use, op_of, round_features
 
 HISTORY = 8
 # 2: static, role, alpha, batch; broadcast with the batch's mean relative time; legal, committed; no WAIT rows;
@@ -218,8 +216,7 @@ def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
         # is for the chosen day, else L1's baseline
         n_side = batch_sides.get((d["agent_id"], d["batch"]), {}).get(is_buy, 1)
         rule, rule_k = heuristic_action(snap, bounds, ctx.monitor.goal, ctx.remaining, max(1, n_side), is_buy, o_in, rel)
-        rule_base = (rule.outcome if rule.response == ResponseType.REJECT_OFFER and delta >= 0
-                     and rule.outcome[1] == snap.step + delta else base)
+        rule_base = (rule_offer_for(rule, snap.step + delta) if delta >= 0 else None) or base
         issues = snap.buy_issues if is_buy else snap.sell_issues
         legal = issues.contains(chosen) if chosen is not None and issues is not None else None
         deal = log.deal_of.get((d["agent_id"], d["step"], d["partner"]))
@@ -242,9 +239,9 @@ def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
             # what the teacher reads besides the goal: the training stages rebuild alpha against L2's goal
             "tradable": tradable_buckets(snap, mask).astype(np.float32).tolist(),
             "offer_delta": int(o_in[1]) - snap.step if o_in is not None else None,
-            "budget": budget_use(bounds, is_buy, o_in),
+            "budget": budget_use(bounds.b_free, is_buy, o_in),
             "op": OPS[d["op"]], "delta": delta, "q": q, "p": p, "base_q": base_q, "base_p": base_p,
-            "rule_op": {ResponseType.ACCEPT_OFFER: 0, ResponseType.REJECT_OFFER: 1}.get(rule.response, 2),
+            "rule_op": OPS[op_of(rule)],
             "rule_delta": min(max(rule_k, 0), H),
             "rule_base_q": rule_base[0] / snap.n_lines if rule_base else None,
             "rule_base_p": rule_base[2] / catalog if rule_base else None,

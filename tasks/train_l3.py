@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hrlxf_agent.state import FeatureSpec
+from hrlxf_agent.state import ROUND_FEATURES, FeatureSpec
+from hrlxf_models.layouts import ROUND
 from hrlxf_models.executor import Executor, ExecutorConfig
 from tasks.goal_inputs import alpha_with_goal, broadcast_with_goal
 from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
@@ -38,7 +39,6 @@ from tasks.training import (
     loss_module, require_rows, split_counts, table_files, world_split, write_stage_output,
 )
 
-ROUND = 12
 #: tensor order of one L3 batch
 FIELDS = ("static", "goal", "role", "broadcast", "alpha", "rounds", "keep", "time_mask", "room", "prior_op", "prior_delta",
           "op", "delta", "delta_ok", "q", "p", "base_q", "base_p", "qp_ok", "ret", "weight")
@@ -133,9 +133,9 @@ def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[
                             df["offer_delta"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
                             df["rel_time"].fill_null(0.0).to_numpy(), df["budget"].to_numpy(), H)
     return {
-        "static": list_array(df, "static", 12), "goal": goal, "role": list_array(df, "role", 2),
+        "static": list_array(df, "static", len(spec.static)), "goal": goal, "role": list_array(df, "role", 2),
         "broadcast": broadcast, "alpha": alpha[:, None],
-        "rounds": list_array(df, "history", HISTORY * ROUND).reshape(n, HISTORY, ROUND), "keep": keep,
+        "rounds": list_array(df, "history", HISTORY * ROUND_FEATURES).reshape(n, HISTORY, ROUND_FEATURES), "keep": keep,
         "time_mask": time_mask, "prior_op": prior_op, "prior_delta": prior_delta,
         "room": list_array(df, "q_safe", H + 1) / df["n_lines"].to_numpy()[:, None].astype(np.float32),
         "op": op, "delta": np.where(counter, delta, 0), "delta_ok": counter,
@@ -257,7 +257,7 @@ def floors(a: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, float]:
     (op, and delta on counter-offers), and the conditional majority op (a row with no offer received
     cannot ACCEPT: the majority of each kind of row)."""
     op = a["op"][idx]
-    has_offer = a["rounds"][idx, -1, 3] > 0  # the current round's in_present
+    has_offer = a["rounds"][idx, -1, ROUND.index("in_present")] > 0  # the current round's
     hits = 0
     for group in (has_offer, ~has_offer):
         if group.any():

@@ -69,8 +69,9 @@ def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], Split
     alpha[keep] = flat_alpha
     glob = list_array(df, "global", config.coordinator.global_dim)
     # the goal-dependent inputs and the teacher against L2's goal, as the agent computes them online
+    spec = FeatureSpec()
     threads, glob, alpha = l4_with_goal(threads, keep, glob, list_array(df, "goal_hat", 16), list_array(df, "committed", 8),
-                                        list_array(df, "tradable", 8), len(FeatureSpec().static), FeatureSpec().horizon)
+                                        list_array(df, "tradable", 8), len(spec.static), spec.horizon)
     return (threads, keep, glob, alpha), world_split(df, config.fit), df.select("run_id", "world_id")
 
 
