@@ -112,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=None, help="local world processes (default: the profile's)")
     run.set_defaults(func=_run)
 
+    ft = sub.add_parser("finetune", help="online learning in real worlds (L3 MAPPO, L2 PPO, a self-play league) -> a bundle")
+    ft.add_argument("--from", dest="start", default=None,
+                    help="starting bundle: a directory, 'latest' or 'untrained:rules' (default: the profile's, untrained:rules)")
+    ft.add_argument("--iterations", type=int, default=None, help="iterations (default: the profile's)")
+    ft.add_argument("--profile", choices=("smoke", "default", "long"), default="default",
+                    help="smoke: a minute of short worlds; default: the pipeline's bounded budget; long: real training")
+    ft.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a config setting (JSON value), e.g. l3.lr=3e-4 or league.self_play=0.5")
+    ft.add_argument("--run-dir", default=None, help="where the run lives (default: DATA/finetune/<key of config and start>)")
+    ft.add_argument("--workers", type=int, default=None, help="rollout world processes (default: the profile's)")
+    ft.add_argument("--dask-address", default=None, help="play the rollout worlds on this Dask scheduler (tcp://host:port)")
+    ft.set_defaults(func=_finetune)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     for name, text in (("agent", "world wall time with LitaAgentHRL vs PenguinAgent in the same slots"),
@@ -129,6 +142,44 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="where to write bench_tables.json (default: DATA/reports/bench)")
     b.set_defaults(func=_bench, bench="tables")
     return parser
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.stages import ParameterError, override
+    from tasks.finetune import PROFILES, FinetuneError, finetune, run_key, start_bundle
+
+    given = {k: v for k, v in (("start", args.start), ("iterations", args.iterations), ("workers", args.workers))
+             if v is not None}
+    config = PROFILES[args.profile](**given)
+    try:
+        for item in args.settings:
+            field, sep, value = item.partition("=")
+            if not sep:
+                raise ParameterError(f"--set {item!r}: give FIELD=VALUE")
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+            config = override(config, field, parsed, "finetune")
+        config.validate()
+        start = start_bundle(config.start, data_root())
+        run = Path(args.run_dir) if args.run_dir else data_root() / "finetune" / f"{start.name}-{run_key(config, start)}"
+        summary = finetune(config, run, data_root(), dask_address=args.dask_address)
+    except (ParameterError, FinetuneError, ValueError) as e:
+        print(f"hrlxf finetune: {e}", file=sys.stderr)
+        return 2
+    last = summary["last"]
+    print(f"finetune: {summary['iterations']} iterations, {summary['worlds']} worlds ({summary['dropped']} dropped) in "
+          f"{summary['seconds']} s; unsafe {summary['unsafe']}, illegal {summary['illegal']}")
+    for k in ("eval/vs_penguin", "eval/vs_start"):
+        if last.get(k) is not None:
+            hw = last.get(f"{k}_half_width")
+            print(f"  {k.removeprefix('eval/')}: {last[k]:+.4f}" + (f" ± {hw:.4f}" if hw is not None else "")
+                  + f" over {last.get('eval/worlds')} paired worlds")
+    print(f"run: {summary['run']} (curves.png, metrics.jsonl, tb/)\nbundle: {summary['bundle']}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """Prefect flows: ``hrlxf`` (the whole pipeline), ``collect`` (nightly collection) and ``evaluate``.
 
 collect -> events -> tables -> train_l2 -> backfill -> train_l3 (residual over L1's baseline),
-train_l3_direct, train_l3_rules (residual over the rules) -> train_l4 -> bundle, bundle_direct,
-bundle_rules -> evaluate (every new bundle, and the LATEST the run started with)
+train_l3_rules (residual over the rules) -> train_l4 -> bundle, bundle_rules -> finetune (online, from
+the untrained residual over the rules) -> evaluate (every new bundle, the fine-tuned one's start, and the
+LATEST the run started with)
 (`flows/stages.py` declares them). Every stage is one Prefect task whose cache
 key is `tasks.fingerprint.stage_key`: the stage's recipe (config, code version)
 and the content fingerprints of its input artifacts, never their paths. Results

@@ -77,12 +77,11 @@ ARTIFACTS: dict[str, Artifact] = {
     "goal_hat": Artifact("lake/goal_hat", PER_WORLD),
     "l2": Artifact("models/l2", MODEL),
     "l3": Artifact("models/l3-{mode}", MODEL),
-    "l3_direct": Artifact("models/l3-direct", MODEL),
     "l3_rules": Artifact("models/l3-rules", MODEL),
     "l4": Artifact("models/l4", MODEL),
     "bundle": Artifact("bundles/{bundle_name}"),
-    "bundle_direct": Artifact("bundles/{bundle_direct_name}"),
     "bundle_rules": Artifact("bundles/{bundle_rules_name}"),
+    "finetuned": Artifact("bundles/{finetuned_name}"),
     "latest": Artifact("bundles/{latest_name}"),  # the bundle LATEST names when the pipeline starts (the flow sets it)
     "evaluation": Artifact("reports/evaluation/{bundle_name}"),
 }
@@ -172,6 +171,20 @@ def _evaluate(p: dict[str, Path], config: Any) -> dict:
             "pairs": {f"{a} - {b}": [d["mean"], d["half_width"]] for a, b in pairs if (d := find_pair(doc, a, b))}}
 
 
+def _finetune(p: dict[str, Path], config: Any) -> Path:
+    from tasks.finetune import finetune
+
+    # the run directory is keyed by the stage's cache key: a killed run resumes from its last iteration
+    summary = finetune(config, p["work"], p["data"], out_root=p["bundles"], progress=False)
+    return Path(summary["bundle"])
+
+
+def _finetune_config(profile: str) -> Any:
+    from tasks.finetune import PROFILES
+
+    return PROFILES["smoke" if profile == "smoke" else "default" if profile == "default" else "long"]()
+
+
 def _headline(metrics: dict) -> dict:
     """What a run report needs of a training stage's metrics (the full set is in its metrics.json)."""
     keep = ("best_val_loss", "epochs", "mode", "val", "final", "val_mean_baseline")
@@ -199,7 +212,10 @@ def _feature_spec(profile: str) -> Any:
 def _eval_config(profile: str) -> Any:
     from tasks.evaluate import EvalConfig
 
-    return {"smoke": EvalConfig.smoke(), "default": EvalConfig(), "official": EvalConfig(worlds=48, steps=100)}[profile]
+    # the fine-tuned bundle plays beside its starting bundle (the untrained residual over the rules)
+    return {"smoke": EvalConfig.smoke(candidates=("PenguinAgent", "untrained:rules")),
+            "default": EvalConfig(candidates=("PenguinAgent", "untrained:rules")),
+            "official": EvalConfig(worlds=48, steps=100, candidates=("PenguinAgent", "untrained:rules"))}[profile]
 
 
 def _per_world(*tables: str) -> Callable[[str], list[str]]:
@@ -215,8 +231,11 @@ def _per_world(*tables: str) -> Callable[[str], list[str]]:
     return outputs
 
 
-#: the bundles one pipeline run trains: L3 residual over L1's baseline, direct, residual over the rules
-BUNDLES = ("bundle", "bundle_direct", "bundle_rules")
+#: the bundles one pipeline run makes: L3 residual over L1's baseline and over the rules (offline), and the
+#: fine-tuned one (online, from the untrained residual over the rules). The direct L3 is left to
+#: `hrlxf train --modes direct`: level with the residual in every measurement, it cost 7 of the main
+#: command's 45 minutes that the online stage needs.
+BUNDLES = ("bundle", "bundle_rules", "finetuned")
 
 STAGES: tuple[Stage, ...] = (
     Stage("collect", ("tasks.collect",), (), ("raw_run",), lambda profile: COLLECT_PROFILES[profile], run=lambda p, c: {},
@@ -231,18 +250,15 @@ STAGES: tuple[Stage, ...] = (
           _backfill, unit_input="macro", unit_outputs=_per_world("lake/goal_hat")),
     Stage("train_l3", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3",), _preset("tasks.train_l3", "L3Config"),
           _train_l3, mode="fresh"),
-    Stage("train_l3_direct", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_direct",),
-          _preset("tasks.train_l3", "L3Config", mode="direct"), _train_l3, mode="fresh"),
     Stage("train_l3_rules", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_rules",),
           _preset("tasks.train_l3", "L3Config", base="rules"), _train_l3, mode="fresh"),
     Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "goal_hat", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
           _train_l4, mode="fresh"),
     Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"),
           _bundle_of("l3"), mode="publish"),
-    Stage("bundle_direct", ("tasks.bundle",), ("l2", "l3_direct", "l4"), ("bundle_direct",),
-          _preset("tasks.bundle", "BundleConfig"), _bundle_of("l3_direct"), mode="publish"),
     Stage("bundle_rules", ("tasks.bundle",), ("l2", "l3_rules", "l4"), ("bundle_rules",),
           _preset("tasks.bundle", "BundleConfig"), _bundle_of("l3_rules"), mode="publish"),
+    Stage("finetune", ("tasks.finetune",), (), ("finetuned",), _finetune_config, _finetune, mode="publish"),
     Stage("evaluate", ("tasks.evaluate",), BUNDLES + ("latest",), ("evaluation",), _eval_config,
           _evaluate, mode="fresh"),
 )
@@ -255,15 +271,14 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("collect", "world_timeout"): (1, None), ("collect", "seed"): (0, None),
     ("tables", "horizon"): (1, 40),  # logs hold at least today + 10 (std's horizon); older ones today + 40
     ("backfill", "horizon"): (1, 40), ("train_l2", "planner.horizon"): (1, 40), ("train_l3", "executor.horizon"): (1, 40),
-    ("train_l3_direct", "executor.horizon"): (1, 40), ("train_l3_rules", "executor.horizon"): (1, 40),
+    ("train_l3_rules", "executor.horizon"): (1, 40),
     ("evaluate", "worlds"): (1, 10_000), ("evaluate", "steps"): (3, 1_000), ("evaluate", "workers"): (1, 256),
 }
 #: settings that must agree across stages: the feature horizon, and the one split by world of every training
-_TRAININGS = ("train_l2", "train_l3", "train_l3_direct", "train_l3_rules", "train_l4")
+_TRAININGS = ("train_l2", "train_l3", "train_l3_rules", "train_l4")
 SAME: dict[str, tuple[tuple[str, str], ...]] = {
     "the feature horizon": (("tables", "horizon"), ("train_l2", "planner.horizon"), ("backfill", "horizon"),
-                            ("train_l3", "executor.horizon"), ("train_l3_direct", "executor.horizon"),
-                            ("train_l3_rules", "executor.horizon")),
+                            ("train_l3", "executor.horizon"), ("train_l3_rules", "executor.horizon")),
     **{f"the split by world ({f})": tuple((s, f"fit.{f}") for s in _TRAININGS) for f in ("val_fraction", "test_fraction", "seed")},
 }
 #: collect settings that do not change what a world holds (left out of its cache key and of a run's identity)
@@ -429,7 +444,7 @@ def key_config(stage: str, config: Any) -> Any:
     doc = json.loads(canonical(config))
     if stage == "collect":
         doc = {k: v for k, v in doc.items() if k not in COLLECT_RUNTIME}
-    if stage == "evaluate":
+    if stage in ("evaluate", "finetune"):
         doc = {k: v for k, v in doc.items() if k != "workers"}
     return doc
 
@@ -551,7 +566,9 @@ def execute(call: StageCall) -> dict[str, Any]:
         _swap(partial, final)
     elif stage.mode == "publish":
         (name, _), = outputs.items()
-        outputs[name] = Path(stage.run(paths, call.config)).resolve()
+        # a scratch directory of this cache key (the fine-tuning run: resumed by a rerun of the same key)
+        work = {"work": data / "models" / f"{stage.name}-{key[:16]}", "data": data}
+        outputs[name] = Path(stage.run({**paths, **work}, call.config)).resolve()
         summary = {"path": _rel(outputs[name], data)}
     else:
         raise ValueError(f"unknown stage mode {stage.mode!r}")

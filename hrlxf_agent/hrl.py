@@ -20,6 +20,8 @@ import torch
 from negmas.sao import ResponseType, SAOResponse
 from scml.std import StdSyncAgent
 
+from hrlxf_models.policy import ACCEPT, END, GREEDY, NO_DELTA, REJECT, goal_log_prob, l3_log_prob, l3_logits
+
 from .bundle import Bundle, BundleError, load_bundle
 from .heuristics import (
     GlobalMonitor, Goal, bucket_index, heuristic_action, heuristic_goal, rule_offer_for, teacher_alpha,
@@ -70,6 +72,13 @@ class HRLPolicy(StdSyncAgent):
         self.fallbacks: dict[str, int] = defaultdict(int)
         self.feature_log: list[dict[str, Any]] | None = None  # set to a list to keep the L2 inputs computed online
         self.l3_log: list[dict[str, Any]] | None = None  # set to a list to keep the L3 inputs computed online
+        # online learning (`hrlxf_rl.rollout`): the layers in ``explore`` draw their actions from the policy
+        # (``sampler``, with ``noise``'s spread for the continuous ones) and report each draw to ``recorder``;
+        # otherwise (a bundle's play) every layer takes the modes
+        self.explore: frozenset[str] = frozenset()
+        self.sampler: Any = None
+        self.noise: Any = None
+        self.recorder: Any = None
 
     # ------------------------------------------------------------ lifecycle
     def init(self):
@@ -92,11 +101,15 @@ class HRLPolicy(StdSyncAgent):
         super().before_step()
         self.history.clear()
         snap = self._snapshot({})
+        if self.recorder is not None:
+            self.recorder.day(self, snap)
         self.goal = self._plan(snap)
         self.monitor.reset(snap, self.goal)
 
     def on_negotiation_success(self, contract, mechanism):
         self.version += 1  # the snapshot the next decision sees has changed
+        if self.recorder is not None:
+            self.recorder.deal(self, contract)
         return super().on_negotiation_success(contract, mechanism)
 
     # ------------------------------------------------------------ decisions
@@ -186,7 +199,7 @@ class HRLPolicy(StdSyncAgent):
             ex = self.models.executor.config
             reads_rules = ex.heuristic_prior or (ex.mode == "residual" and ex.base == "rules")
             return self._execute(snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel,
-                                 rules() if reads_rules else None)
+                                 rules() if reads_rules else None, remaining)
         except Exception as e:
             self._fallback("L3", e)
             return {p: r for p, (r, _) in rules().items()}
@@ -203,10 +216,17 @@ class HRLPolicy(StdSyncAgent):
                     self.feature_log.append({"step": snap.step, "x_static": m.x_static, "x_temporal": m.x_temporal,
                                              "x_role": m.x_role, "rule_goal": base})
                 with torch.inference_mode():
-                    g, _ = self.models.planner(
-                        torch.from_numpy(m.x_static)[None], torch.from_numpy(m.x_temporal)[None], torch.from_numpy(m.x_role)[None],
-                        torch.from_numpy(base)[None],
-                    )
+                    xs, xt, xr = (torch.from_numpy(m.x_static)[None], torch.from_numpy(m.x_temporal)[None],
+                                  torch.from_numpy(m.x_role)[None])
+                    mean, _ = self.models.planner.raw_goal(xs, xt, xr)
+                    explore = self._explores("l2")
+                    log_std = self.noise.log_std_goal if explore else None
+                    raw = self._decoder("l2").draw(mean, log_std)
+                    g = self.models.planner.goal_of(raw, torch.from_numpy(base)[None], xr)
+                if explore and self.recorder is not None:
+                    logp, _ = goal_log_prob(mean, raw, log_std, xr)
+                    self.recorder.plan(self, snap, {"x_static": m.x_static, "x_temporal": m.x_temporal, "x_role": m.x_role,
+                                                    "base_goal": base, "raw_goal": raw[0].numpy(), "logp": float(logp)})
                 g = g[0].numpy()
                 if not np.all(np.isfinite(g)):
                     raise FloatingPointError("planner returned non-finite values")
@@ -239,8 +259,9 @@ class HRLPolicy(StdSyncAgent):
         return batch_thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
 
     def _execute(self, snap, bounds: Bounds, goal: Goal, c, static_row, alpha, partners, is_buy, offer_of, rel,
-                 rules) -> dict[str, SAOResponse]:
-        """L3 for every thread of the batch in one forward pass; decoding op -> delta -> (q, p).
+                 rules, remaining) -> dict[str, SAOResponse]:
+        """L3 for every thread of the batch in one forward pass; decoding op -> delta -> (q, p)
+        (`hrlxf_models.policy`: the modes, or draws when L3 explores).
 
         ``rules``: the rule executor's (response, delta) per thread, when the bundle reads it (its prior
         for op and delta, or its offer as the residual base)."""
@@ -254,6 +275,8 @@ class HRLPolicy(StdSyncAgent):
         masks = np.zeros((B, H + 1), dtype=np.float32)
         rooms = np.zeros((B, H + 1), dtype=np.float32)  # L1's room per day, in units of n_lines (q, p read it at delta)
         roles = np.zeros((B, 2), dtype=np.float32)
+        prior_op = np.zeros((B, 3), dtype=np.float32)
+        prior_delta = np.zeros((B, H + 1), dtype=np.float32)
         for i, p in enumerate(partners):
             past = self.history.get(p, [])[-(N - 1):] + [round_features(snap, is_buy[p], offer_of[p], None, None, rel[p], H)]
             rounds[i, N - len(past):] = np.stack(past)
@@ -261,47 +284,68 @@ class HRLPolicy(StdSyncAgent):
             masks[i] = bounds.time_mask_buy if is_buy[p] else bounds.time_mask_sell
             rooms[i] = (bounds.q_safe_buy if is_buy[p] else bounds.q_safe_sell)[: H + 1] / snap.n_lines
             roles[i] = self.builder.role_one_hot(is_buy[p])
+            if rules is not None:
+                rule, rule_k = rules[p]
+                prior_op[i, OP_INDEX[op_of(rule)]] = ex.config.heuristic_prior
+                prior_delta[i, min(max(rule_k, 0), H)] = ex.config.heuristic_prior
         static = np.repeat(static_row[None], B, axis=0)
         goal_vec = np.repeat(goal.vector(snap)[None], B, axis=0)
+        broadcast = np.repeat(c[None], B, axis=0)
+        alphas = np.asarray([[alpha[p]] for p in partners], dtype=np.float32)
+        has_offer = np.asarray([offer_of[p] is not None for p in partners])
         if self.l3_log is not None:  # a test's record of the inputs L3 reads; off by default
             for i, p in enumerate(partners):
                 self.l3_log.append({"partner": p, "step": snap.step, "round": int(self.negotiators[p][0].nmi.state.step),
                                     "static": static[i], "goal": goal_vec[i], "role": roles[i], "broadcast": c, "alpha": alpha[p],
                                     "rounds": rounds[i], "keep": keep[i], "time_mask": masks[i], "room": rooms[i]})
+        decoder = self._decoder("l3")
         with torch.inference_mode():
             out = self.models.executor_fn(
-                torch.from_numpy(static), torch.from_numpy(goal_vec), torch.from_numpy(roles),
-                torch.from_numpy(np.repeat(c[None], B, axis=0)), torch.tensor([[alpha[p]] for p in partners]),
-                torch.from_numpy(rounds), torch.from_numpy(keep), torch.from_numpy(masks),
+                torch.from_numpy(static), torch.from_numpy(goal_vec), torch.from_numpy(roles), torch.from_numpy(broadcast),
+                torch.from_numpy(alphas), torch.from_numpy(rounds), torch.from_numpy(keep), torch.from_numpy(masks),
             )
-        op_logits, delta_logits = out["op"].numpy(), out["delta"].numpy()
-        if not (np.all(np.isfinite(op_logits)) and np.all(np.isfinite(out["h"].numpy()))):
-            raise FloatingPointError("executor returned non-finite values")
-        prior = ex.config.heuristic_prior
+            if not (torch.isfinite(out["op"]).all() and torch.isfinite(out["h"]).all()):
+                raise FloatingPointError("executor returned non-finite values")
+            op_logits, delta_logits = l3_logits(out["op"], out["delta"], torch.from_numpy(prior_op),
+                                                torch.from_numpy(prior_delta), torch.from_numpy(has_offer))
+            ops = decoder.pick(op_logits)
+            deltas = torch.full((B,), NO_DELTA, dtype=torch.long)
+            counter = ops == REJECT
+            if counter.any():
+                deltas[counter] = decoder.pick(delta_logits[counter])
         responses: dict[str, SAOResponse] = {}
         wanted: list[tuple[int, str, int]] = []  # (row, partner, delta) of the counter-offers to price
         for i, p in enumerate(partners):
-            prior_op, prior_delta = np.zeros(3), np.zeros(H + 1)
-            if rules is not None:
-                rule, rule_k = rules[p]
-                prior_op[OP_INDEX[op_of(rule)]] = prior
-                prior_delta[min(max(rule_k, 0), H)] = prior
-            op = OPS[int(np.argmax(op_logits[i] + prior_op))]
-            if op == "accept" and offer_of[p] is not None:
+            op = int(ops[i])
+            if op == ACCEPT:
                 responses[p] = SAOResponse(ResponseType.ACCEPT_OFFER, offer_of[p])
-                continue
-            if op == "end" or not np.isfinite(delta_logits[i]).any():
+            elif op == END:
                 responses[p] = SAOResponse(ResponseType.END_NEGOTIATION, None)
-                continue
-            wanted.append((i, p, int(np.argmax(delta_logits[i] + prior_delta))))
+            else:
+                wanted.append((i, p, int(deltas[i])))
+        raw_qp = torch.zeros(B, 2)
+        mean_qp = torch.zeros(B, 2)
         if wanted:
-            responses.update(self._offers(snap, bounds, goal, is_buy, wanted, out["h"], rooms, rules))
+            offers, mean, raw = self._offers(snap, bounds, goal, is_buy, wanted, out["h"], rooms, rules, decoder)
+            responses.update(offers)
+            rows = torch.tensor([i for i, _, _ in wanted])
+            mean_qp[rows], raw_qp[rows] = mean, raw
+        if self.recorder is not None and self._explores("l3"):
+            logp, _ = l3_log_prob(op_logits, delta_logits, ops, deltas, mean_qp, raw_qp, self.noise.log_std_qp.detach())
+            self.recorder.decisions(self, snap, partners, {
+                "static": static, "goal": goal_vec, "role": roles, "broadcast": broadcast, "alpha": alphas,
+                "rounds": rounds, "keep": keep, "time_mask": masks, "room": rooms, "prior_op": prior_op,
+                "prior_delta": prior_delta, "has_offer": has_offer, "op": ops.numpy(), "delta": deltas.numpy(),
+                "raw_qp": raw_qp.numpy(), "logp": logp.numpy(),
+                "gaps": np.stack([(remaining[0] if is_buy[p] else remaining[1]) for p in partners]).astype(np.float32),
+            }, {"threads": self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel),
+                "global": np.concatenate([static_row, c]).astype(np.float32)})
         return responses
 
     def _offers(self, snap: Snapshot, bounds: Bounds, goal: Goal, is_buy: dict, wanted: list, h: torch.Tensor,
-                rooms: np.ndarray, rules: dict | None) -> dict[str, SAOResponse]:
+                rooms: np.ndarray, rules: dict | None, decoder: Any) -> tuple[dict[str, SAOResponse], torch.Tensor, torch.Tensor]:
         """(q, p) of every counter-offer at once, read at its chosen day: around the base (residual) or
-        absolute (direct).
+        absolute (direct). Returns the offers, the heads' (q, p) output and the raw values played.
 
         The base is L1's baseline offer for the chosen day, or (``base="rules"``) the rule executor's
         counter-offer when it is for that day: an untrained residual L3 then offers what the rules do."""
@@ -323,16 +367,24 @@ class HRLPolicy(StdSyncAgent):
             catalogs.append(catalog)
         sel = torch.tensor(rows)
         with torch.inference_mode():
-            raw_q, raw_p = self.models.executor_fn.quantity_price_heads(
+            mean_q, mean_p = self.models.executor_fn.quantity_price_heads(
                 h[sel], torch.tensor([k for _, _, k in wanted]), torch.from_numpy(rooms[rows]))
-        if not (torch.isfinite(raw_q).all() and torch.isfinite(raw_p).all()):
-            raise FloatingPointError("executor returned non-finite values")
-        q, price = self.models.executor.quantity_price(raw_q, raw_p, torch.tensor(base_q), torch.tensor(base_p))
+            if not (torch.isfinite(mean_q).all() and torch.isfinite(mean_p).all()):
+                raise FloatingPointError("executor returned non-finite values")
+            mean = torch.stack([mean_q, mean_p], dim=-1)
+            raw = decoder.draw(mean, self.noise.log_std_qp if decoder.sampling else None)
+            q, price = self.models.executor.quantity_price(raw[:, 0], raw[:, 1], torch.tensor(base_q), torch.tensor(base_p))
         result = {}
         for j, (i, p, k) in enumerate(wanted):
             quantity = max(1, int(round(float(q[j]) * snap.n_lines)))
             result[p] = SAOResponse(ResponseType.REJECT_OFFER, (quantity, snap.step + k, float(price[j]) * catalogs[j]))
-        return result
+        return result, mean, raw
+
+    def _explores(self, layer: str) -> bool:
+        return layer in self.explore and self.sampler is not None and self.noise is not None
+
+    def _decoder(self, layer: str) -> Any:
+        return self.sampler if self._explores(layer) else GREEDY
 
     def _fallback(self, layer: str, error: Exception) -> None:
         if not self.fallbacks[layer]:

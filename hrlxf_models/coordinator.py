@@ -40,13 +40,27 @@ class Coordinator(nn.Module):
         nn.init.zeros_(self.head.weight)  # untrained: the teacher exactly
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, threads: torch.Tensor, keep: torch.Tensor, global_features: torch.Tensor,
-                teacher: torch.Tensor) -> torch.Tensor:
-        """threads (B,N,F), keep (B,N) bool, global (B,G), teacher alpha (B,N) -> alpha (B,N) in (-1, 1)."""
+    def encode(self, threads: torch.Tensor, keep: torch.Tensor, global_features: torch.Tensor) -> torch.Tensor:
+        """threads (B,N,F), keep (B,N) bool, global (B,G) -> one embedding per thread (B,N,D), each having
+        attended to the global token and every active thread."""
         B = threads.shape[0]
         x = torch.cat([self.globl(global_features)[:, None], self.thread(threads)], dim=1)
         mask = torch.cat([torch.ones(B, 1, dtype=torch.bool), keep.to(torch.bool)], dim=1)
         for block in self.blocks:
             x = block(x, mask)
+        return self.ln(x[:, 1:])
+
+    def forward(self, threads: torch.Tensor, keep: torch.Tensor, global_features: torch.Tensor,
+                teacher: torch.Tensor) -> torch.Tensor:
+        """threads (B,N,F), keep (B,N) bool, global (B,G), teacher alpha (B,N) -> alpha (B,N) in (-1, 1)."""
         base = torch.atanh(teacher.clamp(-0.999999, 0.999999))
-        return torch.tanh(base + self.head(self.ln(x[:, 1:])).squeeze(-1))
+        return torch.tanh(base + self.head(self.encode(threads, keep, global_features)).squeeze(-1))
+
+
+class ThreadCritic(Coordinator):
+    """L3's centralised critic (MAPPO): the coordinator's encoder over the broadcast c and the set of
+    active threads, with a value per thread. It only trains; no bundle holds it."""
+
+    def forward(self, threads: torch.Tensor, keep: torch.Tensor, global_features: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """threads (B,N,F), keep (B,N) bool, global (B,G) -> value (B,N)."""
+        return self.head(self.encode(threads, keep, global_features)).squeeze(-1)

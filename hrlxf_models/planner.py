@@ -69,18 +69,29 @@ class Planner(nn.Module):
         nn.init.zeros_(self.goal.bias)
         self.value = nn.Linear(c.hidden, 1)
 
-    def forward(self, x_static: torch.Tensor, x_temporal: torch.Tensor, x_role: torch.Tensor,
-                base_goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,12), (B,H+1,10), (B,2), base goal (B,16) -> goal (B,16), value (B,1)."""
+    def raw_goal(self, x_static: torch.Tensor, x_temporal: torch.Tensor,
+                 x_role: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,12), (B,H+1,10), (B,2) -> the goal head's raw output (B,16) and the value (B,1)."""
         h = F.gelu(self.conv1(x_temporal.transpose(1, 2)))
         h = F.gelu(self.conv2(h))
         pooled = torch.cat([h.amax(dim=2), h.mean(dim=2)], dim=1)
         z = self.fuse(torch.cat([pooled, F.gelu(self.static(x_static)), F.gelu(self.role(x_role))], dim=1))
-        raw = self.goal(z).view(-1, N_BUCKETS, 4)
+        return self.goal(z), self.value(z)
+
+    @staticmethod
+    def goal_of(raw: torch.Tensor, base_goal: torch.Tensor, x_role: torch.Tensor) -> torch.Tensor:
+        """The goal (B,16) of a raw head output around the base goal: quantities base + raw (>= 0), prices
+        base x (1 + 0.5 tanh(raw)); the side the agent cannot negotiate is zero."""
+        raw = raw.view(-1, N_BUCKETS, 4)
         base = base_goal.view(-1, N_BUCKETS, 4)
         q = (base[..., [Q_BUY, Q_SELL]] + raw[..., [Q_BUY, Q_SELL]]).clamp_min(0.0)
         p = base[..., [P_BUY, P_SELL]] * (1.0 + 0.5 * torch.tanh(raw[..., [P_BUY, P_SELL]]))
         goal = torch.stack([q[..., 0], p[..., 0], q[..., 1], p[..., 1]], dim=-1)
-        # the side the agent cannot negotiate is masked to zero
         side = torch.stack([x_role[:, 0], x_role[:, 0], x_role[:, 1], x_role[:, 1]], dim=-1).unsqueeze(1)
-        return (goal * side).reshape(-1, GOAL_DIM), self.value(z)
+        return (goal * side).reshape(-1, GOAL_DIM)
+
+    def forward(self, x_static: torch.Tensor, x_temporal: torch.Tensor, x_role: torch.Tensor,
+                base_goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,12), (B,H+1,10), (B,2), base goal (B,16) -> goal (B,16), value (B,1)."""
+        raw, value = self.raw_goal(x_static, x_temporal, x_role)
+        return self.goal_of(raw, base_goal, x_role), value

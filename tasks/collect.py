@@ -184,26 +184,6 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
     return row
 
 
-def run_on_dask(jobs: list[CollectJob], address: str, progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """The same units of work on a Dask cluster (``address`` of its scheduler); a lost worker fails its world only."""
-    from distributed import Client, as_completed
-
-    rows = []
-    with Client(address) as client:
-        futures = {client.submit(collect_world, job, pure=False): job for job in jobs}
-        for fut in as_completed(futures):
-            job = futures[fut]
-            try:
-                row = fut.result()
-            except Exception as e:  # the worker died or the task was lost
-                row = {"world_id": job.world_id, "seed": job.seed, "error": f"{type(e).__name__}: {e}",
-                       "events": 0, "bytes": 0, "seconds": None}
-            rows.append(row)
-            if progress:
-                progress(row)
-    return rows
-
-
 def run_collect(
     profile: CollectProfile,
     raw: Path,
@@ -224,10 +204,7 @@ def run_collect(
         return {"world_id": job.world_id, "seed": job.seed, "error": "worker process died", "events": 0, "bytes": 0, "seconds": None}
 
     start = time.perf_counter()
-    if dask_address:
-        rows = run_on_dask(todo, dask_address, progress)
-    else:
-        rows = parallel.run_jobs(collect_world, todo, profile.workers, died, progress)
+    rows = parallel.run_jobs(collect_world, todo, profile.workers, died, progress, dask_address)
     return summarize(profile, raw, run_id, rows, skipped, time.perf_counter() - start)
 
 

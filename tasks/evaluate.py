@@ -64,9 +64,9 @@ class EvalConfig:
         resolve_all(list(self.opponents))  # an unknown name fails before any world
 
     @classmethod
-    def smoke(cls) -> "EvalConfig":
-        return cls(worlds=1, steps=10, candidates=("PenguinAgent",), agents_per_world=(6, 8),
-                   opponents=("AS0", "XenoSotaAgent", "UltraSuperMiracleSoraFinalAgentZ"))
+    def smoke(cls, **kwargs: Any) -> "EvalConfig":
+        return cls(**{**dict(worlds=1, steps=10, candidates=("PenguinAgent",), agents_per_world=(6, 8),
+                             opponents=("AS0", "XenoSotaAgent", "UltraSuperMiracleSoraFinalAgentZ")), **kwargs})
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,11 @@ def pipeline_candidates(p: dict[str, Path], bundles: Sequence[str]) -> tuple[lis
     labels = [b.resolve().name for b in new]
     specs = [str(b) for b in new]
     pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+    for b in new:  # a fine-tuned bundle against the bundle it started from
+        start = json.loads((b / "manifest.json").read_text()).get("metrics", {}).get("from")
+        if start:
+            specs.append(start)
+            pairs.append((b.resolve().name, Path(start).name))
     if "latest" in p:
         current = Path(p["latest"]).resolve().name
         specs.append(str(p["latest"]))
@@ -381,9 +386,10 @@ def write_report(doc: dict[str, Any], out: Path) -> None:
 def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), worlds_dir: Path | None = None,
              progress: Callable[[dict], None] | None = None, play: bool = True,
              extra_pairs: Sequence[tuple[str, str]] = (), bundles_root: Path | None = None,
-             latest: tuple[str | None, Sequence[str]] | None = None) -> dict[str, Any]:
+             latest: tuple[str | None, Sequence[str]] | None = None, dask_address: str | None = None) -> dict[str, Any]:
     """Play the (world, candidate) units not played yet in ``worlds_dir`` (default ``out/worlds/<key>``) on
-    ``config.workers`` processes (``play=False``: the caller mapped them already), then write the report.
+    ``config.workers`` processes or a Dask cluster (``play=False``: the caller mapped them already), then write
+    the report.
     ``latest`` = (label of the current LATEST or None, labels of the new bundles): the report then says
     where LATEST should point (`decide_latest`; `apply_latest` moves it)."""
     from tasks import parallel
@@ -395,7 +401,7 @@ def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), 
     every = units(config, candidates, worlds_dir)
     missing = todo(every)
     if play and missing:
-        parallel.run_jobs(play_unit, missing, config.workers, died, progress)
+        parallel.run_jobs(play_unit, missing, config.workers, died, progress, dask_address)
     doc = summarize(read_rows(every), candidates, config, extra_pairs)
     if latest is not None:
         doc["latest"] = decide_latest(doc, *latest)

@@ -1,4 +1,5 @@
-"""Process-parallel units of work (loky) where one dying worker fails only its own unit."""
+"""Parallel units of work where one dying worker fails only its own unit: local processes (loky) or a
+Dask cluster. collect, the evaluation, the audit and the fine-tuning rollouts all map through `run_jobs`."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ def run_jobs(
     workers: int,
     died: Callable[[J], dict],
     progress: Callable[[dict], None] | None = None,
+    dask_address: str | None = None,
 ) -> list[dict]:
-    """``fn(job)`` for every job on ``workers`` processes; rows in completion order.
+    """``fn(job)`` for every job on ``workers`` processes (or on the Dask cluster whose scheduler is at
+    ``dask_address``); rows in completion order.
 
     ``fn`` must not raise (it returns its error in the row). When a worker
     process dies, loky fails every job in flight with it, so those run again
@@ -32,6 +35,9 @@ def run_jobs(
         if progress:
             progress(row)
 
+    if dask_address:
+        run_on_dask(fn, jobs, dask_address, died, done)
+        return rows
     if workers <= 1:
         for job in jobs:
             done(fn(job))
@@ -55,3 +61,19 @@ def _run_pool(fn: Callable[[Any], dict], jobs: list, workers: int, done: Callabl
             except Exception:  # TerminatedWorkerError / BrokenProcessPool: some worker died
                 lost.append(futures[fut])
     return lost
+
+
+def run_on_dask(fn: Callable[[J], dict], jobs: Sequence[J], address: str, died: Callable[[J], dict],
+                done: Callable[[dict], None]) -> None:
+    """The same units of work on a Dask cluster, each row to ``done``; a lost worker fails its unit only
+    (``died(job)``)."""
+    from distributed import Client, as_completed as dask_completed
+
+    with Client(address) as client:
+        futures = {client.submit(fn, job, pure=False): job for job in jobs}
+        for fut in dask_completed(futures):
+            try:
+                row = fut.result()
+            except Exception:  # the worker died or the task was lost
+                row = died(futures[fut])
+            done(row)

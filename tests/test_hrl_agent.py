@@ -152,8 +152,8 @@ class _RulesWatched(LitaAgentHRL):
             (alpha[p], teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p])) for p in partners)
         return alpha
 
-    def _execute(self, snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel, rules):
-        out = super()._execute(snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel, rules)
+    def _execute(self, snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel, rules, remaining):
+        out = super()._execute(snap, bounds, goal, c, static, alpha, partners, is_buy, offer_of, rel, rules, remaining)
         _RulesWatched.pairs.extend((out[p], rules[p][0]) for p in partners)
         return out
 

@@ -23,8 +23,8 @@ from tasks.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l3_direct", "train_l3_rules", "train_l4",
-          "bundle", "bundle_direct", "bundle_rules", "evaluate"]
+STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l3_rules", "train_l4",
+          "bundle", "bundle_rules", "finetune", "evaluate"]
 
 
 def _env(data: Path, **extra: str) -> dict[str, str]:
@@ -84,7 +84,8 @@ def test_a_run_killed_in_collect_resumes_without_redoing_finished_worlds(data):
     assert worlds["skipped"] == len(finished) and worlds["played"] == 4 - len(finished) and not worlds["failed"]
     assert list(states(r)) == STAGES and all(s == "computed" for s in states(r).values()), states(r)
     evaluated = r["report"]["evaluation_units"]  # (world, candidate) units, mapped as tasks
-    assert evaluated["played"] == 4 and evaluated["workers"] and not evaluated["failed"], evaluated  # 3 bundles, Penguin
+    # the two offline bundles, the fine-tuned one, its start (untrained-rules) and PenguinAgent
+    assert evaluated["played"] == 5 and evaluated["workers"] and not evaluated["failed"], evaluated
     assert Path(r["report"]["bundle"], "manifest.json").is_file() and Path(r["report"]["evaluation"]).is_file()
     assert f"LATEST bundle: {r['report']['bundle']}" in r["out"] and f"evaluation: {r['report']['evaluation']}" in r["out"]
     assert (data["root"] / "bundles" / "LATEST").read_text().strip() == r["report"]["bundle"]
@@ -128,7 +129,8 @@ def test_added_raw_worlds_recompute_only_the_stages_after_collect(data):
     assert r["rc"] == 0, r["err"][-3000:]
     got = states(r)
     assert got["collect"] == "cached"
-    assert all(got[s] == "computed" for s in STAGES[1:]), got  # every stage after it, incrementally
+    # every stage after it, incrementally; finetune reads no data of the pipeline (it plays its own worlds)
+    assert all(got[s] == "computed" for s in STAGES[1:] if s != "finetune") and got["finetune"] == "cached", got
     events = r["report"]["stages"][1]["summary"]
     assert events["converted"] == 4 and events["skipped"] == 4  # only the new worlds were converted
     assert len(list(root.glob("lake/macro/dask/*.parquet"))) == 4
@@ -155,11 +157,14 @@ def test_a_changed_stage_config_recomputes_only_that_stage_and_the_ones_after(da
     assert r["rc"] == 0, r["err"][-3000:]
     got = states(r)
     assert all(got[s] == "cached" for s in STAGES[:STAGES.index("train_l4")]), got
-    assert all(got[s] == "computed" for s in ("train_l4", "bundle", "bundle_direct", "bundle_rules", "evaluate")), got
+    assert all(got[s] == "computed" for s in ("train_l4", "bundle", "bundle_rules", "evaluate")), got
+    assert got["finetune"] == "cached", got  # it starts from the untrained residual over the rules: no offline input
     # the old LATEST plays beside the new bundles; one smoke world cannot show a difference: LATEST stays
     latest = r["report"]["latest"]
     assert not latest["move"] and "too few worlds" in latest["reason"], latest
-    assert r["report"]["evaluation_units"]["played"] == 3 and len(r["report"]["evaluation_units"]["candidates"]) == 5
+    # played: the two new offline bundles; the fine-tuned one, its start, the old LATEST and PenguinAgent are reused
+    units = r["report"]["evaluation_units"]
+    assert units["played"] == 2 and len(units["candidates"]) == 6, units
 
 
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
