@@ -22,6 +22,7 @@ iteration: the iteration in flight is played again from its own seeds and nothin
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -93,6 +94,7 @@ class FinetuneConfig:
     eval_every: int = 5  # iterations between paired measurements (0: only after the last)
     eval_worlds: int = 4  # 0: no paired measurement in the run (the pipeline's evaluate stage measures it)
     eval_steps: int = 50
+    publish: str = "best"  # "best": the measured iteration with the best paired score against the start; "last"
 
     def validate(self) -> None:
         if self.iterations < 1 or self.worlds < 1 or self.eval_worlds < 0:
@@ -108,6 +110,8 @@ class FinetuneConfig:
         a, b = self.schedule
         if not 0 <= a <= b <= 1:
             raise ValueError(f"schedule = {self.schedule}: give (l2 start, joint start) with 0 <= l2 <= joint <= 1")
+        if self.publish not in ("best", "last"):
+            raise ValueError(f"publish = {self.publish!r}: give 'best' or 'last'")
         if not 0 < self.joint_lr_scale <= 1 or self.eval_every < 0 or self.world_timeout <= 0:
             raise ValueError(f"joint_lr_scale in (0, 1], eval_every >= 0, world_timeout > 0; got {self.joint_lr_scale}, "
                              f"{self.eval_every}, {self.world_timeout}")
@@ -160,6 +164,15 @@ class Learner:
     league: list[str] = field(default_factory=list)  # snapshot bundle directories, oldest first
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    best: dict[str, Any] | None = None  # the measured iteration with the best paired score against the start
+
+    def keep_if_best(self, row: dict[str, Any]) -> None:
+        """Remember this iteration's weights if its paired score against the start is the best measured yet."""
+        score = row.get("eval/vs_start")
+        if score is not None and (self.best is None or score > self.best["vs_start"]):
+            self.best = {"iteration": row["iteration"], "vs_start": score,
+                         "planner": copy.deepcopy(self.bundle.planner.state_dict()),
+                         "executor": copy.deepcopy(self.bundle.executor.state_dict())}
 
 
 def start_bundle(spec: str, data: Path) -> Path:
@@ -203,7 +216,7 @@ def _state(learner: Learner) -> dict[str, Any]:
     return {"iteration": learner.iteration, "planner": b.planner.state_dict(), "executor": b.executor.state_dict(),
             "critic": learner.critic.state_dict(), "noise": learner.noise.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in learner.optimizers.items()},
-            "league": learner.league, "history": learner.history, "seconds": learner.seconds}
+            "league": learner.league, "history": learner.history, "seconds": learner.seconds, "best": learner.best}
 
 
 def save_checkpoint(learner: Learner, run: Path) -> None:
@@ -233,6 +246,7 @@ def load_checkpoint(learner: Learner, run: Path, config: FinetuneConfig) -> Lear
             o.load_state_dict(state["optimizers"][k])
     learner.iteration, learner.league = state["iteration"], list(state["league"])
     learner.history, learner.seconds = list(state["history"]), float(state["seconds"])
+    learner.best = state.get("best")
     return learner
 
 
@@ -350,7 +364,7 @@ def run_key(config: FinetuneConfig, start: Path) -> str:
     """What decides a run: the config and the starting bundle's weights (a run directory holds one)."""
     from tasks.fingerprint import canonical, fingerprint
 
-    what = {"config": json.loads(canonical({k: v for k, v in asdict(config).items() if k not in ("workers",)})),
+    what = {"config": json.loads(canonical({k: v for k, v in asdict(config).items() if k not in ("workers", "publish")})),
             "start": fingerprint(start)}
     return hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
 
@@ -411,6 +425,7 @@ def finetune(config: FinetuneConfig, run: Path, data: Path, out_root: Path | Non
             last = iteration == config.iterations - 1
             if config.eval_worlds and (last or (config.eval_every and (iteration + 1) % config.eval_every == 0)):
                 row.update(measure(learner, config, run, iteration, start, dask_address))
+                learner.keep_if_best(row)
             learner.seconds += time.perf_counter() - t0
             row["wall_seconds"] = round(learner.seconds, 1)
             learner.iteration = iteration
@@ -430,8 +445,15 @@ def finetune(config: FinetuneConfig, run: Path, data: Path, out_root: Path | Non
 
 
 def publish(learner: Learner, config: FinetuneConfig, run: Path, start: Path, out_root: Path, key: str) -> dict[str, Any]:
-    """The fine-tuned bundle (named by the digest of its weights) and the run's summary."""
+    """The fine-tuned bundle (named by the digest of its weights) and the run's summary. ``config.publish``
+    "best" publishes the measured iteration with the best paired score against the start (the last
+    iteration when none was measured): later phases can lose what an earlier one gained."""
     b = learner.bundle
+    published = learner.iteration
+    if config.publish == "best" and learner.best is not None:
+        b.planner.load_state_dict(learner.best["planner"])
+        b.executor.load_state_dict(learner.best["executor"])
+        published = learner.best["iteration"]
     h = hashlib.blake2b(digest_size=6)
     for module in (b.planner, b.executor, b.coordinator):
         for k, v in sorted(module.state_dict().items()):
@@ -442,6 +464,7 @@ def publish(learner: Learner, config: FinetuneConfig, run: Path, start: Path, ou
     variant = {"rules": "residual-rules"}.get(variant_of(b.executor.config), b.executor.config.mode)
     last = learner.history[-1] if learner.history else {}
     summary = {"run": str(run), "key": key, "start": str(start), "iterations": learner.iteration + 1,
+               "published_iteration": published, "publish": config.publish,
                "seconds": round(learner.seconds, 1), "worlds": sum(r["worlds"] for r in learner.history),
                "dropped": sum(r["dropped"] for r in learner.history),
                "unsafe": sum(r["unsafe"] for r in learner.history), "illegal": sum(r["illegal"] for r in learner.history),

@@ -235,3 +235,24 @@ def test_rollouts_fan_out_on_a_dask_cluster(tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         row = ft.iterate(learner, config, run, 0, dask_address=cluster.scheduler_address)
     assert row["worlds"] == 2 and row["dropped"] == 0 and row["l3/samples"] > 0, row
+
+
+def test_the_run_publishes_its_best_measured_iteration(tmp_path, monkeypatch):
+    """Later phases can lose what an earlier one gained: the bundle is the measured iteration with the best
+    paired score against the start (here iteration 1 of 3), and the summary says which."""
+    import tasks.finetune as ft
+
+    scores = iter([0.01, 0.03, 0.02])
+    weights: dict[int, dict] = {}
+
+    def measure(learner, config, run, iteration, start, dask_address=None):
+        weights[iteration] = {k: v.clone() for k, v in learner.bundle.executor.state_dict().items()}
+        return {"eval/vs_start": next(scores), "eval/vs_penguin": 0.0}
+
+    monkeypatch.setattr(ft, "measure", measure)
+    config = _smoke(tmp_path, iterations=3, schedule=(1.0, 1.0), eval_every=1)
+    summary = finetune(config, tmp_path / "run", tmp_path / "data", out_root=tmp_path / "bundles", progress=False)
+    assert summary["published_iteration"] == 1 and summary["iterations"] == 3
+    published = load_bundle(summary["bundle"]).executor.state_dict()
+    assert all(torch.equal(published[k], weights[1][k]) for k in published)
+    assert any(not torch.equal(weights[1][k], weights[2][k]) for k in published)  # the last one was another
