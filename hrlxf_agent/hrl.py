@@ -33,7 +33,6 @@ from .snapshot import DEFAULT_HORIZON, Snapshot, snapshot_from_awi
 from .state import OP_INDEX, FeatureSpec, StateBuilder, batch_thread_features, op_of, round_features
 
 log = logging.getLogger("hrlxf")
-OPS = ("accept", "reject", "end")
 
 
 ABLATIONS = ("l2", "l4")  # layers whose learned model can be replaced by its rule (the ablation study)

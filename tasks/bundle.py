@@ -61,6 +61,17 @@ def headline(l2: dict[str, Any], l3: dict[str, Any], l4: dict[str, Any]) -> dict
     }
 
 
+def bundle_name(executor: Executor, states: tuple[dict[str, torch.Tensor], ...]) -> str:
+    """``<variant>-<digest of the weights>``: the same weights, the same name."""
+    h = hashlib.blake2b(digest_size=6)
+    for state in states:
+        for k in sorted(state):
+            h.update(k.encode())
+            h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    variant = {"rules": "residual-rules"}.get(variant_of(executor.config), executor.config.mode)
+    return f"{variant}-{h.hexdigest()}"
+
+
 def assemble(l2: Path, l3: Path, l4: Path, out_root: Path, config: BundleConfig,
              trained_on: dict[str, Any] | None = None) -> Path:
     """A bundle directory from the three stage outputs; returns its path (loaded once to prove it works)."""
@@ -70,13 +81,7 @@ def assemble(l2: Path, l3: Path, l4: Path, out_root: Path, config: BundleConfig,
     planner = _built(Planner, PlannerConfig, p_metrics["config"]["planner"], p_state)
     executor = _built(Executor, ExecutorConfig, e_metrics["config"]["executor"], e_state)
     coordinator = _built(Coordinator, CoordinatorConfig, c_metrics["config"]["coordinator"], c_state)
-    h = hashlib.blake2b(digest_size=6)
-    for state in (p_state, e_state, c_state):
-        for k in sorted(state):
-            h.update(k.encode())
-            h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    variant = {"rules": "residual-rules"}.get(variant_of(executor.config), executor.config.mode)
-    bundle_id = f"{config.prefix}-{variant}-{h.hexdigest()}"
+    bundle_id = f"{config.prefix}-{bundle_name(executor, (p_state, e_state, c_state))}"
     metrics = {"trained": True, "headline": headline(p_metrics, e_metrics, c_metrics),
                "l2": p_metrics, "l3": e_metrics, "l4": c_metrics}
     bc_file = Path(l3) / "executor_bc.pt"

@@ -454,14 +454,9 @@ def publish(learner: Learner, config: FinetuneConfig, run: Path, start: Path, ou
         b.planner.load_state_dict(learner.best["planner"])
         b.executor.load_state_dict(learner.best["executor"])
         published = learner.best["iteration"]
-    h = hashlib.blake2b(digest_size=6)
-    for module in (b.planner, b.executor, b.coordinator):
-        for k, v in sorted(module.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().contiguous().numpy().tobytes())
-    from hrlxf_models.executor import variant_of
+    from tasks.bundle import bundle_name
 
-    variant = {"rules": "residual-rules"}.get(variant_of(b.executor.config), b.executor.config.mode)
+    name = bundle_name(b.executor, tuple(m.state_dict() for m in (b.planner, b.executor, b.coordinator)))
     last = learner.history[-1] if learner.history else {}
     summary = {"run": str(run), "key": key, "start": str(start), "iterations": learner.iteration + 1,
                "published_iteration": published, "publish": config.publish,
@@ -469,7 +464,7 @@ def publish(learner: Learner, config: FinetuneConfig, run: Path, start: Path, ou
                "dropped": sum(r["dropped"] for r in learner.history),
                "unsafe": sum(r["unsafe"] for r in learner.history), "illegal": sum(r["illegal"] for r in learner.history),
                "last": {k: v for k, v in last.items() if k.startswith("eval/") or k in ("score", "reward", "phase")}}
-    out = write_policy(learner, Path(out_root) / f"hrlxf-ft-{variant}-{h.hexdigest()}",
+    out = write_policy(learner, Path(out_root) / f"hrlxf-ft-{name}",
                        metrics={"trained": True, "finetune": summary, "from": str(start)},
                        trained_on={"finetune": str(run), "from": str(start)})
     summary["bundle"] = str(out)
