@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test audit venv clean serve
+.PHONY: run test audit venv clean serve browser analyze
 
 venv: $(STAMP)
 
@@ -29,8 +29,13 @@ run: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/hrlxf audit
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -x -p no:cacheprovider
+
+# The analyzer's tests drive the distribution's headless Chromium (Playwright's own download is not reachable).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # A Prefect server on loopback (SQLite in DATA/prefect/home, the same history `hrlxf run` writes),
 # the deployments of prefect.yaml and a process worker. Ctrl-C stops the worker (its own graceful
@@ -53,6 +58,11 @@ serve: $(STAMP)
 	$(BIN)/prefect worker start --pool hrlxf-process --type process & worker=$$!; \
 	trap 'kill -INT $$worker 2>/dev/null; sleep 5; kill -KILL $$worker 2>/dev/null' INT TERM; \
 	wait $$worker
+
+# The analyzer on 127.0.0.1 (read-only over the data root): http://127.0.0.1:$(ANALYZE_PORT)
+ANALYZE_PORT ?= 8050
+analyze: $(STAMP)
+	$(BIN)/hrlxf analyze --data $(DATA) --port $(ANALYZE_PORT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -64,6 +64,7 @@ class HRLPolicy(StdSyncAgent):
         self.version = 0
         self.goal: Goal | None = None
         self.rule_goal: Goal | None = None  # what the rule executor plays against, whatever L2 plans
+        self.goal_source = "rules"  # "l2" when the planner made today's goal
         self.batch_alpha: dict[str, float] = {}
         self.history: dict[str, list[tuple]] = defaultdict(list)
         self._rel_time: dict[str, float] = {}
@@ -104,6 +105,16 @@ class HRLPolicy(StdSyncAgent):
             self.recorder.day(self, snap)
         self.goal = self._plan(snap)
         self.monitor.reset(snap, self.goal)
+
+    def plan_note(self) -> dict[str, Any] | None:
+        """Today's goal for the tracker's day event (the analyzer draws it against what was committed)."""
+        if self.goal is None or self.rule_goal is None:
+            return None
+
+        def game_units(g: Goal) -> dict[str, list[float]]:
+            return {k: [float(x) for x in getattr(g, k)] for k in ("q_buy", "p_buy", "q_sell", "p_sell")}
+
+        return {"goal": game_units(self.goal), "rule_goal": game_units(self.rule_goal), "source": self.goal_source}
 
     def on_negotiation_success(self, contract, mechanism):
         self.version += 1  # the snapshot the next decision sees has changed
@@ -207,6 +218,7 @@ class HRLPolicy(StdSyncAgent):
     def _plan(self, snap: Snapshot) -> Goal:
         """L2: the day's goal (the planner's residual over the rule goal)."""
         rule = self.rule_goal = heuristic_goal(snap)
+        self.goal_source = "rules"
         if self.models is not None and "l2" not in self.ablate:
             try:
                 m = self.builder.macro(snap)
@@ -229,6 +241,7 @@ class HRLPolicy(StdSyncAgent):
                 g = g[0].numpy()
                 if not np.all(np.isfinite(g)):
                     raise FloatingPointError("planner returned non-finite values")
+                self.goal_source = "l2"
                 return Goal.from_vector(g, snap)
             except Exception as e:
                 self._fallback("L2", e)

@@ -84,7 +84,12 @@ class TrackerHook(DecisionHook):
         self.flush()
         snap = snapshot_from_awi(agent.awi, horizon=self.horizon, version=self.version,
                                  initial_balance=self.initial_balance or 0.0)
-        self.emit({"type": "day_snapshot", "step": snap.step, "version": self.version, "snapshot": snap.to_dict()})
+        event = {"type": "day_snapshot", "step": snap.step, "version": self.version, "snapshot": snap.to_dict()}
+        note = getattr(agent, "plan_note", None)  # our agent's L2 goal of the day (the analyzer shows it)
+        plan = note() if callable(note) else None
+        if plan is not None:
+            event["plan"] = plan
+        self.emit(event)
 
     def on_batch(self, agent: Any, kind: str, offers: Offers, responses: Responses) -> Responses:
         self._start(agent)

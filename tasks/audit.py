@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import polars as pl
 
 from hrlxf_agent.registry import WINNERS_2025, resolve_all
 from tasks import parallel
@@ -37,6 +38,7 @@ class AuditConfig:
     seed: int = 0
     workers: int = 2
     agent_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keep_logs: bool = True  # track the audited factories (``worlds/w<NNN>/<agent>/``) so `hrlxf analyze` replays them
 
     def validate(self) -> None:
         if not self.agents:
@@ -45,12 +47,39 @@ class AuditConfig:
         resolve_all(list(self.agents) + list(self.opponents))  # unknown names fail here
 
 
-def jobs_for(config: AuditConfig) -> list[PairedJob]:
+def jobs_for(config: AuditConfig, out_dir: Path | None = None) -> list[PairedJob]:
+    """One unit per (world, agent); with ``out_dir`` and ``keep_logs`` each is tracked under ``out_dir/worlds``."""
+    def log_dir(w: int, a: str) -> str | None:
+        return str(out_dir / "worlds" / f"w{w:03d}" / a) if out_dir is not None and config.keep_logs else None
+
     return [
-        PairedJob(w, config.seed * 1000 + w, a, a, tuple(config.opponents), config.steps, config.agent_params.get(a, {}))
+        PairedJob(w, config.seed * 1000 + w, a, a, tuple(config.opponents), config.steps, config.agent_params.get(a, {}),
+                  log_dir=log_dir(w, a))
         for w in range(config.worlds)
         for a in config.agents
     ]
+
+
+DECISION_COLUMNS = {"world": pl.Int64, "seed": pl.Int64, "agent": pl.String, "agent_id": pl.String, "step": pl.Int64,
+                    "kind": pl.String, "partner": pl.String, "is_buy": pl.Boolean, "op": pl.String, "q": pl.Float64,
+                    "t": pl.Float64, "p": pl.Float64, "unsafe_buy": pl.Boolean, "unsafe_sell": pl.Boolean,
+                    "illegal": pl.String, "off_grid": pl.Boolean}
+
+
+def flagged_decisions(rows: list[dict]) -> pl.DataFrame:
+    """Every unsafe or illegal decision of the audited agents, one row each (``decisions.parquet``)."""
+    def number(outcome: Any, i: int) -> float | None:
+        try:
+            return float(outcome[i])
+        except (TypeError, ValueError, IndexError, KeyError):
+            return None  # no outcome, or a malformed one (that is why it is illegal)
+
+    records = [{"world": r["world"], "seed": r["seed"], "agent": r["agent"], "agent_id": f["agent_id"], "step": f["step"],
+                "kind": f["kind"], "partner": f["partner"], "is_buy": f["is_buy"], "op": f["op"],
+                "q": number(f["outcome"], 0), "t": number(f["outcome"], 1), "p": number(f["outcome"], 2),
+                "unsafe_buy": f["unsafe_buy"], "unsafe_sell": f["unsafe_sell"], "illegal": f["illegal"], "off_grid": f["off_grid"]}
+               for r in rows if r["error"] is None for f in r.get("flagged", [])]
+    return pl.DataFrame(records, schema=DECISION_COLUMNS)
 
 
 def died(job: PairedJob) -> dict:
@@ -142,11 +171,15 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def run_audit(config: AuditConfig, out_dir: Path, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run every world, write ``audit.json`` and ``audit.md`` into ``out_dir``, return the document."""
+    """Run every world, write ``audit.json``, ``audit.md`` and ``decisions.parquet`` (every unsafe or illegal
+    decision) into ``out_dir`` and, with ``keep_logs``, the audited factories' tracker logs under ``worlds/``."""
     config.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = run_jobs(jobs_for(config), config.workers, progress)
+    rows = run_jobs(jobs_for(config, out_dir), config.workers, progress)
     doc = summarize(config, rows)
+    tmp = out_dir / "decisions.parquet.tmp"
+    flagged_decisions(rows).write_parquet(tmp)
+    os.replace(tmp, out_dir / "decisions.parquet")
     write_atomic(out_dir / "audit.json", json.dumps(doc, indent=2, default=float))
     write_atomic(out_dir / "audit.md", markdown_table(doc))
     return doc

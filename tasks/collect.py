@@ -116,6 +116,21 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def save_world(world: Any, out: Path, agents: dict[str, dict[str, Any]], **meta: Any) -> None:
+    """A played world's record beside its tracker logs (``tasks.events`` reads it): every contract
+    (``contracts.jsonl``) and ``world.json`` with ``meta``, the tracked ``agents``, their scores and
+    daily series. The caller writes ``DONE`` when the world is complete."""
+    scores = {aid: float(s) for aid, s in world.scores().items() if aid in agents}
+    with (out / "contracts.jsonl").open("w") as f:
+        for c in world.saved_contracts:
+            f.write(json.dumps({k: c.get(k) for k in ("id", "seller", "buyer", "delivery_time", "quantity", "unit_price",
+                                                      "signed_at", "executed_at", "nullified_at", "breaches")}, default=str) + "\n")
+    daily = {aid: {"shortfall_quantity": [int(x) for x in world.stats[f"shortfall_quantity_{aid}"]],
+                   "inventory_input": [int(x) for x in world.stats[f"inventory_input_{aid}"]],
+                   "balance": [float(x) for x in world.stats[f"balance_{aid}"]]} for aid in agents}
+    _write_json_atomic(out / "world.json", {**meta, "agents": agents, "scores": scores, "daily": daily})
+
+
 def collect_world(job: CollectJob) -> dict[str, Any]:
     """Play and log one world; never raises (a failure is returned and marked FAILED on disk).
 
@@ -156,18 +171,8 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
             obj.hook().close()
             base = type(obj).__mro__[1]
             agents[aid] = {"class": base.__name__, "module": f"{base.__module__}.{base.__name__}", "level": int(obj.awi.level)}
-        scores = {aid: float(s) for aid, s in world.scores().items() if aid in agents}
-        with (out / "contracts.jsonl").open("w") as f:
-            for c in world.saved_contracts:
-                f.write(json.dumps({k: c.get(k) for k in ("id", "seller", "buyer", "delivery_time", "quantity", "unit_price",
-                                                          "signed_at", "executed_at", "nullified_at", "breaches")}, default=str) + "\n")
-        daily = {aid: {"shortfall_quantity": [int(x) for x in world.stats[f"shortfall_quantity_{aid}"]],
-                       "inventory_input": [int(x) for x in world.stats[f"inventory_input_{aid}"]],
-                       "balance": [float(x) for x in world.stats[f"balance_{aid}"]]} for aid in agents}
-        _write_json_atomic(out / "world.json", {
-            "world_id": job.world_id, "seed": job.seed, "n_steps": job.steps, "n_processes": n_processes,
-            "agents": agents, "scores": scores, "daily": daily, "experts": list(job.experts),
-        })
+        save_world(world, out, agents, world_id=job.world_id, seed=job.seed, n_steps=job.steps, n_processes=n_processes,
+                   experts=list(job.experts))
         files = list(events.glob("*.jsonl"))
         row["events"] = sum(sum(1 for _ in f.open()) for f in files)
         row["bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

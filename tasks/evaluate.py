@@ -51,6 +51,7 @@ class EvalConfig:
     agents_per_world: tuple[int, int] = COLLECT_PROFILES["default"].agents_per_world  # factories per world
     workers: int = 2
     world_timeout: float = 1800.0
+    keep_logs: bool = True  # track each candidate's factories (`tasks.paired.PairedJob.log_dir`) for `hrlxf analyze`
 
     def validate(self) -> None:
         check_run_size(self.worlds, self.steps, self.workers)
@@ -106,10 +107,14 @@ def resolve_candidates(config: EvalConfig, bundles: Sequence[str | Path] = (), b
 
 def units(config: EvalConfig, candidates: Sequence[Candidate], worlds_dir: Path) -> list[EvalUnit]:
     """Every (world, candidate) of the evaluation, world by world."""
-    return [EvalUnit(PairedJob(w, world_seed(config, w), c.label, c.agent, tuple(config.opponents), config.steps,
-                               dict(c.params), config.world_timeout, tuple(config.agents_per_world)),
-                     str(Path(worlds_dir) / f"w{w:03d}" / f"{c.key()}.json"))
-            for w in range(config.worlds) for c in candidates]
+    def unit(w: int, c: Candidate) -> EvalUnit:
+        base = Path(worlds_dir) / f"w{w:03d}" / c.key()
+        return EvalUnit(PairedJob(w, world_seed(config, w), c.label, c.agent, tuple(config.opponents), config.steps,
+                                  dict(c.params), config.world_timeout, tuple(config.agents_per_world),
+                                  str(base) if config.keep_logs else None),
+                        f"{base}.json")
+
+    return [unit(w, c) for w in range(config.worlds) for c in candidates]
 
 
 def play_unit(unit: EvalUnit) -> dict[str, Any]:
@@ -403,6 +408,7 @@ def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), 
     if play and missing:
         parallel.run_jobs(play_unit, missing, config.workers, died, progress, dask_address)
     doc = summarize(read_rows(every), candidates, config, extra_pairs)
+    doc["worlds_dir"] = os.path.relpath(worlds_dir, out) if worlds_dir.is_absolute() == out.is_absolute() else str(worlds_dir)
     if latest is not None:
         doc["latest"] = decide_latest(doc, *latest)
         if doc["latest"]["move"]:

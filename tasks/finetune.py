@@ -345,7 +345,7 @@ def measure(learner: Learner, config: FinetuneConfig, run: Path, iteration: int,
     eval_config = EvalConfig(worlds=config.eval_worlds, steps=config.eval_steps, seed=EVAL_SEED,
                              candidates=("PenguinAgent",), opponents=tuple(config.league.experts) + tuple(config.league.held_out),
                              agents_per_world=tuple(config.agents_per_world), workers=config.workers,
-                             world_timeout=config.world_timeout)
+                             world_timeout=config.world_timeout, keep_logs=False)
     doc = evaluate(eval_config, run / "eval" / label, [policy, start], worlds_dir=run / "eval" / "worlds",
                    extra_pairs=[(label, start.name)], dask_address=dask_address)
     out: dict[str, Any] = {"eval/worlds": doc["worlds"]["complete"], "eval/score": doc["agents"][label]["score"]["mean"],

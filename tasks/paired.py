@@ -14,9 +14,11 @@ section 6.2-6.3), read from the world's own records.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ class PairedJob:
     params: dict[str, Any] = field(default_factory=dict)
     timeout: float = 1800.0  # seconds one world may run before it counts as crashed
     agents_per_world: tuple[int, int] | None = None  # factories drawn per world (None: scml's own 8-24)
+    log_dir: str | None = None  # if set, the candidate's factories are tracked there as a raw world (`tasks.collect`'s format)
 
 
 def check_run_size(worlds: int, steps: int, workers: int) -> None:
@@ -158,29 +161,44 @@ def play_paired(job: PairedJob) -> dict[str, Any]:
     """
     from hrlxf_agent.audit import AuditCounts, audited
     from hrlxf_agent.registry import resolve_all
+    from hrlxf_agent.tracker import tracked
+    from tasks.collect import DONE, save_world
 
     start = time.perf_counter()
     row: dict[str, Any] = {"world": job.world, "seed": job.seed, "agent": job.candidate, "error": None}
     try:
         classes = resolve_all([job.agent, *job.opponents])
-        subject = audited(classes[job.agent])
+        base = classes[job.agent]
+        log_dir = Path(job.log_dir) if job.log_dir else None
+        if log_dir is not None and log_dir.exists():
+            shutil.rmtree(log_dir)  # an earlier partial attempt
+        subject = audited(tracked(base, log_dir / "events") if log_dir else base, keep_records=True)
         world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps,
                             job.agents_per_world)
         with time_limit(job.timeout):
             world.run()
         scores = world.scores()
         counts = AuditCounts()
-        aids, negotiations = [], 0
+        aids, negotiations, flagged = [], 0, []
         for aid, adapter in world.agents.items():
             obj = getattr(adapter, "_obj", None)
             if isinstance(obj, subject):
                 hook = obj.hook()
                 counts.add(hook.counts)
                 negotiations += len(hook.threads)
+                flagged += [{"agent_id": aid, **r} for r in hook.records if r["unsafe_buy"] or r["unsafe_sell"] or r["illegal"]]
                 aids.append(aid)
         mine = [float(scores[a]) for a in aids]
         row.update(scores=mine, score=float(np.mean(mine)), counts=asdict(counts), factories=aids,
-                   n_agents=len(world.agents) - 2, metrics=world_metrics(world, aids, negotiations))
+                   n_agents=len(world.agents) - 2, metrics=world_metrics(world, aids, negotiations), flagged=flagged)
+        if log_dir is not None:
+            for aid in aids:
+                world.agents[aid]._obj.__dict__["_hook_Tracked"].close()
+            meta = {"class": base.__name__, "module": f"{base.__module__}.{base.__name__}"}
+            save_world(world, log_dir, {a: {**meta, "level": int(world.agents[a]._obj.awi.level)} for a in aids},
+                       world_id=f"w{job.world:03d}", seed=job.seed, n_steps=job.steps, candidate=job.candidate,
+                       agent=job.agent, params=job.params)
+            (log_dir / DONE).write_text("")
     except Exception as e:  # one crashing world never stops the others (a timeout too)
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc(limit=8)

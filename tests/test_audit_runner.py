@@ -3,11 +3,13 @@
 import json
 
 import jsonschema
+import polars as pl
 import pytest
 
 import schemas
 from flows.cli import main
 from tasks.audit import AuditConfig, run_audit
+from tasks.events import world_tables
 
 SHAPE = {"worlds", "decisions", "unsafe_buy", "unsafe_sell", "unsafe_any", "unsafe_rate", "illegal", "score_mean", "score_std"}
 
@@ -56,3 +58,15 @@ def test_cli_audit_shape_and_the_shielded_champion_is_safe(tmp_path, monkeypatch
     hs = doc["agents"]["LitaAgentHS"]
     assert hs["unsafe_any"] == 0 and hs["illegal"] == 0
     assert doc["failed"] == []
+    # every unsafe or illegal decision is a row of decisions.parquet, and each is in its world's tracker log
+    out = tmp_path / "reports" / "audit"
+    flagged = pl.read_parquet(out / "decisions.parquet")
+    for name, a in doc["agents"].items():
+        mine = flagged.filter(pl.col("agent") == name)
+        assert mine.filter(pl.col("unsafe_buy") | pl.col("unsafe_sell")).height == a["unsafe_any"], name
+        assert mine.filter(pl.col("illegal").is_not_null()).height == a["illegal"], name
+    assert doc["agents"]["PenguinAgent"]["unsafe_any"] > 0  # the champion's defect: the view has rows to show
+    for f in flagged.iter_rows(named=True):
+        tables = world_tables("audit", f"w{f['world']:03d}", out / "worlds" / f"w{f['world']:03d}" / f["agent"])
+        assert any(d["agent_id"] == f["agent_id"] and d["step"] == f["step"] and d["partner"] == f["partner"]
+                   for d in tables["decisions"]), f

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -12,6 +13,7 @@ import schemas
 from flows.cli import main
 from tasks.candidates import Candidate, CandidateError, parse_candidate
 from tasks.evaluate import EvalConfig, decide_latest, evaluate, summarize, units, units_dir
+from tasks.events import world_tables
 from tasks.stats import MIN_SAMPLES, mean_interval, paired_difference
 
 # ---------------------------------------------------------------------------------------- statistics
@@ -157,6 +159,21 @@ def test_paired_run_same_slots_schema_and_resume(tmp_path, monkeypatch):
     assert {u.path: json.loads(open(u.path).read())["seconds"] for u in every if u != lost} == \
         {p: r["seconds"] for p, r in before.items() if p != lost.path}
     assert again["worlds"]["complete"] == 3
+    # each unit kept its candidate's tracker logs as a raw world (what `hrlxf analyze` shows)
+    assert doc["worlds_dir"] == os.path.relpath(units_dir(out / "worlds", config), out)
+    for u in every:
+        logs = Path(u.job.log_dir)
+        row = json.loads(Path(u.path).read_text())
+        meta = json.loads((logs / "world.json").read_text())
+        assert (logs / "DONE").exists() and sorted(meta["agents"]) == sorted(row["factories"])
+        assert [meta["scores"][a] for a in row["factories"]] == row["scores"]
+        tables = world_tables("eval", f"w{u.job.world:03d}", logs)
+        assert len(tables["days"]) == 10 * len(row["factories"]) and tables["decisions"]
+        days = [json.loads(line) for f in (logs / "events").glob("*.jsonl") for line in f.open() if '"day_snapshot"' in line]
+        if u.job.candidate == "rules":  # our agent notes its goal each day: the rule goal, as no planner runs
+            assert all(d["plan"]["source"] == "rules" and d["plan"]["goal"] == d["plan"]["rule_goal"] for d in days)
+        else:
+            assert not any("plan" in d for d in days)
 
 
 @pytest.mark.slow
