@@ -52,7 +52,7 @@ def _audit(args: argparse.Namespace) -> int:
 
         doc = run_audit(config, out, progress)
     print(markdown_table(doc))
-    print(f"wrote {out / 'audit.json'} and {out / 'audit.md'}")
+    print(f"wrote {out / 'audit.json'}, {out / 'audit.md'}, {out / 'decisions.parquet'} and the tracker logs under {out / 'worlds'}")
     return 0
 
 
@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--dask-address", default=None, help="play the rollout worlds on this Dask scheduler (tcp://host:port)")
     ft.set_defaults(func=_finetune)
 
+    analyze = sub.add_parser("analyze", help="a read-only web app over the data root (collections, evaluations, audit, training)")
+    analyze.add_argument("--data", default=None, help="data root (default: DATA)")
+    analyze.add_argument("--host", default="127.0.0.1")
+    analyze.add_argument("--port", type=int, default=8050)
+    analyze.set_defaults(func=_analyze)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     for name, text in (("agent", "world wall time with LitaAgentHRL vs PenguinAgent in the same slots"),
@@ -137,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "agent":
             b.add_argument("--bundle", default=None, help="also time LitaAgentHRL with this trained bundle (path or 'latest')")
         b.set_defaults(func=_bench, bench=name)
+    b = bsub.add_parser("analyzer", help="server-side render time of each analyzer view on a data root")
+    b.add_argument("--data", default=None, help="data root (default: DATA)")
+    b.add_argument("--runs", type=int, default=5, help="renders per view (the median is reported)")
+    b.add_argument("--out", default=None, help="where to write bench_analyzer.json (default: DATA/reports/bench)")
+    b.set_defaults(func=_bench, bench="analyzer")
     b = bsub.add_parser("tables", help="events -> macro -> micro -> l4_distill on 1x, 2x, 4x of a collected run")
     b.add_argument("--run-id", default="default", help="collected run under DATA/raw")
     b.add_argument("--out", default=None, help="where to write bench_tables.json (default: DATA/reports/bench)")
@@ -189,6 +200,8 @@ def _bench(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"tasks.bench_{args.bench}")
     if args.bench == "tables":
         config = module.Config(raw=str(data_root() / "raw"), run_id=args.run_id)
+    elif args.bench == "analyzer":
+        config = module.Config(data=str(Path(args.data) if args.data else data_root()), runs=args.runs)
     else:
         extra = {"bundle": args.bundle} if getattr(args, "bundle", None) else {}
         config = module.Config(worlds=args.worlds, steps=args.steps, seed=args.seed, **extra)
@@ -198,6 +211,22 @@ def _bench(args: argparse.Namespace) -> int:
     (out / f"bench_{args.bench}.json").write_text(json.dumps(doc, indent=2))
     print(module.render(doc))
     print(f"wrote {out / f'bench_{args.bench}.json'}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    """Serve the analyzer until Ctrl-C."""
+    root = Path(args.data) if args.data else data_root()
+    if not root.is_dir():
+        print(f"hrlxf analyze: no data root at {root} (give --data DIR, or fill it with `make run`)", file=sys.stderr)
+        return 2
+    from hrlxf_analyzer.app import create_app
+
+    print(f"hrlxf analyze: serving {root.resolve()} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    try:
+        create_app(root).run(host=args.host, port=args.port, debug=False)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -127,7 +127,10 @@ def save_world(world: Any, out: Path, agents: dict[str, dict[str, Any]], **meta:
                                                       "signed_at", "executed_at", "nullified_at", "breaches")}, default=str) + "\n")
     daily = {aid: {"shortfall_quantity": [int(x) for x in world.stats[f"shortfall_quantity_{aid}"]],
                    "inventory_input": [int(x) for x in world.stats[f"inventory_input_{aid}"]],
-                   "balance": [float(x) for x in world.stats[f"balance_{aid}"]]} for aid in agents}
+                   "balance": [float(x) for x in world.stats[f"balance_{aid}"]],
+                   # money paid each day (scml's ufun): what the analyzer draws; `tasks.events` reads the three above
+                   "storage_cost": [float(x) for x in world.stats[f"storage_cost_{aid}"]],
+                   "shortfall_penalty": [float(x) for x in world.stats[f"shortfall_penalty_{aid}"]]} for aid in agents}
     _write_json_atomic(out / "world.json", {**meta, "agents": agents, "scores": scores, "daily": daily})
 
 

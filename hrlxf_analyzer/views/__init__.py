@@ -1,0 +1,1 @@
+"""One module per page of the analyzer; each has ``render(store, params)``."""
