@@ -332,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"hrlxf run: {e}", file=sys.stderr)
         return 2
     Path(os.environ.get("PREFECT_HOME", data / "prefect" / "home")).mkdir(parents=True, exist_ok=True)
-    from flows.pipeline import hrlxf, prefect_api  # imports Prefect (which reads PREFECT_HOME)
+    from flows.pipeline import DataRootBusy, hrlxf, prefect_api  # imports Prefect (which reads PREFECT_HOME)
     from tasks.report import md_table
 
     try:
@@ -343,6 +343,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"hrlxf run: {e}", file=sys.stderr)
         print(f"earlier stages' outputs and caches are kept; report: {data / 'reports' / 'pipeline' / 'last.json'}", file=sys.stderr)
         return 1
+    except DataRootBusy as e:
+        print(f"hrlxf run: {e}", file=sys.stderr)
+        return 2
     print("\n".join(md_table(["stage", "state", "seconds", "outputs"],
                              [[s["stage"], s["state"], s["seconds"], ", ".join(s["outputs"].values())] for s in report["stages"]])))
     for name, path in report["bundles"].items():

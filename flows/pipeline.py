@@ -261,9 +261,53 @@ def _write_report(plan: Plan, report: dict) -> Path:
     return path
 
 
+RUN_LOCK = ".hrlxf-run.lock"
+
+
+class DataRootBusy(RuntimeError):
+    """Another pipeline run holds the data root."""
+
+
+@contextmanager
+def holding(data: Path, who: dict[str, Any]) -> Iterator[None]:
+    """One pipeline run per data root: two would delete each other's outputs (a forced stage, a partial world).
+
+    An exclusive POSIX lock (``lockf``) on ``DATA/.hrlxf-run.lock``, which names the run holding it; the
+    kernel releases it when the run ends or its process dies, even by kill -9, and the processes it starts
+    never hold it. A second run refuses at once, naming the first. (A data root shared over NFS needs a lock
+    its server honours; see docs/pipeline.md.)"""
+    import fcntl
+
+    data.mkdir(parents=True, exist_ok=True)
+    with open(data / RUN_LOCK, "a+") as f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "a run that did not say who it is"
+            raise DataRootBusy(f"{data} is held by another pipeline run: {holder}; wait for it to end, "
+                               f"or give this run another data root (HRLXF_DATA)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(who) + "\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
+
+
 def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "hrlxf",
                  bundle: Path | None = None) -> dict[str, Any]:
-    """Run the plan's stages in order inside the current flow; write and return the run report."""
+    """Run the plan's stages in order inside the current flow, holding the data root; write and return the
+    run report."""
+    who = {"flow": flow_name, "profile": plan.profile, "pid": os.getpid(), "host": socket.gethostname(),
+           "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    with holding(plan.data, who):
+        return _run_stages(plan, dask_address, flow_name, bundle)
+
+
+def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Path | None) -> dict[str, Any]:
     logger = get_run_logger()
     results = plan.data / "prefect" / "results"
     started = datetime.now(timezone.utc)

@@ -25,7 +25,7 @@ import torch
 from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.fingerprint import file_digest
-from tasks.tables import macro_arrays
+from tasks.tables import current, macro_arrays
 from tasks.train_l2 import crossfit_fold, predict_goals
 from tasks.training import TrainingDataError, table_files, world_position
 
@@ -71,7 +71,7 @@ def backfill(lake: Path, l2_dir: Path, config: BackfillConfig) -> dict[str, Any]
     built = skipped = rows = in_sample = 0
     for macro in table_files(lake, "macro"):
         out = lake / "goal_hat" / macro.parent.name / macro.name
-        if out.exists() and (pq.read_schema(out).metadata or {}).get(b"planner_digest", b"").decode() == digest:
+        if out.exists() and current(out, schema):  # this planner's, this version's (a corrupt file is rebuilt)
             skipped += 1
             continue
         a = macro_arrays(macro, spec)

@@ -29,7 +29,7 @@ from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.tables import MACRO_VERSION, macro_schema
 from tasks.training import (
     Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
-    Split, loss_module, require_rows, split_counts, table_files, world_position, world_split, write_stage_output,
+    Split, loss_module, require_rows, split_counts, read_tables, table_files, world_position, world_split, write_stage_output,
 )
 
 Q_COLUMNS = np.array([b * 4 + c for b in range(4) for c in (0, 2)])  # Q_buy, Q_sell of each bucket
@@ -66,7 +66,7 @@ class MacroData:
 def load_macro(lake: Path, spec: FeatureSpec, fit: FitConfig, min_relative_score: float) -> MacroData:
     files = table_files(lake, "macro")
     check_schema(files, macro_schema(spec), str(MACRO_VERSION))
-    df = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+    df = read_tables(files)
     df = df.join(expert_agents(lake, min_relative_score), on=["run_id", "world_id", "agent_id"], how="inner")
     if df.is_empty():
         raise TrainingDataError(f"{lake}/macro: no rows of expert agents (is the agents table of `hrlxf events` there?)")

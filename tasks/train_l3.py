@@ -36,7 +36,7 @@ from tasks.goal_inputs import alpha_with_goal, broadcast_with_goal
 from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
 from tasks.training import (
     Batches, FitConfig, Split, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
-    loss_module, require_rows, split_counts, table_files, world_split, write_stage_output,
+    loss_module, require_rows, split_counts, read_tables, table_files, world_split, write_stage_output,
 )
 
 #: tensor order of one L3 batch
@@ -88,8 +88,8 @@ def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[st
     check_schema(files, micro_schema(spec), str(MICRO_VERSION))
     goal_files = table_files(lake, "goal_hat")
     keys = ["run_id", "world_id", "agent_id", "step"]
-    micro = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
-    goals = pl.concat([pl.read_parquet(f) for f in goal_files], how="vertical")
+    micro = read_tables(files)
+    goals = read_tables(goal_files, rebuild="`hrlxf train backfill` rebuilds it")
     df = (micro.join(expert_agents(lake, config.min_relative_score), on=keys[:3], how="inner")
           .join(goals, on=keys, how="left"))
     missing = int(df["goal_hat"].is_null().sum())

@@ -25,7 +25,7 @@ from hrlxf_models.coordinator import THREAD_FEATURES, Coordinator, CoordinatorCo
 from tasks.goal_inputs import l4_with_goal
 from tasks.training import (
     Batches, FitConfig, Split, TrainingDataError, expert_agents, fit_module, list_array, load_best, loss_module,
-    require_rows, split_counts, table_files, world_split, write_stage_output,
+    require_rows, split_counts, read_tables, table_files, world_split, write_stage_output,
 )
 
 
@@ -44,12 +44,12 @@ def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], Split
     """(threads (B,N,F), keep (B,N), global (B,G), alpha (B,N)) padded to the largest batch; the split by
     world; the rows' world keys."""
     files = table_files(lake, "l4_distill")
-    df = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+    df = read_tables(files)
     for col in ("threads", "n_threads", "global", "teacher_alpha", "committed", "tradable"):
         if col not in df.columns:
             raise TrainingDataError(f"{Path(lake) / 'l4_distill'}: column {col!r} missing (rebuild with `hrlxf tables`)")
     keys = ["run_id", "world_id", "agent_id", "step"]
-    goals = pl.concat([pl.read_parquet(f) for f in table_files(lake, "goal_hat")], how="vertical")
+    goals = read_tables(table_files(lake, "goal_hat"), rebuild="`hrlxf train backfill` rebuilds it")
     df = (df.join(expert_agents(lake, config.min_relative_score), on=keys[:3], how="inner")
           .join(goals, on=keys, how="left"))
     df = df.filter(pl.col("n_threads") > 0)

@@ -72,10 +72,33 @@ def table_files(lake: Path, table: str) -> list[Path]:
     return files
 
 
+REBUILT_BY_TABLES = "`hrlxf tables` rebuilds it from its converted world"
+
+
+def read_schema(f: Path, rebuild: str = REBUILT_BY_TABLES) -> pa.Schema:
+    """A table file's schema; a file that is not Parquet (truncated, overwritten) is named with how to rebuild it."""
+    try:
+        return pq.read_schema(f)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise TrainingDataError(f"{f}: not a readable Parquet file ({e}); {rebuild}") from None
+
+
+def read_tables(files: list[Path], columns: list[str] | None = None, how: str = "vertical",
+                rebuild: str = REBUILT_BY_TABLES) -> pl.DataFrame:
+    """The rows of per-world table files, scanned lazily (only ``columns`` are read); every file's footer is
+    read first so that a corrupt one is named instead of failing somewhere inside the scan."""
+    for f in files:
+        read_schema(f, rebuild)
+    scans = [pl.scan_parquet(f) for f in files]
+    if columns is not None:
+        scans = [s.select(columns) for s in scans]
+    return pl.concat(scans, how=how).collect()
+
+
 def check_schema(files: list[Path], expected: pa.Schema, version: str) -> None:
     """Every file has the code's schema version and every column with its type; the error names the column."""
     for f in files:
-        schema = pq.read_schema(f)
+        schema = read_schema(f)
         got = (schema.metadata or {}).get(b"version", b"?").decode()
         if got != version:
             raise TrainingDataError(f"{f}: table version {got}, this code reads version {version} (rebuild with `hrlxf tables`)")
@@ -97,7 +120,8 @@ def expert_agents(lake: Path, min_relative_score: float = 1.0) -> pl.DataFrame:
     files = sorted((Path(lake) / "events").glob("*/*/agents.parquet"))
     if not files:
         raise TrainingDataError(f"{Path(lake) / 'events'}: no agents tables (run `hrlxf events` first)")
-    agents = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+    agents = read_tables(files, ["run_id", "world_id", "agent_id", "agent_class", "n_lines", "score"], "vertical_relaxed",
+                         rebuild="delete its world's directory and `hrlxf events` converts the raw world again")
     agents = agents.filter(~pl.col("agent_class").is_in(NOT_EXPERTS))
     overall = agents["score"].mean() or 0.0
     by_class = agents.group_by("agent_class").agg(pl.col("score").mean().alias("class_score"))

@@ -167,6 +167,25 @@ def test_a_changed_stage_config_recomputes_only_that_stage_and_the_ones_after(da
     assert units["played"] == 2 and len(units["candidates"]) == 6, units
 
 
+def test_a_second_run_on_a_held_data_root_refuses_naming_the_first(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.pipeline import holding\n"
+         "with holding(Path(sys.argv[1]), {'flow': 'hrlxf', 'profile': 'default', 'pid': 4242}):\n"
+         "    print('held', flush=True); time.sleep(600)", str(tmp_path)],
+        cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = hrlxf(tmp_path, "--profile", "smoke", "--until", "collect")
+        assert r["rc"] == 2 and "held by another pipeline run" in r["err"] and '"pid": 4242' in r["err"], r["err"][-2000:]
+        assert r["report"] is None and not (tmp_path / "raw").exists()  # nothing of the holder's was touched
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock
+        holder.wait()
+    r = hrlxf(tmp_path, "--profile", "smoke", "--until", "collect")
+    assert r["rc"] == 0, r["err"][-3000:]
+    assert r["report"]["status"] == "completed"
+
+
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
     from flows.pipeline import hrlxf as flow
     from flows.stages import ParameterError, make_plan

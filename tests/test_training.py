@@ -2,6 +2,7 @@
 that plays safely, resume, divergence, and the errors for data that cannot train."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -163,6 +164,23 @@ def test_a_table_of_another_schema_fails_naming_the_column(lake, tmp_path):
     pq.write_table(t.drop(["goal_mask"]).replace_schema_metadata(t.schema.metadata), f)
     with pytest.raises(TrainingDataError, match="'goal_mask' missing"):
         train_l2(broken, tmp_path / "out", L2Config.smoke(), progress=False)
+
+
+def test_a_corrupt_table_file_is_named_and_rebuilt(lake, trained, tmp_path):
+    broken = tmp_path / "lake"
+    shutil.copytree(lake, broken)
+    macro = sorted((broken / "macro").glob("*/*.parquet"))[0]
+    macro.write_text("this is not Parquet")
+    with pytest.raises(TrainingDataError, match=f"{re.escape(str(macro))}: not a readable Parquet file.*hrlxf tables"):
+        train_l2(broken, tmp_path / "l2", L2Config.smoke(), progress=False)
+    assert build_macro(broken)["built"] == 1  # only the corrupt file, from its converted world
+    assert pq.read_table(macro).equals(pq.read_table(lake / macro.relative_to(broken)))
+    goal = sorted((broken / "goal_hat").glob("*/*.parquet"))[0]
+    goal.write_bytes(goal.read_bytes()[:100])  # truncated
+    with pytest.raises(TrainingDataError, match=f"{re.escape(str(goal))}: .*hrlxf train backfill"):
+        train_l4(broken, tmp_path / "l4", L4Config.smoke(), progress=False)
+    assert backfill(broken, trained["models"] / "l2", BackfillConfig())["built"] == 1
+    assert pq.read_table(goal).equals(pq.read_table(lake / goal.relative_to(broken)))
 
 
 def test_empty_lake_is_a_clear_error(tmp_path):
