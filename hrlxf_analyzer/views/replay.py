@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 
 from hrlxf_analyzer import data as D
 from hrlxf_analyzer.views.common import figure_layout, fmt, href, int_param, kv, message, picker, table
-from hrlxf_analyzer.views.world import pick_agent
+from hrlxf_analyzer.views.world import open_factory
 
 SHOWN = ["round", "batch", "kind", "in_q", "in_t", "in_p", "op", "out_q", "out_t", "out_p", "room_in", "room_out", "b_free"]
 
@@ -70,12 +70,11 @@ def _offer(row: dict[str, Any], side: str) -> str:
 
 
 def render(store: D.Store, params: dict[str, str]) -> Any:
-    spec = params.get("world")
-    if not spec:
+    opened = open_factory(store, params)
+    if opened is None:
         return message("pick a world, then a negotiation: open a world from the Overview or a decision from Decisions")
-    world = store.world(spec)
-    agents = D.agents(world)
-    aid = pick_agent(agents, params.get("agent"))
+    world, agents, aid = opened
+    spec = world.spec
     days = D.days_with_threads(world, aid)
     if not days:
         return message(f"{aid} negotiated with no one in {world.title}")

@@ -28,6 +28,18 @@ def pick_agent(agents: Any, asked: str | None) -> str:
     return (ours or ids)[0]
 
 
+def open_factory(store: D.Store, params: dict[str, str]) -> tuple[D.World, Any, str] | None:
+    """The world and factory a page asks for (``world``, ``agent``); None while no world is given."""
+    spec = params.get("world")
+    if not spec:
+        return None
+    world = store.world(spec)
+    agents = D.agents(world)
+    if agents.height == 0:
+        raise D.DataMissing(f"{world.title}: no tracked agent")
+    return world, agents, pick_agent(agents, params.get("agent"))
+
+
 def days_figure(days: Any, day: int | None) -> go.Figure:
     series = list(SERIES)
     if days["storage_paid"].is_not_null().any():  # money paid, where the world recorded it
@@ -66,14 +78,11 @@ def goal_figure(g: Any) -> go.Figure:
 
 
 def render(store: D.Store, params: dict[str, str]) -> Any:
-    spec = params.get("world")
-    if not spec:
+    opened = open_factory(store, params)
+    if opened is None:
         return message("pick a world from the Overview (a collection world or an evaluation's / audit's tracked world)")
-    world = store.world(spec)
-    agents = D.agents(world)
-    if agents.height == 0:
-        return message(f"{world.title}: no tracked agent")
-    aid = pick_agent(agents, params.get("agent"))
+    world, agents, aid = opened
+    spec = world.spec
     info = agents.filter(agents["agent_id"] == aid).row(0, named=True)
     days = D.agent_days(world, aid)
     day = int_param(params, "day", 0)
