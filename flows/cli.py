@@ -148,8 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=5, help="renders per view (the median is reported)")
     b.add_argument("--out", default=None, help="where to write bench_analyzer.json (default: DATA/reports/bench)")
     b.set_defaults(func=_bench, bench="analyzer")
-    b = bsub.add_parser("tables", help="events -> macro -> micro -> l4_distill on 1x, 2x, 4x of a collected run")
+    b = bsub.add_parser("tables", help="events -> macro -> micro -> l4_distill on 1x, 4x, 16x of a collected run")
     b.add_argument("--run-id", default="default", help="collected run under DATA/raw")
+    b.add_argument("--scales", default="1,4,16", help="multiples of the run's worlds to time (default 1,4,16)")
+    b.add_argument("--baseline", default=None, help="a checkout of older code to time beside this one")
+    b.add_argument("--baseline-scales", default="1", help="the scales the baseline is timed at (default 1)")
     b.add_argument("--out", default=None, help="where to write bench_tables.json (default: DATA/reports/bench)")
     b.set_defaults(func=_bench, bench="tables")
     return parser
@@ -199,7 +202,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(f"tasks.bench_{args.bench}")
     if args.bench == "tables":
-        config = module.Config(raw=str(data_root() / "raw"), run_id=args.run_id)
+        scales = [tuple(int(x) for x in text.split(",")) for text in (args.scales, args.baseline_scales)]
+        config = module.Config(raw=str(data_root() / "raw"), run_id=args.run_id, scales=scales[0],
+                               baseline=args.baseline, baseline_scales=scales[1])
     elif args.bench == "analyzer":
         config = module.Config(data=str(Path(args.data) if args.data else data_root()), runs=args.runs)
     else:

@@ -213,14 +213,19 @@ def round_features(snap: Snapshot, is_buy: bool, offer_in: tuple | None, offer_o
 def thread_features(snap: Snapshot, q_safe: np.ndarray, b_free: float, gap_of_bucket: float, is_buy: bool,
                     offer: tuple | None, rel_time: float, horizon: int) -> np.ndarray:
     """One active thread for L4: role, time, the partner's offer, the goal gap and room at its day, budget use."""
+    return np.asarray(_thread_row(snap, q_safe, b_free, gap_of_bucket, is_buy, offer, rel_time, horizon), dtype=np.float32)
+
+
+def _thread_row(snap: Snapshot, q_safe: np.ndarray, b_free: float, gap_of_bucket: float, is_buy: bool,
+                offer: tuple | None, rel_time: float, horizon: int) -> list[float]:
+    """`thread_features` as a list (a batch converts all its rows at once)."""
     catalog = snap.catalog_price_in if is_buy else snap.catalog_price_out
     enc = _encode_offer(snap, offer, catalog, horizon)
     k = int(offer[1]) - snap.step if offer is not None else 0
     room = float(q_safe[k]) if 0 <= k < len(q_safe) else 0.0
     budget = budget_use(b_free, is_buy, offer)
-    x = [float(is_buy), float(not is_buy), rel_time, enc[3], enc[0], enc[1], enc[2],
-         gap_of_bucket / snap.n_lines, room / snap.n_lines, budget]
-    return np.asarray(x, dtype=np.float32)
+    return [float(is_buy), float(not is_buy), rel_time, enc[3], enc[0], enc[1], enc[2],
+            gap_of_bucket / snap.n_lines, room / snap.n_lines, budget]
 
 
 def batch_thread_features(snap: Snapshot, bounds, remaining: tuple[np.ndarray, np.ndarray], partners: list[str],
@@ -237,5 +242,5 @@ def batch_thread_features(snap: Snapshot, bounds, remaining: tuple[np.ndarray, n
         k = int(o[1]) - snap.step if o is not None else 0
         gap = (remaining[0] if is_buy[p] else remaining[1])[idx[min(max(k, 0), snap.horizon)]]
         q_safe = bounds.q_safe_buy if is_buy[p] else bounds.q_safe_sell
-        rows.append(thread_features(snap, q_safe, bounds.b_free, gap, is_buy[p], o, rel[p], snap.horizon))
-    return np.stack(rows) if rows else np.zeros((0, THREAD_FEATURES), dtype=np.float32)
+        rows.append(_thread_row(snap, q_safe, bounds.b_free, gap, is_buy[p], o, rel[p], snap.horizon))
+    return np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, THREAD_FEATURES), dtype=np.float32)

@@ -1,14 +1,23 @@
-"""Benchmark: the tables stages on collected data, at 1x, 2x and 4x the data.
+"""Benchmark: the tables stages on collected data, at 1x, 4x and 16x the data.
 
-Takes the first quarter, half and all of a collected run's complete worlds
-(linked into fresh raw directories), runs events -> macro -> micro -> l4_distill on each
-from scratch in a child process, and reports events per second and the child's
-peak memory: work per world should stay flat as the data grows.
+1x is every complete world of a collected run; 4x and 16x link each of those worlds
+4 and 16 times under new names (``w0000-c00``, ``w0000-c01``, ...) into a fresh raw
+directory, so the lake holds 4 and 16 times as many worlds (the same logs, each
+converted and built again: work per world is that of a real collection of that size).
+For each scale a child process runs events -> macro -> micro -> l4_distill from scratch
+and reports its time (wall and CPU: the machine may be shared) and its peak memory
+(``ru_maxrss``): time should grow linearly with the worlds and memory stay flat.
+
+``baseline``: a checkout of older code (``git worktree add /tmp/base <commit>``) whose
+tables stages are timed the same way, in the same run, at ``baseline_scales`` (the old
+code may be too slow for 16x); each of its rows comes right after this code's at the
+same scale, and ``speedup`` is its seconds over this code's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,9 +36,10 @@ from tasks.l4_distill import build_l4_distill
 from tasks.micro import build_micro
 from tasks.tables import build_macro
 raw, lake = Path(sys.argv[1]), Path(sys.argv[2])
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 run_events(raw, lake); build_macro(lake); build_micro(lake); build_l4_distill(lake)
-print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -37,34 +47,62 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": resource.getrus
 class Config:
     raw: str = "data/raw"
     run_id: str = "default"
+    scales: tuple[int, ...] = (1, 4, 16)
+    baseline: str | None = None  # a checkout of older code to time beside this one
+    baseline_scales: tuple[int, ...] = (1,)
+
+
+def _link(worlds: list[Path], copies: int, raw: Path) -> None:
+    """The worlds, each ``copies`` times under its own name, as a raw run directory."""
+    raw.mkdir(parents=True)
+    for w in worlds:
+        for j in range(copies):
+            name = w.name if copies == 1 else f"{w.name}-c{j:02d}"
+            (raw / name).symlink_to(w.resolve(), target_is_directory=True)
+
+
+def _child(code: Path | None, raw: Path, lake: Path) -> dict[str, Any]:
+    """The tables stages from scratch in a fresh process, with this code or the checkout at ``code``."""
+    env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(raw), str(lake)], check=True, capture_output=True, text=True,
+                         cwd=str(code) if code is not None else None, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_bench(config: Config) -> dict[str, Any]:
     worlds = sorted(p.parent for p in (Path(config.raw) / config.run_id).glob("*/DONE"))
-    if len(worlds) < 4:
-        raise ValueError(f"{Path(config.raw) / config.run_id}: needs at least 4 complete worlds (run hrlxf collect first)")
+    if len(worlds) < 1:
+        raise ValueError(f"{Path(config.raw) / config.run_id}: no complete world (run hrlxf collect first)")
+    events_1x = sum(json.loads((w / "DONE").read_text())["events"] for w in worlds)
+    codes: list[tuple[str, Path | None, tuple[int, ...]]] = [("this", None, config.scales)]
+    if config.baseline:
+        codes.append(("baseline", Path(config.baseline).resolve(), config.baseline_scales))
     results = []
-    for share in (4, 2, 1):
-        chosen = worlds[: len(worlds) // share]
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "raw" / "bench"
-            raw.mkdir(parents=True)
-            for w in chosen:
-                (raw / w.name).symlink_to(w.resolve(), target_is_directory=True)
-            events = sum(json.loads((w / "DONE").read_text())["events"] for w in chosen)
-            t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", _CHILD, str(Path(tmp) / "raw"), str(Path(tmp) / "lake")],
-                                 check=True, capture_output=True, text=True)
-            child = json.loads(out.stdout.strip().splitlines()[-1])
-            results.append({"scale": f"{4 // share}x", "worlds": len(chosen), "events": events,
-                            "seconds": round(child["seconds"], 2), "events_per_second": round(events / child["seconds"]),
-                            "seconds_per_world": round(child["seconds"] / len(chosen), 3),
-                            "peak_mb": round(child["peak_mb"]), "wall_seconds": round(time.perf_counter() - t, 2)})
+    for scale in config.scales:
+        for name, code, scales in codes:
+            if scale not in scales:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                _link(worlds, scale, Path(tmp) / "raw" / "bench")
+                t = time.perf_counter()
+                child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake")
+                n = len(worlds) * scale
+                results.append({"code": name, "scale": f"{scale}x", "worlds": n, "events": events_1x * scale,
+                                "seconds": round(child["seconds"], 2), "cpu_seconds": round(child["cpu_seconds"], 2),
+                                "events_per_second": round(events_1x * scale / child["seconds"]),
+                                "seconds_per_world": round(child["seconds"] / n, 3),
+                                "peak_mb": round(child["peak_mb"]), "wall_seconds": round(time.perf_counter() - t, 2)})
+    this = {r["scale"]: r for r in results if r["code"] == "this"}
+    for r in results:
+        if r["code"] == "baseline":
+            r["speedup"] = round(r["seconds"] / this[r["scale"]]["seconds"], 2)
+            r["cpu_speedup"] = round(r["cpu_seconds"] / this[r["scale"]]["cpu_seconds"], 2)
     return {"config": asdict(config), "results": results}
 
 
 def render(doc: dict[str, Any]) -> str:
-    rows = [[r["scale"], r["worlds"], r["events"], r["seconds"], r["events_per_second"], r["seconds_per_world"], r["peak_mb"]]
-            for r in doc["results"]]
+    rows = [[r["code"], r["scale"], r["worlds"], r["events"], r["seconds"], r["cpu_seconds"], r["events_per_second"],
+             r["seconds_per_world"], r["peak_mb"], r.get("speedup", "")] for r in doc["results"]]
     return "\n".join(["bench tables: events -> macro -> micro -> l4_distill from scratch", ""] + md_table(
-        ["scale", "worlds", "events", "seconds", "events / s", "s / world", "peak MB"], rows))
+        ["code", "scale", "worlds", "events", "seconds", "CPU s", "events / s", "s / world", "peak MB",
+         "baseline / this"], rows))

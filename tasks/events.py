@@ -37,53 +37,60 @@ def raw_worlds(raw: Path) -> Iterator[tuple[str, str, Path]]:
         yield done.parent.parent.name, done.parent.name, done.parent
 
 
-def _outcome(prefix: str, o: Any) -> dict[str, Any]:
-    if o is None:
-        return {f"{prefix}_q": None, f"{prefix}_t": None, f"{prefix}_p": None}
-    return {f"{prefix}_q": int(o[0]), f"{prefix}_t": int(o[1]), f"{prefix}_p": float(o[2])}
+def _events(path: Path, aid: str) -> Iterator[dict[str, Any]]:
+    """The events of one agent's log (one JSON document per line), parsed in one call; when that fails, line by
+    line as they are read, so that the first bad line is named where the reader meets it."""
+    lines = path.read_text().splitlines()
+    try:
+        events = json.loads("[" + ",".join(lines) + "]")
+        if len(events) == len(lines) and all(type(e) is dict for e in events):
+            return iter(events)
+    except json.JSONDecodeError:
+        pass
+    return _line_by_line(lines, aid)
 
 
-def world_tables(run_id: str, world_id: str, world: Path) -> dict[str, list[dict[str, Any]]]:
-    """Parse one raw world into rows per table; raise BadWorld with the reason when it cannot be trusted."""
+def _line_by_line(lines: list[str], aid: str) -> Iterator[Any]:
+    for n, line in enumerate(lines, 1):
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            raise BadWorld(f"events/{aid}.jsonl line {n}: not JSON (truncated?)") from None
+
+
+def world_columns(run_id: str, world_id: str, world: Path) -> dict[str, pa.Table]:
+    """Parse one raw world into one Arrow table per event table (schemas/arrow.py), built column by column;
+    raise BadWorld with the reason when it cannot be trusted."""
     try:
         meta = json.loads((world / "world.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise BadWorld(f"world.json unreadable: {e}") from None
-    keys = {"run_id": run_id, "world_id": world_id}
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in arrow.TABLES}
+    rows: dict[str, list[tuple]] = {name: [] for name in arrow.TABLES}  # per table, row tuples in its schema's order
+    days, decisions, ends = rows["days"].append, rows["decisions"].append, rows["outcomes"].append
     for aid, info in meta.get("agents", {}).items():
         path = world / "events" / f"{aid}.jsonl"
         if not path.exists():
             raise BadWorld(f"events/{aid}.jsonl missing")
         deals, init, seq = 0, None, 0
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                raise BadWorld(f"events/{aid}.jsonl line {n}: not JSON (truncated?)") from None
+        for n, e in enumerate(_events(path, aid), 1):
             if e.get("v") != EVENTS_SCHEMA_VERSION:
                 raise BadWorld(f"events/{aid}.jsonl line {n}: schema version {e.get('v')!r}, this code reads {EVENTS_SCHEMA_VERSION}")
             kind = e.get("type")
             try:
-                if kind == "agent_initialized":
-                    init = e
-                elif kind == "day_snapshot":
-                    rows["days"].append({**keys, "agent_id": aid, "step": e["step"], "version": e["version"],
-                                         "snapshot_json": json.dumps(e["snapshot"], separators=(",", ":"))})
-                elif kind == "decision":
+                if kind == "decision":
                     if e["version"] != deals:
                         raise BadWorld(f"events/{aid}.jsonl line {n}: decision saw version {e['version']} after {deals} deals")
-                    rows["decisions"].append({
-                        **keys, "agent_id": aid, "seq": seq, "step": e["step"], "version": e["version"], "batch": e.get("batch"), "kind": e["kind"],
-                        "partner": e["partner"], "negotiation_id": e["negotiation_id"], "is_buy": e["is_buy"],
-                        "round": e["round"], "rel_time": e["rel_time"], **_outcome("in", e["offer_in"]), "op": e["op"],
-                        **_outcome("out", e["offer_out"]),
-                    })
+                    decisions((run_id, world_id, aid, seq, e["step"], e["version"], e.get("batch"), e["kind"], e["partner"],
+                               e["negotiation_id"], e["is_buy"], e["round"], e["rel_time"], *_outcome(e["offer_in"]), e["op"],
+                               *_outcome(e["offer_out"])))
                     seq += 1
                 elif kind == "negotiation_end":
                     deals += bool(e["success"])
-                    rows["outcomes"].append({**keys, "agent_id": aid, "step": e["step"], "partner": e["partner"],
-                                             "success": e["success"], "version": e["version"], **_outcome("agreement", e["agreement"])})
+                    ends((run_id, world_id, aid, e["step"], e["partner"], e["success"], e["version"], *_outcome(e["agreement"])))
+                elif kind == "day_snapshot":
+                    days((run_id, world_id, aid, e["step"], e["version"], json.dumps(e["snapshot"], separators=(",", ":"))))
+                elif kind == "agent_initialized":
+                    init = e
                 else:
                     raise BadWorld(f"events/{aid}.jsonl line {n}: unknown event type {kind!r}")
             except KeyError as missing:
@@ -93,31 +100,45 @@ def world_tables(run_id: str, world_id: str, world: Path) -> dict[str, list[dict
         daily = meta.get("daily", {}).get(aid, {})
         for step, (short, stock, balance) in enumerate(zip(daily.get("shortfall_quantity", []), daily.get("inventory_input", []),
                                                            daily.get("balance", []))):
-            rows["daily"].append({**keys, "agent_id": aid, "step": step, "shortfall_quantity": short,
-                                  "inventory_input": stock, "balance": balance})
-        rows["agents"].append({**keys, "agent_id": aid, "agent_class": info["class"], "module": info["module"],
-                               "level": init["level"], "can_buy": init["can_buy"], "can_sell": init["can_sell"],
-                               "n_lines": init["n_lines"], "n_steps": init["n_steps"],
-                               "initial_balance": init["initial_balance"], "score": meta["scores"].get(aid)})
+            rows["daily"].append((run_id, world_id, aid, step, short, stock, balance))
+        rows["agents"].append((run_id, world_id, aid, info["class"], info["module"], init["level"], init["can_buy"],
+                               init["can_sell"], init["n_lines"], init["n_steps"], init["initial_balance"], meta["scores"].get(aid)))
     try:
         for line in (world / "contracts.jsonl").read_text().splitlines():
             c = json.loads(line)
-            rows["contracts"].append({**keys, "contract_id": c["id"], "seller": c["seller"], "buyer": c["buyer"],
-                                      "delivery_time": c["delivery_time"], "quantity": c["quantity"],
-                                      "unit_price": float(c["unit_price"]), "signed_at": c["signed_at"],
-                                      "executed_at": c["executed_at"], "nullified_at": c["nullified_at"]})
+            rows["contracts"].append((run_id, world_id, c["id"], c["seller"], c["buyer"], c["delivery_time"], c["quantity"],
+                                      float(c["unit_price"]), c["signed_at"], c["executed_at"], c["nullified_at"]))
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise BadWorld(f"contracts.jsonl unreadable: {type(e).__name__}: {e}") from None
-    return rows
+    return {name: _table(rows[name], schema) for name, schema in arrow.TABLES.items()}
 
 
-def write_world(out: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
-    """All tables of one world, atomically (temporary directory, rename, ``_SUCCESS`` last)."""
+def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    """Row tuples (in the schema's field order) -> a table, column by column."""
+    columns = list(zip(*rows)) if rows else [()] * len(schema)
+    return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
+
+
+def _outcome(o: Any) -> tuple:
+    if o is None:
+        return None, None, None
+    return int(o[0]), int(o[1]), float(o[2])
+
+
+def world_tables(run_id: str, world_id: str, world: Path) -> dict[str, list[dict[str, Any]]]:
+    """Parse one raw world into rows per table (`world_columns` as rows); raise BadWorld with the reason when it
+    cannot be trusted."""
+    return {name: table.to_pylist() for name, table in world_columns(run_id, world_id, world).items()}
+
+
+def write_world(out: Path, rows: dict[str, pa.Table | list[dict[str, Any]]]) -> None:
+    """All tables of one world (Arrow tables or rows), atomically (temporary directory, rename, ``_SUCCESS`` last)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, schema in arrow.TABLES.items():
-            pq.write_table(pa.Table.from_pylist(rows[name], schema=schema), tmp / f"{name}.parquet")
+            table = rows[name] if isinstance(rows[name], pa.Table) else pa.Table.from_pylist(rows[name], schema=schema)
+            pq.write_table(table, tmp / f"{name}.parquet")
         (tmp / SUCCESS).write_text("")
         if out.exists():
             shutil.rmtree(out)  # a partial earlier attempt (no _SUCCESS): replaced whole
@@ -138,15 +159,15 @@ def run_events(raw: Path, lake: Path, progress: Callable[[dict], None] | None = 
             skipped += 1
             continue
         try:
-            rows = world_tables(run_id, world_id, world)
+            rows = world_columns(run_id, world_id, world)
         except BadWorld as e:
             quarantined.append({"run_id": run_id, "world_id": world_id, "reason": str(e)})
             row = {"world_id": world_id, "error": str(e)}
         else:
             write_world(out, rows)
             converted += 1
-            for name, r in rows.items():
-                rows_written[name] += len(r)
+            for name, table in rows.items():
+                rows_written[name] += table.num_rows
             row = {"world_id": world_id, "error": None}
         if progress:
             progress(row)

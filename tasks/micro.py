@@ -34,22 +34,15 @@ never runs on those online, and they do not count in their batch.
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from hrlxf_agent.heuristics import (
-    GlobalMonitor, heuristic_action, heuristic_goal, rule_offer_for, teacher_alpha, tradable_buckets,
-)
-from hrlxf_agent.shield import Bounds, SafetyShield
-from hrlxf_agent.snapshot import Snapshot
+from hrlxf_agent.heuristics import heuristic_action, rule_offer_for, teacher_alpha_from
 from hrlxf_agent.state import ROUND_FEATURES, FeatureSpec, StateBuilder, budget_use, op_of, round_features
+from tasks.tables import TABLES, WorldLog, build_per_world, fixed_list, with_deals  # noqa: F401 (with_deals: for the analyzer)
 
 HISTORY = 8
 # 2: static, role, alpha, batch; broadcast with the batch's mean relative time; legal, committed; no WAIT rows;
@@ -57,6 +50,9 @@ HISTORY = 8
 # 3: H = 10; rule_base_q / rule_base_p, rule_op / rule_delta (the rule executor); the teacher's goal-free terms
 MICRO_VERSION = 3
 OPS = {"accept": 0, "reject": 1, "end": 2}
+#: the micro columns computed row by row, in the order `micro_table` gathers them
+_SCALARS = ("b_free", "offer_delta", "budget", "op", "delta", "q", "p", "base_q", "base_p", "rule_op", "rule_delta",
+            "rule_base_q", "rule_base_p", "res_q", "res_p", "legal", "deal", "deal_value")
 
 
 def micro_schema(spec: FeatureSpec) -> pa.Schema:
@@ -84,177 +80,172 @@ def micro_schema(spec: FeatureSpec) -> pa.Schema:
     ], metadata={"version": str(MICRO_VERSION), "feature_fingerprint": spec.fingerprint, "history": str(HISTORY)})
 
 
-def with_deals(morning: Snapshot, deals: list[tuple[bool, int, int, float]]) -> Snapshot:
-    """The morning snapshot with the day's deals so far added to the commitments."""
-    if not deals:
-        return morning
-    sq, sc, lq, lr = (list(morning.supply_qty), list(morning.supply_cost), list(morning.sale_qty), list(morning.sale_revenue))
-    for is_buy, k, q, p in deals:
-        if 0 <= k < len(sq):
-            if is_buy:
-                sq[k] += q
-                sc[k] += q * p
-            else:
-                lq[k] += q
-                lr[k] += q * p
-    return replace(morning, supply_qty=tuple(sq), supply_cost=tuple(sc), sale_qty=tuple(lq), sale_revenue=tuple(lr),
-                   version=morning.version + len(deals))
+def teacher_alphas(log: WorldLog, ctx_ids, is_buy, offers: list[tuple | None], rel_times) -> np.ndarray:
+    """`heuristics.teacher_alpha` of many threads at once: the same arguments per thread, one call of the
+    agent's `teacher_alpha_from` on all of them."""
+    n = len(ctx_ids)
+    if n == 0:
+        return np.zeros(0)
+    ctx_ids = np.asarray(ctx_ids, dtype=np.int64)
+    sides = np.where(np.asarray(is_buy, dtype=bool), 0, 1)
+    gaps = np.stack([c.gaps for c in log.contexts])[ctx_ids, sides]
+    tradable = np.stack([c.tradable for c in log.contexts])[ctx_ids, sides]
+    steps = [log.contexts[i].snap.step for i in ctx_ids.tolist()]
+    has_offer = np.array([o is not None for o in offers])
+    delta = np.array([int(o[1]) - s if o is not None else 0 for o, s in zip(offers, steps)], dtype=np.int64)
+    budget = np.array([budget_use(log.contexts[i].bounds.b_free, b, o) for i, b, o in zip(ctx_ids.tolist(), is_buy, offers)])
+    return teacher_alpha_from(gaps, tradable, has_offer, delta, np.asarray(rel_times, dtype=float), budget,
+                              log.builder.spec.horizon)
 
 
-@dataclass(frozen=True)
-class Context:
-    """What an agent knew when it decided a batch: the Snapshot, L1's bounds and L4's monitor."""
-
-    snap: Snapshot
-    bounds: Bounds
-    monitor: GlobalMonitor
-    remaining: tuple[np.ndarray, np.ndarray]
-    static: np.ndarray
-    committed: np.ndarray  # (8,) signed today per bucket / n_lines, laid out as broadcast[0:8] (buy, sell, buy, ...)
-
-
-def running(d: dict[str, Any]) -> bool:
-    """Online, L3 / L4 run on a thread only while its negotiation goes on (`HRLPolicy._running`)."""
-    return d["negotiation_id"] is not None
-
-
-def offer_in(d: dict[str, Any]) -> tuple | None:
-    return (d["in_q"], d["in_t"], d["in_p"]) if d["in_q"] is not None else None
-
-
-class WorldLog:
-    """One converted world's decisions, with the context of each rebuilt on demand (cached per version)."""
-
-    def __init__(self, world: Path, spec: FeatureSpec):
-        self.builder = StateBuilder(spec)
-        self.shield = SafetyShield()
-        self.days = {(d["agent_id"], d["step"]): d["snapshot_json"] for d in pq.read_table(world / "days.parquet").to_pylist()}
-        table = pq.read_table(world / "decisions.parquet")
-        rows = table.to_pylist()
-        if "batch" not in table.column_names:  # event tables of version 1
-            for d in rows:
-                d["batch"] = None
-        self.decisions = sorted(rows, key=lambda d: (d["agent_id"], d["seq"]))
-        side = {(d["agent_id"], d["partner"]): d["is_buy"] for d in self.decisions}
-        self.deals_by_day: dict[tuple[str, int], list[tuple[int, tuple]]] = defaultdict(list)
-        self.deal_of: dict[tuple[str, int, str], tuple] = {}
-        for o in pq.read_table(world / "outcomes.parquet").to_pylist():
-            if o["success"] and (o["agent_id"], o["partner"]) in side:
-                deal = (side[(o["agent_id"], o["partner"])], o["agreement_t"] - o["step"], o["agreement_q"], o["agreement_p"])
-                self.deals_by_day[(o["agent_id"], o["step"])].append((o["version"], deal))
-                self.deal_of[(o["agent_id"], o["step"], o["partner"])] = deal
-        self._mornings: dict[tuple[str, int], tuple[Snapshot, GlobalMonitor]] = {}
-        self._contexts: dict[tuple[str, int, int], Context] = {}
-
-    def context(self, d: dict[str, Any]) -> Context | None:
-        day = (d["agent_id"], d["step"])
-        if day not in self._mornings:
-            if day not in self.days:
-                return None
-            morning = Snapshot.from_dict(json.loads(self.days[day])).within(self.builder.spec.horizon)
-            monitor = GlobalMonitor()
-            monitor.reset(morning, heuristic_goal(morning))
-            self._mornings[day] = (morning, monitor)
-        key = (*day, d["version"])
-        if key not in self._contexts:
-            morning, monitor = self._mornings[day]
-            done = [deal for v, deal in sorted(self.deals_by_day.get(day, [])) if v <= d["version"]]
-            snap = with_deals(morning, done)
-            cb, cs = monitor.committed_today(snap)
-            committed = np.stack([cb, cs], axis=1).reshape(-1) / snap.n_lines
-            self._contexts[key] = Context(snap, self.shield.bounds(snap), monitor, monitor.remaining(snap),
-                                          self.builder.static(snap), committed.astype(np.float32))
-        return self._contexts[key]
-
-    def batches(self) -> dict[tuple[str, int], list[dict[str, Any]]]:
-        """The running threads of every batch, by (agent_id, batch), in partner order (as the agent sorts them)."""
-        out: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-        for d in self.decisions:
-            if d["batch"] is not None and running(d):
-                out[(d["agent_id"], d["batch"])].append(d)
-        return {k: sorted(v, key=lambda d: d["partner"]) for k, v in out.items()}
-
-    def broadcast(self, ctx: Context, rel_time: float) -> np.ndarray:
-        return ctx.monitor.broadcast(ctx.snap, ctx.bounds, self.builder.money_scale(ctx.snap), rel_time)
-
-
-def mean_rel_time(threads: list[dict[str, Any]]) -> float:
-    """The relative time the monitor broadcasts for a batch: the mean over its running threads."""
-    return float(np.mean([d["rel_time"] or 0.0 for d in threads])) if threads else 0.0
-
-
-def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
-    log = WorldLog(world, spec)
+def micro_table(world: Path | WorldLog, spec: FeatureSpec | None = None) -> pa.Table:
+    """The micro table of one converted world, column by column: the agent's functions per decision where a
+    row needs them (round features, the rule executor, L1's baseline), per context (bounds, static, masks)
+    or batch (broadcast) where rows share them, and on all rows at once (the teacher)."""
+    log = world if isinstance(world, WorldLog) else WorldLog(world, spec or FeatureSpec())
+    spec = log.builder.spec
+    c = log.col
     batches = log.batches()
-    batch_rel = {k: mean_rel_time(v) for k, v in batches.items()}
-    batch_sides = {k: {side: sum(1 for d in v if d["is_buy"] == side) for side in (True, False)} for k, v in batches.items()}
-    history: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
-    rows = []
+    is_buy_col = c["is_buy"]
+    batch_sides = {k: {side: sum(1 for i in v if is_buy_col[i] == side) for side in (True, False)} for k, v in batches.items()}
     H = spec.horizon
-    for d in log.decisions:
-        ctx = log.context(d)
-        if ctx is None or d["op"] not in OPS:  # WAIT (LitaAgentYR): no decision yet, the agent is asked again
+    shield = log.shield
+    scalars: list[tuple] = []  # per row, the values of _SCALARS
+    keep: list[int] = []  # decision index of each row
+    ctx_of: list[int] = []
+    offers: list[tuple | None] = []
+    rels: list[float] = []
+    pre: list[np.ndarray] = []  # the round as L3 sees it before answering (last of the window)
+    post: list[np.ndarray] = []  # the round as it enters the thread's history
+    thread_of: list[int] = []
+    threads: dict[tuple[str, str], int] = {}
+    broadcasts: list[np.ndarray] = []
+    baselines: dict[tuple[int, bool, int], tuple | None] = {}
+    rules: dict[tuple, tuple] = {}  # heuristic_action by its arguments (the context by its index)
+    pre_of: dict[tuple, np.ndarray] = {}
+    post_of: dict[tuple, np.ndarray] = {}
+    context_id, contexts, deal_of, batch_rel_time = log.context_id, log.contexts, log.deal_of, log.batch_rel_time
+    for i, (aid, step, version, batch, partner, nid, is_buy, rel_time, in_q, in_t, in_p, op, out_q, out_t, out_p) in enumerate(zip(
+            c["agent_id"], c["step"], c["version"], c["batch"], c["partner"], c["negotiation_id"], is_buy_col, c["rel_time"],
+            c["in_q"], c["in_t"], c["in_p"], c["op"], c["out_q"], c["out_t"], c["out_p"])):
+        k = context_id(aid, step, version)
+        if k is None or op not in OPS:  # WAIT (LitaAgentYR): no decision yet, the agent is asked again
             continue
+        ctx = contexts[k]
         snap, bounds = ctx.snap, ctx.bounds
-        is_buy, rel = d["is_buy"], d["rel_time"] or 0.0
-        o_in = offer_in(d)
-        o_out = (d["out_q"], d["out_t"], d["out_p"]) if d["out_q"] is not None else None
-        thread = (d["agent_id"], d["negotiation_id"] or f"{d['partner']}:{d['step']}")  # both sides of a negotiation may be logged
-        past = history[thread][-(HISTORY - 1):] + [round_features(snap, is_buy, o_in, None, None, rel, H)]
-        window = np.zeros((HISTORY, ROUND_FEATURES), dtype=np.float32)
-        window[HISTORY - len(past):] = np.stack(past)
-        history[thread].append(round_features(snap, is_buy, o_in, o_out, d["op"], rel, H))
+        rel = rel_time or 0.0
+        o_in = (in_q, in_t, in_p) if in_q is not None else None
+        o_out = (out_q, out_t, out_p) if out_q is not None else None
+        thread = (aid, nid or f"{partner}:{step}")  # both sides of a negotiation may be logged
+        thread_of.append(threads.setdefault(thread, len(threads)))
+        # the agent's functions are pure: rows that give them the same arguments (an agent answering a thread
+        # that is already over gives the same answer round after round) share one call
+        key = (k, is_buy, o_in, rel)
+        if key not in pre_of:
+            pre_of[key] = round_features(snap, is_buy, o_in, None, None, rel, H)
+        pre.append(pre_of[key])
+        key = (k, is_buy, o_in, o_out, op, rel)
+        if key not in post_of:
+            post_of[key] = round_features(snap, is_buy, o_in, o_out, op, rel, H)
+        post.append(post_of[key])
+        n_lines = snap.n_lines
         catalog = snap.catalog_price_in if is_buy else snap.catalog_price_out
-        chosen = o_in if d["op"] == "accept" else o_out
+        chosen = o_in if op == "accept" else o_out
         delta = int(chosen[1]) - snap.step if chosen is not None else -1
-        q = chosen[0] / snap.n_lines if chosen is not None else None
+        q = chosen[0] / n_lines if chosen is not None else None
         p = chosen[2] / catalog if chosen is not None else None
-        base = log.shield.baseline(snap, bounds, is_buy, delta) if 0 <= delta <= snap.horizon else None
-        base_q = base[0] / snap.n_lines if base else None
+        if 0 <= delta <= snap.horizon:
+            bkey = (k, is_buy, delta)
+            if bkey not in baselines:
+                baselines[bkey] = shield.baseline(snap, bounds, is_buy, delta)
+            base = baselines[bkey]
+        else:
+            base = None
+        base_q = base[0] / n_lines if base else None
         base_p = base[2] / catalog if base else None
         # the residual base of ``base="rules"`` (HRLPolicy._offers): the rule executor's counter-offer when it
         # is for the chosen day, else L1's baseline
-        n_side = batch_sides.get((d["agent_id"], d["batch"]), {}).get(is_buy, 1)
-        rule, rule_k = heuristic_action(snap, bounds, ctx.monitor.goal, ctx.remaining, max(1, n_side), is_buy, o_in, rel)
+        bkey = (aid, batch)
+        n_side = batch_sides.get(bkey, {}).get(is_buy, 1)
+        key = (k, max(1, n_side), is_buy, o_in, rel)
+        if key not in rules:
+            rules[key] = heuristic_action(snap, bounds, ctx.monitor.goal, ctx.remaining, max(1, n_side), is_buy, o_in, rel)
+        rule, rule_k = rules[key]
         rule_base = (rule_offer_for(rule, snap.step + delta) if delta >= 0 else None) or base
         issues = snap.buy_issues if is_buy else snap.sell_issues
         legal = issues.contains(chosen) if chosen is not None and issues is not None else None
-        deal = log.deal_of.get((d["agent_id"], d["step"], d["partner"]))
-        spot = snap.trading_price_in if is_buy else snap.trading_price_out
+        deal = deal_of.get((aid, step, partner))
         value = None
         if deal is not None:
-            value = ((spot - deal[3]) if is_buy else (deal[3] - spot)) * deal[2] / (snap.n_lines * catalog)
-        c = log.broadcast(ctx, batch_rel.get((d["agent_id"], d["batch"]), rel))
-        mask = bounds.time_mask_buy if is_buy else bounds.time_mask_sell
-        rows.append({
-            "run_id": d["run_id"], "world_id": d["world_id"], "agent_id": d["agent_id"], "seq": d["seq"], "step": d["step"],
-            "batch": d["batch"], "partner": d["partner"], "version": d["version"], "negotiation_id": d["negotiation_id"],
-            "is_buy": is_buy, "round": d["round"], "rel_time": d["rel_time"],
-            "static": ctx.static.tolist(), "role": StateBuilder.role_one_hot(is_buy).tolist(),
-            "history": window.reshape(-1).tolist(), "history_len": len(past),
-            "time_mask": np.where(np.isfinite(mask), 0.0, -1e9)[: H + 1].tolist(),
-            "q_safe": (bounds.q_safe_buy if is_buy else bounds.q_safe_sell)[: H + 1].tolist(),
-            "b_free": bounds.b_free, "broadcast": c.tolist(), "committed": ctx.committed.tolist(),
-            "alpha": teacher_alpha(snap, bounds, ctx.remaining, is_buy, o_in, rel),
-            # what the teacher reads besides the goal: the training stages rebuild alpha against L2's goal
-            "tradable": tradable_buckets(snap, mask).astype(np.float32).tolist(),
-            "offer_delta": int(o_in[1]) - snap.step if o_in is not None else None,
-            "budget": budget_use(bounds.b_free, is_buy, o_in),
-            "op": OPS[d["op"]], "delta": delta, "q": q, "p": p, "base_q": base_q, "base_p": base_p,
-            "rule_op": OPS[op_of(rule)],
-            "rule_delta": min(max(rule_k, 0), H),
-            "rule_base_q": rule_base[0] / snap.n_lines if rule_base else None,
-            "rule_base_p": rule_base[2] / catalog if rule_base else None,
-            "res_q": (q - base_q) if q is not None and base_q is not None else None,
-            "res_p": (p - base_p) if p is not None and base_p is not None else None,
-            "legal": legal, "deal": deal is not None, "deal_value": value, "goal": [0.0] * 16, "goal_filled": False,
-        })
-    return rows
+            spot = snap.trading_price_in if is_buy else snap.trading_price_out
+            value = ((spot - deal[3]) if is_buy else (deal[3] - spot)) * deal[2] / (n_lines * catalog)
+        batch_rel = batch_rel_time(bkey)
+        broadcasts.append(log.broadcast(k, rel if batch_rel is None else batch_rel))
+        keep.append(i)
+        ctx_of.append(k)
+        offers.append(o_in)
+        rels.append(rel)
+        scalars.append((
+            bounds.b_free, int(o_in[1]) - snap.step if o_in is not None else None, budget_use(bounds.b_free, is_buy, o_in),
+            OPS[op], delta, q, p, base_q, base_p, OPS[op_of(rule)], min(max(rule_k, 0), H),
+            rule_base[0] / n_lines if rule_base else None, rule_base[2] / catalog if rule_base else None,
+            (q - base_q) if q is not None and base_q is not None else None,
+            (p - base_p) if p is not None and base_p is not None else None,
+            legal, deal is not None, value,
+        ))
+    n = len(keep)
+    schema = micro_schema(spec)
+    if n == 0:
+        return schema.empty_table()
+    rows = np.asarray(keep, dtype=np.int64)
+    ctx_ids = np.asarray(ctx_of, dtype=np.int64)
+    buy = np.asarray([is_buy_col[i] for i in keep], dtype=bool)
+    side = np.where(buy, 0, 1)
+    # the thread's last HISTORY - 1 rounds before this one, then this one as L3 sees it, left-padded with zeros
+    thread = np.asarray(thread_of, dtype=np.int64)
+    order = np.lexsort((np.arange(n), thread))  # rows of a thread together, in decision order
+    post_a = np.stack(post)
+    window = np.zeros((n, HISTORY, ROUND_FEATURES), dtype=np.float32)
+    window[:, HISTORY - 1] = np.stack(pre)
+    length = np.ones(n, dtype=np.int64)
+    for lag in range(1, HISTORY):
+        src = np.arange(n) - lag
+        ok = src >= 0
+        ok[ok] = thread[order[src[ok]]] == thread[order[ok]]
+        window[order[ok], HISTORY - 1 - lag] = post_a[order[src[ok]]]
+        length[order[ok]] += 1
+    alpha = teacher_alphas(log, ctx_of, buy.tolist(), offers, rels)
+    static = np.stack([x.static for x in log.contexts])[ctx_ids]
+    committed = np.stack([x.committed for x in log.contexts])[ctx_ids]
+    time_mask = np.stack([x.time_mask for x in log.contexts])[ctx_ids, side]
+    q_safe = np.stack([x.q_safe for x in log.contexts])[ctx_ids, side]
+    tradable = np.stack([x.tradable for x in log.contexts])[ctx_ids, side]
+    role = np.stack([StateBuilder.role_one_hot(True), StateBuilder.role_one_hot(False)])[side]
+    take = pa.array(rows)
+    columns = {name: pa.array(c[name], type=schema.field(name).type).take(take) for name in (
+        "run_id", "world_id", "agent_id", "seq", "step", "batch", "partner", "version", "negotiation_id", "is_buy",
+        "round", "rel_time")}
+    columns.update({
+        "static": fixed_list(static, len(spec.static)), "role": fixed_list(role, 2),
+        "history": fixed_list(window, HISTORY * ROUND_FEATURES), "history_len": pa.array(length),
+        "time_mask": fixed_list(time_mask, H + 1), "q_safe": fixed_list(q_safe, H + 1),
+        "broadcast": fixed_list(np.stack(broadcasts), len(spec.broadcast)), "committed": fixed_list(committed, 8),
+        "alpha": pa.array(alpha, type=pa.float64()), "tradable": fixed_list(tradable, 4),
+        "goal": fixed_list(np.zeros((n, 16)), 16), "goal_filled": pa.array(np.zeros(n, dtype=bool)),
+    })
+    for name, values in zip(_SCALARS, zip(*scalars)):
+        columns[name] = pa.array(values, type=schema.field(name).type)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
+    """The micro table of one converted world as rows (`micro_table`)."""
+    return micro_table(world, spec).to_pylist()
 
 
 def build_micro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
     """The micro table of every converted world not built yet."""
-    from tasks.tables import build_per_world
+    return build_per_world(lake, "micro", spec)
 
-    spec = spec or FeatureSpec()
-    return build_per_world(lake, "micro", lambda world: micro_rows(world, spec), micro_schema(spec))
+
+TABLES["micro"] = (micro_schema, micro_table)  # built beside the others of its world (`tables.build_per_world`)
