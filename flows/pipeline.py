@@ -1,10 +1,17 @@
 """Prefect flows: ``hrlxf`` (the whole pipeline), ``collect`` (nightly collection) and ``evaluate``.
 
-collect -> events -> tables -> train_l2 -> backfill -> train_l3 (residual over L1's baseline),
-train_l3_rules (residual over the rules) -> train_l4 -> bundle, bundle_rules -> finetune (online, from
-the untrained residual over the rules) -> evaluate (every new bundle, the fine-tuned one's start, and the
-LATEST the run started with)
-(`flows/stages.py` declares them). Every stage is one Prefect task whose cache
+The stages form a DAG (`flows/stages.py` declares what each reads and writes)::
+
+    collect -> events -> tables -> train_l2 -> backfill -> train_l3 (residual over L1's baseline) -> bundle
+                                                         -> train_l3_rules (over the rules)     -> bundle_rules
+                                                         -> train_l4 (into both bundles)
+    finetune (online, from the untrained residual over the rules; reads nothing the pipeline makes)
+    bundle, bundle_rules, finetune -> evaluate (beside the fine-tuned one's start and the LATEST the run
+    started with)
+
+Each stage starts when the stages it reads from end, so independent ones (the three trainings, the
+fine-tuning) run at once; a stage that trains runs in a process of its own (its seeds and threads are
+its own). Every stage is one Prefect task whose cache
 key is `tasks.fingerprint.stage_key`: the stage's recipe (config, code version)
 and the content fingerprints of its input artifacts, never their paths. Results
 (the stage records: output paths, their fingerprints, a summary) are stored as
@@ -24,11 +31,14 @@ The three flows share the flow name ``hrlxf`` so that their deployments in
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import shutil
 import socket
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -37,13 +47,16 @@ from typing import Any, Iterator, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from flows.stages import (
-    ARTIFACTS, BUNDLES, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, StageCall, StageFailed, execute, make_plan,
+    ARTIFACTS, BUNDLES, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, Stage, StageCall, StageFailed,
+    execute_stage, make_plan, overlapping, upstream,
 )
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
 from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
+from tasks.parallel import isolated, shared_threads
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
@@ -55,7 +68,7 @@ StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 @task(name="play-world", cache_policy=NO_CACHE, persist_result=False, task_run_name="world-{job.world_id}")
 def play_world(job: CollectJob) -> dict[str, Any]:
     """One collect world (never raises: a failing world comes back with its error and is marked FAILED)."""
-    row = collect_world(job)
+    row = isolated(collect_world, job)  # on a threaded Dask worker: a process of its own (its seeds, its timeout)
     return {**row, "pid": os.getpid(), "host": socket.gethostname()}
 
 
@@ -63,7 +76,7 @@ def play_world(job: CollectJob) -> dict[str, Any]:
       task_run_name="evaluate-w{unit.job.world}-{unit.job.candidate}")
 def play_paired_unit(unit: EvalUnit) -> dict[str, Any]:
     """One (world, candidate) of the paired evaluation (never raises: a crash is its row, written to its file)."""
-    row = play_unit(unit)
+    row = isolated(play_unit, unit)
     return {"world": row["world"], "candidate": row["agent"], "error": row["error"], "pid": os.getpid(),
             "host": socket.gethostname()}
 
@@ -71,7 +84,7 @@ def play_paired_unit(unit: EvalUnit) -> dict[str, Any]:
 @task(name="stage", cache_policy=StageInputsPolicy(), persist_result=True, result_serializer="json",
       cache_result_in_memory=False)
 def stage_task(call: StageCall) -> dict[str, Any]:
-    return execute(call)
+    return execute_stage(call)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -136,15 +149,18 @@ def _error(state: Any) -> str:
     return f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(state.message)
 
 
-def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False) -> tuple[dict, str, float]:
-    """Run (or reuse) one stage: (record, how, seconds); how is cached / computed / rebuilt: <why>.
-    ``force`` rebuilds its outputs from scratch; ``refresh`` only skips the cache lookup."""
+def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False,
+              after: list[Any] | None = None) -> tuple[dict, str, float, Any]:
+    """Run (or reuse) one stage: (record, how, seconds, its Prefect state); how is cached / computed /
+    rebuilt: <why>. ``force`` rebuilds its outputs from scratch; ``refresh`` only skips the cache lookup;
+    ``after``: the states of the stages it waited for (the edges of the flow's graph in the UI)."""
     start = time.perf_counter()
     if force:
         call = replace(call, rebuild="forced")
     task_ = stage_task.with_options(name=call.stage, task_run_name=call.stage, result_storage=results,
                                     refresh_cache=force or refresh)
-    state = task_(call, return_state=True)
+    # quote: the graph's edges are the stages waited for, not Prefect's guesses from objects in the call
+    state = task_(quote(call), return_state=True, wait_for=after or None)
     if not state.is_completed():
         raise StageFailed(call.stage, _error(state))
     record = state.result()
@@ -153,14 +169,14 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
         changed = [name for name, fp in record["fingerprints"].items()
                    if fingerprint(data / record["outputs"][name], ARTIFACTS[name].layout) != fp]
         if not changed:
-            return record, "cached", time.perf_counter() - start
+            return record, "cached", time.perf_counter() - start, state
         call = replace(call, rebuild=f"{', '.join(changed)} changed since the cached run")
-        state = task_.with_options(refresh_cache=True)(call, return_state=True)
+        state = task_.with_options(refresh_cache=True)(quote(call), return_state=True, wait_for=after or None)
         if not state.is_completed():
             raise StageFailed(call.stage, _error(state))
         record = state.result()
     how = f"rebuilt: {record['rebuilt']}" if record.get("rebuilt") else "computed"
-    return record, how, time.perf_counter() - start
+    return record, how, time.perf_counter() - start, state
 
 
 def _fields(plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
@@ -202,7 +218,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
 
 
 def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = None,
-          more_paths: dict[str, Path] | None = None) -> StageCall:
+          more_paths: dict[str, Path] | None = None, threads: int | None = None) -> StageCall:
     stage = BY_NAME[name]
     fields = _fields(plan, paths)
     outputs = {}
@@ -214,7 +230,7 @@ def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = No
         # the evaluate flow has one bundle; the full pipeline both L3 modes' (an input not made is not read)
         inputs={i: (str(paths[i]), ARTIFACTS[i].layout) for i in stage.inputs if i in paths}, outputs=outputs,
         paths={**{k: str(plan.data / k) for k in ("raw", "lake", "models", "bundles")},
-               **{k: str(v) for k, v in (more_paths or {}).items()}}, extra=extra or {},
+               **{k: str(v) for k, v in (more_paths or {}).items()}}, extra=extra or {}, threads=threads,
     )
 
 
@@ -307,7 +323,14 @@ def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "
         return _run_stages(plan, dask_address, flow_name, bundle)
 
 
+class UpstreamFailed(RuntimeError):
+    """A stage did not start: a stage it reads from failed (that one is the run's failure)."""
+
+
 def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Path | None) -> dict[str, Any]:
+    """Every planned stage in a thread of its own that starts when the stages it reads from end, so stages
+    that do not depend on one another (the trainings, the fine-tuning) run at once and the flow's graph in
+    the Prefect UI is the pipeline's DAG."""
     logger = get_run_logger()
     results = plan.data / "prefect" / "results"
     started = datetime.now(timezone.utc)
@@ -320,44 +343,82 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
     paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
     if bundle is not None:
         paths["bundle"] = bundle
+    lock = threading.Lock()  # guards paths and report between the stage threads
     latest_at_start = current_latest(plan.data / "bundles")
-    current = None
-    try:
-        for stage in plan.stages:
-            current = stage.name
-            forced = stage.name in plan.force
-            if stage.mode == "collect":
-                run_dir = plan.data / "raw" / plan.run_id
-                if forced and run_dir.exists():
-                    shutil.rmtree(run_dir)
-                jobs = jobs_for(plan.configs["collect"], plan.data / "raw", plan.run_id)
-                todo = [j for j in jobs if not (Path(j.out_dir) / DONE).exists()]
-                t0 = time.perf_counter()
-                rows = _play(todo, dask_address, plan.workers) if todo else []
-                report["worlds"] = {"played": len(rows), "skipped": len(jobs) - len(todo),
-                                    "failed": [{"world_id": r["world_id"], "error": r["error"]} for r in rows if r["error"]],
-                                    "seconds": round(time.perf_counter() - t0, 2),
-                                    "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows if "pid" in r})}
-                call = _call(plan, "collect", paths, {"rows": rows, "skipped": len(jobs) - len(todo),
-                                                      "seconds": time.perf_counter() - t0, "run_id": plan.run_id})
-                record, how, seconds = run_stage(call, forced, results, refresh=bool(rows))  # worlds played: a new summary
-            elif stage.name == "evaluate":
-                if latest_at_start is not None and latest_at_start not in {
-                        paths[k].resolve() for k in BUNDLES if k in paths}:
-                    paths["latest"] = latest_at_start  # played beside the new bundles: LATEST moves only on evidence
-                t0 = time.perf_counter()
-                worlds, report["evaluation_units"] = _evaluation_worlds(plan, paths, dask_address)
-                record, how, seconds = run_stage(_call(plan, stage.name, paths, more_paths={"eval_worlds": worlds}),
-                                                 forced, results)
-                seconds += time.perf_counter() - t0
-            else:
-                record, how, seconds = run_stage(_call(plan, stage.name, paths), forced, results)
+    threads = shared_threads(overlapping(plan.stages))
+
+    def run(stage: Stage, waited: list[Any]) -> tuple[dict, str, float, Any]:
+        forced = stage.name in plan.force
+        with lock:
+            now = dict(paths)
+        if stage.mode == "collect":
+            run_dir = plan.data / "raw" / plan.run_id
+            if forced and run_dir.exists():
+                shutil.rmtree(run_dir)
+            jobs = jobs_for(plan.configs["collect"], plan.data / "raw", plan.run_id)
+            missing = [j for j in jobs if not (Path(j.out_dir) / DONE).exists()]
+            t0 = time.perf_counter()
+            rows = _play(missing, dask_address, plan.workers) if missing else []
+            with lock:
+                report["worlds"] = {
+                    "played": len(rows), "skipped": len(jobs) - len(missing),
+                    "failed": [{"world_id": r["world_id"], "error": r["error"]} for r in rows if r["error"]],
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows if "pid" in r})}
+            call = _call(plan, "collect", now, {"rows": rows, "skipped": len(jobs) - len(missing),
+                                                "seconds": time.perf_counter() - t0, "run_id": plan.run_id})
+            return run_stage(call, forced, results, refresh=bool(rows), after=waited)  # worlds played: a new summary
+        if stage.name == "evaluate":
+            if latest_at_start is not None and latest_at_start not in {now[k].resolve() for k in BUNDLES if k in now}:
+                now["latest"] = latest_at_start  # played beside the new bundles: LATEST moves only on evidence
+            t0 = time.perf_counter()
+            worlds, units_info = _evaluation_worlds(plan, now, dask_address)
+            with lock:
+                report["evaluation_units"] = units_info
+            record, how, seconds, state = run_stage(
+                _call(plan, stage.name, now, more_paths={"eval_worlds": worlds}), forced, results, after=waited)
+            return record, how, seconds + time.perf_counter() - t0, state
+        return run_stage(_call(plan, stage.name, now, threads=threads), forced, results, after=waited)
+
+    spans: dict[str, tuple[float, float]] = {}  # stage -> (start, end) in seconds after the run started
+    t_run = time.perf_counter()
+
+    def after(stage: Stage, waits: list[Future]) -> tuple[dict, str, float, Any]:
+        states = []
+        for name, fut in zip(upstream(stage, plan.stages), waits):
+            try:
+                states.append(fut.result()[3])
+            except Exception:
+                raise UpstreamFailed(f"{stage.name} did not run: {name} failed") from None
+        t0 = time.perf_counter() - t_run
+        record, how, seconds, state = run(stage, states)
+        spans[stage.name] = (round(t0, 2), round(time.perf_counter() - t_run, 2))
+        with lock:
             for name, rel in record["outputs"].items():
                 paths[name] = plan.data / rel
+        logger.info(f"{stage.name}: {how} in {seconds:.1f} s -> {', '.join(record['outputs'].values())}")
+        return record, how, seconds, state
+
+    futures: dict[str, Future] = {}
+    failed: tuple[str, BaseException] | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=len(plan.stages), thread_name_prefix="stage") as pool:
+            for stage in plan.stages:  # in topological order: every upstream future exists already
+                waits = [futures[u] for u in upstream(stage, plan.stages)]
+                futures[stage.name] = pool.submit(contextvars.copy_context().run, after, stage, waits)
+        for stage in plan.stages:
+            try:
+                record, how, seconds, _ = futures[stage.name].result()
+            except UpstreamFailed:
+                continue
+            except Exception as e:
+                failed = failed or (stage.name, e)
+                continue
             report["stages"].append({"stage": stage.name, "state": how, "seconds": round(seconds, 2),
+                                     "start_s": spans[stage.name][0], "end_s": spans[stage.name][1],
                                      "key": record["key"], "outputs": record["outputs"], "summary": record["summary"]})
-            logger.info(f"{stage.name}: {how} in {seconds:.1f} s -> {', '.join(record['outputs'].values())}")
-        current = None
+        if failed:
+            raise failed[1]
         ran = {s.name for s in plan.stages}
         if "evaluation" in paths and "evaluate" in ran:
             report["evaluation"] = str(paths["evaluation"] / "evaluation.json")
@@ -369,6 +430,7 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
         report.update(status="failed", failed_stage=e.stage, error=e.error)
         raise
     except Exception as e:
+        current = failed[0] if failed else None
         report.update(status="failed", failed_stage=current, error=f"{type(e).__name__}: {e}")
         if current is not None:
             raise StageFailed(current, f"{type(e).__name__}: {e}") from e

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tasks.collect import DONE, PROFILES as COLLECT_PROFILES, CollectProfile
-from tasks.fingerprint import MARKER, WHOLE, Layout, canonical, code_version, fingerprint, stage_key, units
+from tasks.code_version import code_version
+from tasks.fingerprint import MARKER, WHOLE, Layout, canonical, fingerprint, stage_key, units
 
 PROFILE_NAMES = ("smoke", "default", "official")
 SUCCESS = "_SUCCESS"  # tasks.events.SUCCESS (not imported: that module pulls pyarrow and the schemas)
@@ -98,6 +99,7 @@ class Stage:
     mode: str = "units"
     unit_input: str | None = None  # units: the input whose units map to output files
     unit_outputs: Callable[[str], list[str]] | None = None  # units: input unit -> output paths (relative to the data root)
+    isolated: bool = False  # runs in a process of its own: it may overlap others, and seeds torch and its threads
 
 
 # ------------------------------------------------------------------------------- stage calls
@@ -165,6 +167,10 @@ def _evaluate(p: dict[str, Path], config: Any) -> dict:
     # the flow mapped the (world, candidate) units as tasks already: summarize what they wrote
     doc = evaluate(config, p["out"], specs, worlds_dir=p["eval_worlds"], play=False, extra_pairs=pairs,
                    bundles_root=p["bundles"])
+    if not doc["worlds"]["complete"]:  # no figure at all: the stage fails (a rerun plays the missing units)
+        first = doc["worlds"]["dropped"][0]["errors"][0] if doc["worlds"]["dropped"] else {}
+        raise RuntimeError(f"no world was played by every candidate ({len(doc['worlds']['dropped'])} dropped; "
+                           f"first: {first.get('candidate')}: {first.get('error')})")
     return {"worlds": doc["worlds"]["complete"], "resolution": doc["power"]["resolution"],
             "scores": {n: a["score"]["mean"] for n, a in doc["agents"].items()},
             "vs_reference": {p_["a"]: [p_["mean"], p_["half_width"]] for p_ in doc["paired"] if p_["b"] == doc["reference"]},
@@ -245,25 +251,44 @@ STAGES: tuple[Stage, ...] = (
     Stage("tables", ("tasks.tables", "tasks.micro", "tasks.l4_distill"), ("events",), ("macro", "micro", "l4_distill"),
           _feature_spec, _tables, unit_input="events", unit_outputs=_per_world("lake/macro", "lake/micro", "lake/l4_distill")),
     Stage("train_l2", ("tasks.train_l2",), ("macro", "events"), ("l2",), _preset("tasks.train_l2", "L2Config"), _train_l2,
-          mode="fresh"),
+          mode="fresh", isolated=True),
     Stage("backfill", ("tasks.backfill",), ("macro", "l2"), ("goal_hat",), _preset("tasks.backfill", "BackfillConfig"),
           _backfill, unit_input="macro", unit_outputs=_per_world("lake/goal_hat")),
     Stage("train_l3", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3",), _preset("tasks.train_l3", "L3Config"),
-          _train_l3, mode="fresh"),
+          _train_l3, mode="fresh", isolated=True),
     Stage("train_l3_rules", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_rules",),
           _preset("tasks.train_l3", "L3Config", base="rules"), _train_l3, mode="fresh"),
     Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "goal_hat", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
-          _train_l4, mode="fresh"),
+          _train_l4, mode="fresh", isolated=True),
     Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"),
           _bundle_of("l3"), mode="publish"),
     Stage("bundle_rules", ("tasks.bundle",), ("l2", "l3_rules", "l4"), ("bundle_rules",),
           _preset("tasks.bundle", "BundleConfig"), _bundle_of("l3_rules"), mode="publish"),
-    Stage("finetune", ("tasks.finetune",), (), ("finetuned",), _finetune_config, _finetune, mode="publish"),
+    Stage("finetune", ("tasks.finetune",), (), ("finetuned",), _finetune_config, _finetune, mode="publish",
+          isolated=True),
     Stage("evaluate", ("tasks.evaluate",), BUNDLES + ("latest",), ("evaluation",), _eval_config,
           _evaluate, mode="fresh"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 BY_NAME = {s.name: s for s in STAGES}
+#: the stage that writes each artifact (every run's raw worlds include the one collect writes)
+PRODUCER = {out: s.name for s in STAGES for out in s.outputs} | {"raw": "collect"}
+
+
+def upstream(stage: Stage, planned: list[Stage]) -> list[str]:
+    """The planned stages whose outputs ``stage`` reads: it starts when they end (the flow's DAG)."""
+    names = {s.name for s in planned}
+    return sorted({PRODUCER[i] for i in stage.inputs if PRODUCER.get(i) in names} - {stage.name})
+
+
+def overlapping(planned: list[Stage]) -> int:
+    """How many isolated stages of the plan may run at once (at most): those that are neither upstream nor
+    downstream of one another (their processes share the cores)."""
+    before: dict[str, set[str]] = {}
+    for s in planned:  # the plan is in topological order
+        before[s.name] = set().union(*({u, *before[u]} for u in upstream(s, planned)))
+    iso = [s.name for s in planned if s.isolated]
+    return max((sum(1 for b in iso if b == a or (a not in before[b] and b not in before[a])) for a in iso), default=1)
 
 #: settings without a validate() of their own: (stage, dotted field) -> (min, max)
 RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
@@ -469,6 +494,7 @@ class StageCall:
     paths: dict[str, str] = field(default_factory=dict)  # lake, raw, bundles, ... (absolute)
     rebuild: str | None = None  # why every output is rebuilt from scratch ("forced", ...), else None
     extra: dict[str, Any] = field(default_factory=dict)  # collect: the rows of the worlds played now
+    threads: int | None = None  # an isolated stage's math threads (the flow's share of the cores)
 
 
 def _rel(path: Path, data: Path) -> str:
@@ -525,6 +551,15 @@ def _prepare_units(stage: Stage, call: StageCall, data: Path) -> tuple[str | Non
         for rel in stage.unit_outputs(u):
             _remove(data / rel)
     return None, now, stale
+
+
+def execute_stage(call: StageCall) -> dict[str, Any]:
+    """`execute`, in a process of its own for an isolated stage (it may overlap others)."""
+    if BY_NAME[call.stage].isolated:
+        from tasks.parallel import in_own_process
+
+        return in_own_process(execute, call, threads=call.threads)
+    return execute(call)
 
 
 def execute(call: StageCall) -> dict[str, Any]:

@@ -6,6 +6,11 @@ A bundle is a directory: ``manifest.json`` + one state-dict file per network
 bundle may also hold ``executor_bc.pt``, its L3 before AWR (the BC ablation:
 ``load_bundle(path, executor="bc")``).
 ``data/bundles/LATEST`` holds the name of the newest bundle.
+
+Paths a manifest records (what a bundle was trained on, where a fine-tuned one
+started) are relative to the bundle's directory when they lie under its data
+root (``<data>/bundles/<id>`` -> ``../../models/l2``), so a data root can move;
+`bundle_ref` reads them, and the absolute ones of older bundles as they are.
 """
 
 from __future__ import annotations
@@ -75,6 +80,36 @@ def _compiled(module: torch.nn.Module) -> Any:
         return module
 
 
+def _data_root_of(bundle_dir: Path) -> Path:
+    """The data root of a bundle at ``<data>/bundles/<id>``: its directory's grandparent."""
+    return Path(bundle_dir).resolve().parent.parent
+
+
+def relative_ref(target: str | os.PathLike, bundle_dir: Path) -> str:
+    """How a manifest records the path ``target``: relative to ``bundle_dir`` when it lies under the bundle's data
+    root (`_data_root_of`), else absolute."""
+    target, bundle_dir = Path(target).resolve(), Path(bundle_dir).resolve()
+    if target.is_relative_to(_data_root_of(bundle_dir)):
+        return Path(os.path.relpath(target, bundle_dir)).as_posix()
+    return str(target)
+
+
+def bundle_ref(bundle_dir: str | os.PathLike, ref: str | os.PathLike) -> Path:
+    """The path a manifest records as ``ref`` (relative to the bundle's directory, or absolute: older bundles)."""
+    return Path(os.path.normpath(Path(bundle_dir) / ref))
+
+
+def _relative_paths(obj: Any, bundle_dir: Path) -> Any:
+    """``obj`` (a manifest's metrics or trained_on) with every absolute path under the data root made relative."""
+    if isinstance(obj, dict):
+        return {k: _relative_paths(v, bundle_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative_paths(v, bundle_dir) for v in obj]
+    if isinstance(obj, os.PathLike) or (isinstance(obj, str) and obj.startswith("/") and "\n" not in obj):
+        return relative_ref(obj, bundle_dir)
+    return obj
+
+
 def save_bundle(
     out_dir: Path,
     planner: Planner,
@@ -84,7 +119,9 @@ def save_bundle(
     trained_on: dict[str, Any] | None = None,
     executor_bc: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a bundle atomically (a temporary directory renamed into place); ``executor_bc``: L3's BC weights."""
+    """Write a bundle atomically (a temporary directory renamed into place); ``executor_bc``: L3's BC weights.
+    Absolute paths under the data root in ``metrics`` and ``trained_on`` are recorded relative to ``out_dir``."""
+    out_dir = Path(out_dir)
     spec = FeatureSpec(horizon=planner.config.horizon)
     manifest = Manifest(
         schema_version=BUNDLE_SCHEMA_VERSION,
@@ -93,12 +130,11 @@ def save_bundle(
         l3_mode=executor.config.mode,
         configs={"planner": asdict(planner.config), "executor": asdict(executor.config), "coordinator": asdict(coordinator.config)},
         weights={name: f"{name}.pt" for name in NETWORKS} | ({"executor_bc": "executor_bc.pt"} if executor_bc else {}),
-        metrics=metrics or {},
-        trained_on=trained_on or {},
+        metrics=_relative_paths(metrics or {}, out_dir),
+        trained_on=_relative_paths(trained_on or {}, out_dir),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         features=asdict(spec),
     )
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -117,11 +153,17 @@ def save_bundle(
 
 
 def set_latest(bundle_dir: Path, root: Path | None = None) -> None:
-    """Point ``<root>/LATEST`` at ``bundle_dir`` (atomically)."""
+    """Point ``<root>/LATEST`` at ``bundle_dir`` (atomically): its path relative to ``root`` (its name, for a
+    bundle in ``root``) when it is inside, so the data root can move; else its absolute path."""
     root = Path(root) if root is not None else bundles_root()
     root.mkdir(parents=True, exist_ok=True)
+    target = Path(bundle_dir).resolve()
+    try:
+        name = target.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        name = str(target)
     tmp = root / ".LATEST.tmp"
-    tmp.write_text(str(Path(bundle_dir).resolve()) + "\n")
+    tmp.write_text(name + "\n")
     os.replace(tmp, root / "LATEST")
 
 

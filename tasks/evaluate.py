@@ -281,6 +281,9 @@ def pipeline_candidates(p: dict[str, Path], bundles: Sequence[str]) -> tuple[lis
     for b in new:  # a fine-tuned bundle against the bundle it started from
         start = json.loads((b / "manifest.json").read_text()).get("metrics", {}).get("from")
         if start:
+            from hrlxf_agent.bundle import bundle_ref
+
+            start = str(bundle_ref(b, start))  # relative to the bundle (absolute in older bundles)
             specs.append(start)
             pairs.append((b.resolve().name, Path(start).name))
     if "latest" in p:

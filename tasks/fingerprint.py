@@ -1,4 +1,4 @@
-"""Content fingerprints of artifacts, code versions of stages, and the Prefect cache policy built on them.
+"""Content fingerprints of artifacts, and the Prefect cache policy of a stage built on them.
 
 A fingerprint is a sha256 over the *bytes* of an artifact's files (streamed
 with `hashlib.file_digest`), never over names, sizes or modification times
@@ -8,45 +8,48 @@ a unit that is not complete yet (no ``DONE`` / ``_SUCCESS``) and temporary
 files (a leading ``.``, a ``.tmp`` suffix) do not count, and neither does the
 pipeline's own ``_STAGE.json`` marker.
 
-Within one process a file already read is not read again while its inode,
-size, mtime and ctime stay the same: every run still reads every byte once.
+A file already read is not read again while its path, inode, size, mtime and
+ctime stay the same (`tasks.digest_cache`: in this process and on disk, so a
+second ``hrlxf`` process reads only the files that changed).
 
 The cache key of a stage (`stage_key`) is the sha256 of its recipe (stage
-name, its config as canonical JSON, the code version) and the fingerprints of
-its input artifacts; `StageInputsPolicy` (a Prefect cache policy) computes it for a stage task.
+name, its config as canonical JSON, its code version: `tasks.code_version`)
+and the fingerprints of its input artifacts; `StageInputsPolicy` (a Prefect
+cache policy) computes it for a stage task.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import enum
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-#: top-level packages of this project; imports of anything else count through DISTRIBUTIONS
-PROJECT_PACKAGES = ("hrlxf_agent", "hrlxf_models", "tasks", "schemas", "flows")
-#: third-party releases whose behaviour the stages' outputs depend on
-DISTRIBUTIONS = ("scml", "negmas", "scml-agents", "numpy", "pyarrow", "polars", "torch", "lightning")
-MARKER = "_STAGE.json"
+from tasks import digest_cache
+from tasks.digest_cache import digest_cache_path, flush_digests, stats
 
-_digests: dict[tuple, str] = {}
+MARKER = "_STAGE.json"
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, streamed (remembered in this process while the file's stat is unchanged)."""
+    """sha256 of a file's bytes, streamed; remembered while the file's path, inode, size, mtime and ctime stay the
+    same, in this process and across processes (`tasks.digest_cache`)."""
+    path = Path(path)
     st = path.stat()
-    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    digest = _digests.get(key)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = digest_cache.recall(key)
     if digest is None:
+        read_at = time.time_ns()
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        _digests[key] = digest
+        stats["read"] += 1
+        stats["bytes"] += st.st_size
+        digest_cache.remember(key, digest, read_at, path.stat())
     return digest
 
 
@@ -101,9 +104,16 @@ def units(root: Path, layout: Layout = WHOLE) -> dict[str, str]:
     if not root.exists():
         return {}
     if root.is_file():
-        return {".": file_digest(root)}
-    if layout.depth == 0:
-        return {".": _tree_digest(root, layout.skip)}
+        out = {".": file_digest(root)}
+    elif layout.depth == 0:
+        out = {".": _tree_digest(root, layout.skip)}
+    else:
+        out = _unit_digests(root, layout)
+    flush_digests()
+    return out
+
+
+def _unit_digests(root: Path, layout: Layout) -> dict[str, str]:
     out: dict[str, str] = {}
     for p in sorted(root.glob("/".join(["*"] * layout.depth))):
         rel = p.relative_to(root)
@@ -129,7 +139,7 @@ def fingerprint(root: Path, layout: Layout = WHOLE) -> str:
     return combine(units(root, layout)) if Path(root).exists() else "absent"
 
 
-# ------------------------------------------------------------------------- configs and code
+# ------------------------------------------------------------------------- configs and cache keys
 
 
 def jsonable(obj: Any) -> Any:
@@ -149,68 +159,6 @@ def jsonable(obj: Any) -> Any:
 
 def canonical(obj: Any) -> str:
     return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _module_path(name: str) -> Path | None:
-    """The source file of a project module, found by path (nothing is imported)."""
-    if name.split(".")[0] not in PROJECT_PACKAGES:
-        return None
-    base = ROOT.joinpath(*name.split("."))
-    for p in (base.with_suffix(".py"), base / "__init__.py"):
-        if p.is_file():
-            return p
-    return None
-
-
-def _imports(path: Path, name: str) -> set[str]:
-    """Every module a file imports (at module level or inside functions), relative imports resolved."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            found.add(mod)
-            found.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import submodule`
-    return found
-
-
-def module_closure(roots: list[str]) -> dict[str, Path]:
-    """The project modules ``roots`` import, transitively, with their parent packages."""
-    seen: dict[str, Path] = {}
-    stack = list(roots)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        path = _module_path(name)
-        if path is None:
-            continue
-        seen[name] = path
-        parts = name.split(".")
-        stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        stack.extend(_imports(path, name))
-    return seen
-
-
-def code_version(modules: list[str]) -> dict[str, Any]:
-    """What a stage's outputs depend on in code: the bytes of every project module it reaches and the
-    releases of DISTRIBUTIONS. ``digest`` changes when any of them does."""
-    files = {p.relative_to(ROOT).as_posix(): file_digest(p) for p in module_closure(modules).values()}
-    versions = {}
-    for dist in DISTRIBUTIONS:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    digest = hashlib.sha256(canonical({"files": files, "versions": versions}).encode()).hexdigest()
-    return {"digest": digest, "files": sorted(files), "versions": versions}
 
 
 def stage_key(recipe: str, inputs: dict[str, str]) -> str:
@@ -245,3 +193,14 @@ def __getattr__(name: str) -> Any:
         globals()[name] = _stage_inputs_policy()
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":  # python -m tasks.fingerprint PATH...: each artifact's fingerprint, what it took
+    import sys
+
+    for arg in sys.argv[1:]:
+        t0, before = time.perf_counter(), dict(stats)
+        digest = fingerprint(Path(arg))
+        print(f"{arg}: {digest[:16]} in {time.perf_counter() - t0:.2f} s; read {stats['read'] - before['read']} files "
+              f"({(stats['bytes'] - before['bytes']) / 1e6:.1f} MB), {stats['cached'] - before['cached']} from the "
+              f"digest cache {digest_cache_path()}")

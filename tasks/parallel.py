@@ -1,12 +1,22 @@
 """Parallel units of work where one dying worker fails only its own unit: local processes (loky) or a
-Dask cluster. collect, the evaluation, the audit and the fine-tuning rollouts all map through `run_jobs`."""
+Dask cluster. collect, the evaluation, the audit and the fine-tuning rollouts all map through `run_jobs`;
+`in_own_process` runs one call in a process of its own (a pipeline stage that overlaps others)."""
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
 from concurrent.futures import as_completed
+from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 J = TypeVar("J")
+R = TypeVar("R")
 
 #: agents iterate over sets of partner ids: a fixed hash seed makes worlds repeatable
 WORKER_ENV = {"PYTHONHASHSEED": "0"}
@@ -70,10 +80,69 @@ def run_on_dask(fn: Callable[[J], dict], jobs: Sequence[J], address: str, died: 
     from distributed import Client, as_completed as dask_completed
 
     with Client(address) as client:
-        futures = {client.submit(fn, job, pure=False): job for job in jobs}
+        # a worker with several threads runs each unit in a process of its own (`isolated`)
+        futures = {client.submit(isolated, fn, job, pure=False): job for job in jobs}
         for fut in dask_completed(futures):
             try:
                 row = fut.result()
             except Exception:  # the worker died or the task was lost
                 row = died(futures[fut])
             done(row)
+
+
+def in_own_process(fn: Callable[..., R], *args: Any, threads: int | None = None) -> R:
+    """``fn(*args)`` in a fresh Python process, its exception raised here: what it seeds (random, numpy,
+    torch), its environment and its signal handlers (a world's SIGALRM timeout) are its own, so two calls
+    from two threads cannot mix them. ``threads`` caps its math threads (torch, OpenMP).
+
+    A plain subprocess (``python -m tasks.parallel``, arguments and result pickled), not a multiprocessing
+    pool: a Dask worker is a daemonic process, which multiprocessing forbids to have children."""
+    # the caller's import path, as multiprocessing's spawn hands it over
+    env = {**os.environ, **WORKER_ENV, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory(prefix="hrlxf-call-") as tmp:
+        out = Path(tmp) / "result.pickle"
+        proc = subprocess.run([sys.executable, "-m", "tasks.parallel", str(out)], input=pickle.dumps((fn, args)),
+                              env=env)
+        if not out.exists():
+            raise ChildProcessError(f"{getattr(fn, '__qualname__', fn)} ran in process that died (exit code "
+                                    f"{proc.returncode}) before it returned")
+        ok, value = pickle.loads(out.read_bytes())
+    if ok:
+        return value
+    raise value
+
+
+def isolated(fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` here when this is a process's main thread (a process-pool worker), else (a thread of a
+    threaded Dask worker, which shares its process with other tasks) `in_own_process`."""
+    if threading.current_thread() is threading.main_thread():
+        return fn(*args)
+    return in_own_process(fn, *args)
+
+
+def _child(result: str) -> None:
+    """The other end of `in_own_process`: read (fn, args) from stdin, write (ok, value or exception)."""
+    fn, args = pickle.loads(sys.stdin.buffer.read())
+    try:
+        doc = (True, fn(*args))
+    except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
+        e.add_note("".join(traceback.format_exception(e)).rstrip())
+        doc = (False, e)
+    try:
+        data = pickle.dumps(doc)
+    except Exception:  # an exception that does not pickle: its text does
+        data = pickle.dumps((False, RuntimeError("".join(traceback.format_exception(doc[1])))))
+    tmp = Path(result + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, result)
+
+
+def shared_threads(concurrent: int) -> int:
+    """Math threads for each of ``concurrent`` processes sharing this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, concurrent))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1])

@@ -225,7 +225,7 @@ class FitResult:
     epochs: int
     best_val_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
-    resumed_from: str | None = None
+    resumed_from: str | None = None  # the checkpoint a run resumed from, relative to its output directory
 
 
 def seed_everything(seed: int) -> None:
@@ -302,8 +302,9 @@ def fit_module(module: Any, train: torch.utils.data.Dataset, val: torch.utils.da
     ckpt = callbacks[0]
     best = ckpt.best_model_path or str(last)
     best_loss = float(ckpt.best_model_score) if ckpt.best_model_score is not None else math.nan
+    # resumed_from goes into metrics.json (and a bundle's manifest): relative to ``out``, which is renamed into place
     return FitResult(best_path=best, last_path=str(last), epochs=int(trainer.current_epoch), best_val_loss=best_loss,
-                     history=list(history), resumed_from=resume)
+                     history=list(history), resumed_from=last.relative_to(out).as_posix() if resume else None)
 
 
 def loss_module(net: torch.nn.Module, loss: Callable[[torch.nn.Module, Any], Any], fit: FitConfig) -> Any:

@@ -1,11 +1,15 @@
-"""Bundles: round trip, 'latest', and every bad-bundle case fails at load time naming the file."""
+"""Bundles: round trip, 'latest', every bad-bundle case fails at load time naming the file, and a data root
+that moves keeps its LATEST bundle and its cache keys (manifests record paths relative to the bundle)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from hrlxf_agent.bundle import BundleError, load_bundle, resolve_bundle, save_bundle, set_latest, write_untrained_bundle
+from hrlxf_agent.bundle import (
+    BundleError, bundle_ref, load_bundle, resolve_bundle, save_bundle, set_latest, write_untrained_bundle,
+)
 from hrlxf_models import Coordinator, CoordinatorConfig, Executor, ExecutorConfig, Planner, PlannerConfig
 
 
@@ -103,3 +107,73 @@ def test_bc_weights_travel_in_the_bundle_and_load_on_request(tmp_path, bundle):
     assert all(torch.equal(v, final.planner.state_dict()[k]) for k, v in before_awr.planner.state_dict().items())
     with pytest.raises(BundleError, match="choose one of final, bc"):
         load_bundle(with_bc, executor="awr")
+
+
+def _stage_output(out, name, module, section, metrics):
+    from dataclasses import asdict
+
+    from tasks.training import write_stage_output
+
+    write_stage_output(out, {name: module.state_dict()}, {**metrics, "config": {section: asdict(module.config)}})
+
+
+def test_a_moved_data_root_keeps_its_latest_bundle_and_its_cache_keys(tmp_path, monkeypatch):
+    """Manifests record paths relative to the bundle and LATEST the bundle's name: rename the data root, and
+    LATEST still loads, the recorded paths still name its files, and the stage keys do not change."""
+    from flows.stages import ARTIFACTS
+    from tasks.bundle import BundleConfig, assemble
+    from tasks.fingerprint import fingerprint, stage_key
+
+    old = tmp_path / "old"
+    models = old / "models"
+    torch.manual_seed(0)
+    _stage_output(models / "l2", "planner", Planner(PlannerConfig()), "planner",
+                  {"val": {"mse": 1.0, "q_mae_items": 1.0, "p_mae_catalog_share": 0.1}, "val_mean_baseline": {"mse": 2.0}})
+    _stage_output(models / "l3-residual", "executor", Executor(ExecutorConfig()), "executor",
+                  {"mode": "residual", "final": {"op_accuracy": 0.5, "op_majority_baseline": 0.4, "delta_accuracy": 0.3,
+                                                 "q_mae_items": 1.0, "p_mae_catalog_share": 0.1},
+                   "resumed_from": str(models / "l3-residual" / "checkpoints" / "last.ckpt")})
+    _stage_output(models / "l4", "coordinator", Coordinator(CoordinatorConfig()), "coordinator",
+                  {"val": {"mae": 0.2, "rank_agreement": 0.7}})
+    (old / "lake").mkdir()
+    bundle = assemble(models / "l2", models / "l3-residual", models / "l4", old / "bundles", BundleConfig(),
+                      trained_on={"lake": str(old / "lake")})
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["trained_on"] == {"stages": {"l2": "../../models/l2", "l3": "../../models/l3-residual",
+                                                 "l4": "../../models/l4"}, "lake": "../../lake"}
+    assert manifest["metrics"]["l3"]["resumed_from"] == "../../models/l3-residual/checkpoints/last.ckpt"
+    assert str(old) not in (bundle / "manifest.json").read_text()
+    assert (old / "bundles" / "LATEST").read_text().strip() == bundle.name
+
+    def keys(root):
+        inputs = {a: fingerprint(root / ARTIFACTS[a].path.format(mode="residual"), ARTIFACTS[a].layout) for a in ("l2", "l3", "l4")}
+        return stage_key("recipe", inputs), fingerprint(root / "bundles"), inputs
+
+    before = keys(old)
+    new = tmp_path / "moved"
+    old.rename(new)
+    monkeypatch.setenv("HRLXF_DATA", str(new))
+    monkeypatch.delenv("HRLXF_BUNDLE", raising=False)
+    b = load_bundle("latest")
+    assert b.path == new / "bundles" / bundle.name
+    assert {k: bundle_ref(b.path, v) for k, v in b.manifest.trained_on["stages"].items()} == \
+        {"l2": new / "models" / "l2", "l3": new / "models" / "l3-residual", "l4": new / "models" / "l4"}
+    assert bundle_ref(b.path, b.manifest.trained_on["lake"]).is_dir()
+    assert keys(new) == before  # the same stage keys: a cache hit holds
+
+
+def test_paths_outside_the_data_root_and_old_absolute_ones_are_read_as_they_are(tmp_path, monkeypatch, bundle):
+    outside, nets = tmp_path / "elsewhere", load_bundle(bundle)
+    b = save_bundle(tmp_path / "data" / "bundles" / "b", nets.planner, nets.executor, nets.coordinator,
+                    metrics={"from": str(tmp_path / "data" / "bundles" / "start")}, trained_on={"x": str(outside)})
+    m = load_bundle(b).manifest
+    assert m.metrics["from"] == "../start" and m.trained_on["x"] == str(outside)
+    assert bundle_ref(b, m.metrics["from"]) == tmp_path / "data" / "bundles" / "start"
+    assert bundle_ref(b, "/abs/olds/lake") == Path("/abs/olds/lake")  # a bundle written before: absolute
+    # a LATEST written before holds an absolute path; one outside its bundles root stays absolute
+    monkeypatch.setenv("HRLXF_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("HRLXF_BUNDLE", raising=False)
+    (tmp_path / "data" / "bundles" / "LATEST").write_text(str(b.resolve()) + "\n")
+    assert load_bundle("latest").path == b.resolve()
+    set_latest(bundle, tmp_path / "data" / "bundles")
+    assert (tmp_path / "data" / "bundles" / "LATEST").read_text().strip() == str(bundle.resolve())

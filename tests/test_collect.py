@@ -64,13 +64,36 @@ def test_resume_after_kill_minus_9(tmp_path):
     assert summary["worlds_skipped"] == len(finished) and summary["worlds_failed"] == 0
 
 
-def test_the_same_worlds_run_on_a_dask_cluster(tmp_path):
+def test_the_same_worlds_run_on_a_threaded_dask_worker(tmp_path):
+    """Two worlds at once in the threads of one Dask worker process: each runs in a process of its own, so
+    neither reseeds the other's random generators: the worlds are the ones local processes play."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    local = run_collect(SMALL, tmp_path, "local")
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         summary = run_collect(SMALL, tmp_path, "dask", dask_address=cluster.scheduler_address)
-    assert summary["worlds_done"] == 3 and summary["worlds_failed"] == 0
-    assert len(_done_times(tmp_path / "dask")) == 3
+    assert local["worlds_done"] == summary["worlds_done"] == 3 and summary["worlds_failed"] == 0
+
+    def contracts(run: str, world: str) -> list[dict]:  # every field but the contract's uuid
+        lines = (tmp_path / run / world / "contracts.jsonl").read_text().splitlines()
+        return sorted((json.dumps({k: v for k, v in json.loads(line).items() if k != "id"}, sort_keys=True)
+                       for line in lines))
+
+    for world in ("w0000", "w0001", "w0002"):
+        assert contracts("dask", world) == contracts("local", world), world
+
+
+def test_a_hanging_world_times_out_on_a_threaded_dask_worker(tmp_path):
+    """The world's SIGALRM limit needs a main thread: on a worker thread the world runs in its own process."""
+    from distributed import LocalCluster
+
+    profile = CollectProfile(worlds=1, steps=10, experts=("crashing_agents:HangingAgent",), agents_per_world=(4, 4),
+                             workers=2, world_timeout=5.0)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        start = time.time()
+        summary = run_collect(profile, tmp_path, "hang", dask_address=cluster.scheduler_address)
+        assert time.time() - start < 90
+    assert summary["worlds_failed"] == 1 and "limit" in summary["failed"][0]["error"]
 
 
 def test_a_hanging_world_times_out_and_is_marked_failed(tmp_path):
