@@ -87,6 +87,26 @@ def day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
     planned purchases, which may fail); first-level factories expect today's
     exogenous supply again.
     """
+    memo = _needs_memo.get(id(snap))
+    if memo is not None and memo[0] is snap:
+        return memo[1], memo[2]
+    buy, sell = _day_needs(snap)
+    buy.setflags(write=False)
+    sell.setflags(write=False)
+    if len(_needs_memo) >= 4:
+        try:  # the oldest (another thread may have dropped it first)
+            _needs_memo.pop(next(iter(_needs_memo)), None)
+        except (StopIteration, RuntimeError):
+            pass
+    _needs_memo[id(snap)] = (snap, buy, sell)  # holds the snapshot: its id is not reused while remembered
+    return buy, sell
+
+
+#: `day_needs` of the last few snapshots, by identity (the rule goal and the goal label ask for the same morning)
+_needs_memo: dict[int, tuple[Snapshot, np.ndarray, np.ndarray]] = {}
+
+
+def _day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
     K = snap.horizon + 1
     n = float(snap.n_lines)
     inputs, due = physics.daily_inputs(snap), physics.daily_demand(snap)
@@ -296,10 +316,12 @@ def heuristic_action(
                     return SAOResponse(ResponseType.ACCEPT_OFFER, tuple(offer)), k
                 q = int(max(1, math.floor(gaps[b])))
                 return SAOResponse(ResponseType.REJECT_OFFER, (q, int(offer[TIME]), offer[UNIT_PRICE])), k
-    days = [k for k in range(snap.horizon + 1) if np.isfinite(mask[k]) and gaps[idx[k]] >= 1]
-    if not days:
+    # the days this side can trade today whose bucket still needs >= 1; the earliest bucket, then the earliest
+    # day in it: buckets grow with the day, so that is the first such day
+    days = np.isfinite(np.asarray(mask[: snap.horizon + 1], dtype=float)) & (np.asarray(gaps)[idx] >= 1)
+    k = int(days.argmax())
+    if not days[k]:
         return SAOResponse(ResponseType.END_NEGOTIATION, None), 0
-    k = min(days, key=lambda d: (idx[d], d))
     b = idx[k]
     share = max(1, math.ceil(gaps[b] / max(1, n_threads_side)))
     q = int(min(share, issues.q_max))

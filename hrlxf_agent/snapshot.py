@@ -113,15 +113,15 @@ class Snapshot:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("buy_issues", "sell_issues", "buy_partners", "sell_partners", "partner_offers",
-                          "bankrupt_partners", "extra"):
-                continue
-            if isinstance(value, tuple):
-                _check_days(f.name, value)
-            elif not isinstance(value, bool):
-                _check_number(f.name, value, allow_negative=(f.name == "balance"))
+        if not _plainly_valid(self):  # the usual case checked at once; otherwise field by field, naming the bad one
+            for f in fields(self):
+                value = getattr(self, f.name)
+                if f.name in _UNCHECKED:
+                    continue
+                if isinstance(value, tuple):
+                    _check_days(f.name, value)
+                elif not isinstance(value, bool):
+                    _check_number(f.name, value, allow_negative=(f.name == "balance"))
         if self.n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
         if self.n_lines < 1:
@@ -178,6 +178,37 @@ class Snapshot:
             d[name] = tuple(d.get(name, ()))
         d["partner_offers"] = tuple(tuple(o) for o in d.get("partner_offers", ()))
         return cls(**d)
+
+
+#: Snapshot fields the per-field check leaves to the checks after it
+_UNCHECKED = frozenset(("buy_issues", "sell_issues", "buy_partners", "sell_partners", "partner_offers",
+                        "bankrupt_partners", "extra"))
+_CHECKED = tuple(f.name for f in fields(Snapshot) if f.name not in _UNCHECKED)
+
+
+def _plainly_valid(snap: Snapshot) -> bool:
+    """True when every checked field is plainly fine, so the per-field check of `Snapshot.__post_init__` would pass
+    (a sufficient test: False only sends the snapshot to that check): numbers are int / float, finite and >= 0
+    (the balance may be negative), per-day tuples hold such numbers; bools are not checked."""
+    total = 0.0
+    try:
+        for name in _CHECKED:
+            value = getattr(snap, name)
+            if isinstance(value, tuple):
+                if not value or not min(value) >= 0:
+                    return False
+                total += sum(value)
+            elif isinstance(value, bool):
+                continue
+            elif isinstance(value, (int, float)):
+                if not (value >= 0 or name == "balance"):
+                    return False
+                total += value
+            else:
+                return False
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return math.isfinite(total)  # no NaN or inf anywhere (a finite sum that overflows only takes the long way)
 
 
 def well_formed(outcome: Any) -> bool:

@@ -118,15 +118,19 @@ class StateBuilder:
         cost, revenue = deal_cost.copy(), deal_revenue.copy()
         cost[0] += snap.exogenous_input_cost
         revenue[0] += snap.exogenous_output_revenue
-        alive = np.array([snap.step + k < snap.n_steps for k in range(K)])
+        alive_days = [snap.step + k < snap.n_steps for k in range(K)]
+        alive = np.array(alive_days)
 
-        made = np.zeros(K)
-        stock_proj = np.zeros(K)
+        # day by day on Python floats (the same float64 arithmetic as on the arrays' items, without their overhead)
+        made_days, stock_days = [], []
         stock = float(snap.inventory_input)
-        for k in range(K):
-            made[k] = physics.produced(stock + inputs[k], snap.n_lines, due[k]) if alive[k] else 0.0
-            stock = physics.next_input_stock(stock, inputs[k], made[k]) if alive[k] else stock
-            stock_proj[k] = stock
+        for day_in, day_due, day_alive in zip(inputs.tolist(), due.tolist(), alive_days):
+            day_made = physics.produced(stock + day_in, snap.n_lines, day_due) if day_alive else 0.0
+            stock = physics.next_input_stock(stock, day_in, day_made) if day_alive else stock
+            made_days.append(day_made)
+            stock_days.append(stock)
+        made = np.array(made_days, dtype=float)
+        stock_proj = np.array(stock_days, dtype=float)
         cash = snap.balance + np.cumsum(revenue - cost - made * snap.production_cost)
 
         offered_buy_q, offered_buy_p = np.zeros(K), np.zeros(K)  # partners selling to us
@@ -148,8 +152,10 @@ class StateBuilder:
         X[:, 3] = stock_proj / n
         X[:, 4] = np.where(alive, np.maximum(0.0, n - due) / n, 0.0)
         X[:, 5] = cash / self.money_scale(snap)
-        X[:, 6] = _premium(deal_cost, supply, offered_buy_p, offered_buy_q, snap.trading_price_in)
-        X[:, 7] = _premium(deal_revenue, sales, offered_sell_p, offered_sell_q, snap.trading_price_out)
+        # both sides at once (row 0 buy, row 1 sell: the same elementwise arithmetic)
+        X[:, 6:8] = _premium(np.array([deal_cost, deal_revenue]), np.array([supply, sales]),
+                             np.array([offered_buy_p, offered_sell_p]), np.array([offered_buy_q, offered_sell_q]),
+                             np.array([[snap.trading_price_in], [snap.trading_price_out]])).T
         X[:, 8] = np.clip((sales + offered_sell_q) / n, 0.0, 1.0)
         X[:, 9] = np.clip((supply + offered_buy_q) / n, 0.0, 1.0)
         X[~alive, :] = 0.0
@@ -163,9 +169,10 @@ def _fit(values, length: int, fill: float = 0.0) -> np.ndarray:
     return out
 
 
-def _premium(deal_money: np.ndarray, deal_q: np.ndarray, offer_money: np.ndarray, offer_q: np.ndarray, spot: float) -> np.ndarray:
-    """Relative premium of a day's blended price over spot: (blend - spot) / spot, 0 with no evidence."""
-    spot = max(spot, 1e-6)
+def _premium(deal_money: np.ndarray, deal_q: np.ndarray, offer_money: np.ndarray, offer_q: np.ndarray, spot) -> np.ndarray:
+    """Relative premium of a day's blended price over spot: (blend - spot) / spot, 0 with no evidence
+    (``spot``: a number, or one per row of the (rows, days) arrays as a column)."""
+    spot = np.maximum(spot, 1e-6)
     w_deal, w_offer, w_spot = PRICE_BLEND
     with np.errstate(invalid="ignore", divide="ignore"):
         deal_p = np.where(deal_q > 0, deal_money / np.maximum(deal_q, 1e-9), 0.0)

@@ -154,17 +154,17 @@ class WorldLog:
         done = [deal for v, deal in sorted(self.deals_by_day.get((agent_id, step), [])) if v <= version]
         snap = with_deals(morning, done)
         cb, cs = monitor.committed_today(snap)
-        committed = np.stack([cb, cs], axis=1).reshape(-1) / snap.n_lines
+        committed = np.array([cb, cs]).T.reshape(-1) / snap.n_lines  # (np.array: np.stack's result for 1-d rows, without its overhead)
         bounds = self.shield.bounds(snap)
         remaining = monitor.remaining(snap, (cb, cs))
         H = self.builder.spec.horizon
         masks = (bounds.time_mask_buy, bounds.time_mask_sell)
         self.contexts.append(Context(
             snap, bounds, monitor, remaining, self.builder.static(snap), committed.astype(np.float32),
-            gaps=np.stack([remaining[0] / float(snap.n_lines), remaining[1] / float(snap.n_lines)]),
-            tradable=np.stack([tradable_buckets(snap, m) for m in masks]),
-            time_mask=np.where(np.isfinite(np.stack([m[: H + 1] for m in masks])), 0.0, -1e9).astype(np.float32),
-            q_safe=np.stack([bounds.q_safe_buy[: H + 1], bounds.q_safe_sell[: H + 1]]).astype(np.float32),
+            gaps=np.array([remaining[0] / float(snap.n_lines), remaining[1] / float(snap.n_lines)]),
+            tradable=np.array([tradable_buckets(snap, m) for m in masks]),
+            time_mask=np.where(np.isfinite(np.array([m[: H + 1] for m in masks])), 0.0, -1e9).astype(np.float32),
+            q_safe=np.array([bounds.q_safe_buy[: H + 1], bounds.q_safe_sell[: H + 1]]).astype(np.float32),
             signed=(cb, cs),
         ))
         self._index[key] = i = len(self.contexts) - 1
