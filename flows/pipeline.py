@@ -56,7 +56,7 @@ from flows.stages import (
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
 from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
-from tasks.parallel import isolated, shared_threads
+from tasks.parallel import isolated, peak_memory, shared_threads
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
@@ -358,12 +358,13 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
             jobs = jobs_for(plan.configs["collect"], plan.data / "raw", plan.run_id)
             missing = [j for j in jobs if not (Path(j.out_dir) / DONE).exists()]
             t0 = time.perf_counter()
-            rows = _play(missing, dask_address, plan.workers) if missing else []
+            with peak_memory() as memory:  # the local worker processes' too (not a Dask cluster's)
+                rows = _play(missing, dask_address, plan.workers) if missing else []
             with lock:
                 report["worlds"] = {
                     "played": len(rows), "skipped": len(jobs) - len(missing),
                     "failed": [{"world_id": r["world_id"], "error": r["error"]} for r in rows if r["error"]],
-                    "seconds": round(time.perf_counter() - t0, 2),
+                    "seconds": round(time.perf_counter() - t0, 2), "peak_mb": memory["peak_mb"],
                     "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows if "pid" in r})}
             call = _call(plan, "collect", now, {"rows": rows, "skipped": len(jobs) - len(missing),
                                                 "seconds": time.perf_counter() - t0, "run_id": plan.run_id})
@@ -372,7 +373,9 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
             if latest_at_start is not None and latest_at_start not in {now[k].resolve() for k in BUNDLES if k in now}:
                 now["latest"] = latest_at_start  # played beside the new bundles: LATEST moves only on evidence
             t0 = time.perf_counter()
-            worlds, units_info = _evaluation_worlds(plan, now, dask_address)
+            with peak_memory() as memory:
+                worlds, units_info = _evaluation_worlds(plan, now, dask_address)
+            units_info |= {"seconds": round(time.perf_counter() - t0, 2), "peak_mb": memory["peak_mb"]}
             with lock:
                 report["evaluation_units"] = units_info
             record, how, seconds, state = run_stage(
@@ -416,6 +419,7 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
                 continue
             report["stages"].append({"stage": stage.name, "state": how, "seconds": round(seconds, 2),
                                      "start_s": spans[stage.name][0], "end_s": spans[stage.name][1],
+                                     "peak_mb": record.get("peak_mb"),
                                      "key": record["key"], "outputs": record["outputs"], "summary": record["summary"]})
         if failed:
             raise failed[1]

@@ -563,7 +563,16 @@ def execute_stage(call: StageCall) -> dict[str, Any]:
 
 
 def execute(call: StageCall) -> dict[str, Any]:
-    """Run one stage; returns its record (what the cache stores): outputs, their fingerprints, a summary."""
+    """Run one stage; returns its record (what the cache stores): outputs, their fingerprints, a summary,
+    its seconds and the peak memory of its process tree (``peak_mb``)."""
+    from tasks.parallel import peak_memory
+
+    with peak_memory() as memory:
+        record = _execute(call)
+    return record | {"peak_mb": memory["peak_mb"]}
+
+
+def _execute(call: StageCall) -> dict[str, Any]:
     from tasks.collect import summarize
 
     stage = BY_NAME[call.stage]

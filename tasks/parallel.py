@@ -12,14 +12,20 @@ import tempfile
 import threading
 import traceback
 from concurrent.futures import as_completed
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import psutil
 
 J = TypeVar("J")
 R = TypeVar("R")
 
 #: agents iterate over sets of partner ids: a fixed hash seed makes worlds repeatable
 WORKER_ENV = {"PYTHONHASHSEED": "0"}
+
+#: pids of the `in_own_process` children alive now: their memory is theirs, not their caller's
+_OWN_PROCESSES: set[int] = set()
 
 
 def run_jobs(
@@ -103,8 +109,13 @@ def in_own_process(fn: Callable[..., R], *args: Any, threads: int | None = None)
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory(prefix="hrlxf-call-") as tmp:
         out = Path(tmp) / "result.pickle"
-        proc = subprocess.run([sys.executable, "-m", "tasks.parallel", str(out)], input=pickle.dumps((fn, args)),
-                              env=env)
+        with subprocess.Popen([sys.executable, "-m", "tasks.parallel", str(out)], stdin=subprocess.PIPE,
+                              env=env) as proc:
+            _OWN_PROCESSES.add(proc.pid)
+            try:
+                proc.communicate(pickle.dumps((fn, args)))
+            finally:
+                _OWN_PROCESSES.discard(proc.pid)
         if not out.exists():
             raise ChildProcessError(f"{getattr(fn, '__qualname__', fn)} ran in process that died (exit code "
                                     f"{proc.returncode}) before it returned")
@@ -120,6 +131,43 @@ def isolated(fn: Callable[..., R], *args: Any) -> R:
     if threading.current_thread() is threading.main_thread():
         return fn(*args)
     return in_own_process(fn, *args)
+
+
+def _tree_rss(root: psutil.Process) -> int:
+    """Resident bytes of ``root`` and its descendants, without the `in_own_process` children's trees."""
+    total, todo = 0, [root]
+    while todo:
+        proc = todo.pop()
+        try:
+            total += proc.memory_info().rss
+            todo += [c for c in proc.children() if c.pid not in _OWN_PROCESSES]
+        except psutil.Error:  # ended while being measured
+            pass
+    return total
+
+
+@contextmanager
+def peak_memory(interval: float = 0.25) -> Iterator[dict[str, float]]:
+    """Yields a dict whose ``peak_mb`` is, after the block, the most resident memory (MB) this process and
+    its worker processes held together while it ran, sampled every ``interval`` s. A stage running in a
+    process of its own (`in_own_process`) is measured there, and left out of its caller's figure; a block
+    that overlaps others of the same process shares their workers' memory."""
+    me, result, done = psutil.Process(), {"peak_mb": 0.0}, threading.Event()
+
+    def sample() -> None:
+        while True:
+            result["peak_mb"] = max(result["peak_mb"], _tree_rss(me) / 2**20)
+            if done.wait(interval):
+                return
+
+    sampler = threading.Thread(target=sample, name="peak-memory", daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        result["peak_mb"] = round(max(result["peak_mb"], _tree_rss(me) / 2**20), 1)
 
 
 def _child(result: str) -> None:

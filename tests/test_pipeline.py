@@ -170,6 +170,8 @@ def test_independent_stages_overlap_in_time(data):
     ends = {n: spans[n]["end_s"] for n in starts}
     assert max(starts.values()) < min(ends.values()), (starts, ends)  # all three were running at one moment
     assert spans["backfill"]["end_s"] <= min(starts.values())  # and none started before what it reads
+    assert all(s["peak_mb"] > 100 for s in report["stages"]), spans  # each stage's memory was measured
+    assert report["worlds"]["peak_mb"] > 100 and report["evaluation_units"]["peak_mb"] > 100
 
 
 def test_a_failing_stage_is_named_and_leaves_earlier_artifacts_and_caches_intact(data):
