@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-
+from typing import Any
 
 from flows.train_cli import add_parsers as add_train_parsers
 from hrlxf_agent.paths import data_root
@@ -83,22 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     untrained.set_defaults(func=_bundle_untrained)
     add_train_parsers(sub, bsub)
 
-    collect = sub.add_parser("collect", help="forensics tournaments: expert worlds with every agent tracked")
+    collect = sub.add_parser("collect", help="forensics tournaments: expert worlds with every agent tracked (the flow's collect stage)")
     collect.add_argument("--profile", choices=("smoke", "default", "official"), default="smoke")
     collect.add_argument("--run-id", default=None, help="name of the run under DATA/raw (default: the profile name)")
-    collect.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
     collect.add_argument("--workers", type=int, default=None, help="parallel world processes (default: the profile's)")
     collect.add_argument("--dask-address", default=None, help="run the worlds on this Dask scheduler (tcp://host:port)")
     collect.set_defaults(func=_collect)
 
-    events = sub.add_parser("events", help="raw tracker logs -> typed Parquet event tables (incremental)")
-    events.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
-    events.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
+    events = sub.add_parser("events", help="raw tracker logs -> typed Parquet event tables (the flow's events stage)")
+    events.add_argument("--force", action="store_true", help="convert every world again")
     events.set_defaults(func=_events)
 
-    tables = sub.add_parser("tables", help="raw logs -> event tables -> macro, micro and l4_distill training tables (incremental)")
-    tables.add_argument("--raw", default=None, help="raw data directory (default: DATA/raw)")
-    tables.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
+    tables = sub.add_parser("tables", help="raw logs -> event tables -> macro, micro and l4_distill training tables "
+                                           "(the flow's events and tables stages, per world incremental)")
+    tables.add_argument("--force", action="store_true", help="convert and build every world again")
     tables.set_defaults(func=_tables)
 
     run = sub.add_parser("run", help="the whole pipeline as a cached, resumable Prefect flow: collect -> ... -> evaluate")
@@ -236,72 +235,39 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    """The flow's collect stage (a run of expert worlds under DATA/raw/<run id>); exit code 1 if a world failed."""
+    rc, report = run_flow("collect", args.profile, until="collect", run_id=args.run_id, workers=args.workers,
+                          dask_address=args.dask_address)
+    if rc:
+        return rc
+    from tasks.collect import render
 
-    from tqdm import tqdm
-
-    from hrlxf_agent.registry import UnknownAgentError
-    from tasks.collect import DONE, PROFILES, jobs_for, render, run_collect
-
-    profile = PROFILES[args.profile]
-    if args.workers:
-        profile = replace(profile, workers=args.workers)
-    raw = Path(args.raw) if args.raw else data_root() / "raw"
-    run_id = args.run_id or args.profile
-    try:
-        profile.validate()
-    except (UnknownAgentError, ValueError) as e:
-        print(f"hrlxf collect: {e}", file=sys.stderr)
-        return 2
-    todo = sum(1 for j in jobs_for(profile, raw, run_id) if not (Path(j.out_dir) / DONE).exists())
-    with tqdm(total=todo, desc=f"collect {run_id}", unit="world") as bar:
-
-        def progress(row: dict) -> None:
-            bar.update(1)
-            bar.set_postfix_str(f"{row['world_id']} " + ("FAILED" if row["error"] else f"{row['events']} events"))
-
-        summary = run_collect(profile, raw, run_id, progress, dask_address=args.dask_address)
+    summary = json.loads((Path(report["data"]) / report["stages"][0]["outputs"]["raw_run"] / "summary.json").read_text())
     print(render(summary))
     return 0 if summary["worlds_failed"] == 0 else 1
 
 
 def _events(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from tasks.events import run_events
-
-    raw = Path(args.raw) if args.raw else data_root() / "raw"
-    lake = Path(args.lake) if args.lake else data_root() / "lake"
-    with tqdm(desc="events", unit="world") as bar:
-        summary = run_events(raw, lake, lambda row: bar.update(1))
-    print(f"converted {summary['converted']} worlds, skipped {summary['skipped']} already converted, "
-          f"quarantined {len(summary['quarantined'])}")
-    print("rows written: " + ", ".join(f"{k} {v}" for k, v in summary["rows"].items()))
-    for q in summary["quarantined"]:
-        print(f"QUARANTINED {q['run_id']}/{q['world_id']}: {q['reason']}")
-    return 0
+    """The flow's events stage; then what was quarantined."""
+    return _lake_stages("events", ["events"], args.force)
 
 
 def _tables(args: argparse.Namespace) -> int:
-    """events -> macro -> micro -> l4_distill, each incremental; then what every table holds and what was quarantined."""
-    import time
+    """The flow's events and tables stages; then what every table holds and what was quarantined."""
+    return _lake_stages("tables", ["events", "tables"], args.force)
 
+
+def _lake_stages(command: str, stages: list[str], force: bool) -> int:
     import pyarrow.parquet as pq
 
-    if _events(args) != 0:
-        return 1
-    from tasks.l4_distill import build_l4_distill
-    from tasks.micro import build_micro
-    from tasks.tables import build_macro
-
-    lake = Path(args.lake) if args.lake else data_root() / "lake"
-    for name, build in (("macro", build_macro), ("micro", build_micro), ("l4_distill", build_l4_distill)):
-        t = time.perf_counter()
-        summary = build(lake)
+    rc, _ = run_flow(command, "default", only=stages, force=stages if force else None)
+    if rc:
+        return rc
+    lake = data_root() / "lake"
+    for name in ("macro", "micro", "l4_distill") if "tables" in stages else ():
         files = sorted((lake / name).glob("*/*.parquet"))
-        total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        print(f"{name}: built {summary['built']} worlds ({summary['rows']} rows) in {time.perf_counter() - t:.1f} s, "
-              f"skipped {summary['skipped']} already built; the table holds {len(files)} worlds, {total} rows")
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        print(f"{name}: the table holds {len(files)} worlds, {rows} rows")
     quarantine = lake / "events" / "quarantine.parquet"
     held = pq.read_table(quarantine).to_pylist() if quarantine.exists() else []
     print(f"quarantined worlds: {len(held)}")
@@ -312,59 +278,72 @@ def _tables(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Validate everything, then the `hrlxf` flow on Prefect's ephemeral API (or the server PREFECT_API_URL names)."""
-    import json
+    from flows.stages import ParameterError
 
+    overrides: dict[str, dict] = {}
+    for item in args.settings:
+        key, eq, text = item.partition("=")
+        stage, dot, field = key.partition(".")
+        if not (eq and dot and field):
+            print(f"hrlxf run: {ParameterError(f'--set {item!r}: write STAGE.FIELD=VALUE')}", file=sys.stderr)
+            return 2
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides.setdefault(stage, {})[field] = value
+    rc, _ = run_flow("run", profile=args.profile, force=args.force or None, overrides=overrides or None,
+                     until=args.until, run_id=args.run_id, workers=args.workers, dask_address=args.dask_address)
+    return rc
+
+
+def run_flow(command: str, profile: str, only: list[str] | None = None, **params: Any) -> tuple[int, dict | None]:
+    """The `hrlxf` flow (all of it, or ``only`` some stages, reading what earlier runs made) with its plan
+    validated first, on Prefect's ephemeral API unless PREFECT_API_URL names a server; prints each stage's
+    state and where its outputs are. Every stage command goes through here: one orchestrator, one cache,
+    one LATEST rule. Returns (exit code, run report)."""
     data = data_root().resolve()
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_HOME", str(data / "prefect" / "home"))  # the run history stays with the data
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.stages import ParameterError, StageFailed, make_plan
 
-    overrides: dict[str, dict] = {}
+    plan_params = {k: params.get(k) for k in ("force", "overrides", "until", "run_id", "workers")}
     try:
-        for item in args.settings:
-            key, eq, text = item.partition("=")
-            stage, dot, field = key.partition(".")
-            if not (eq and dot and field):
-                raise ParameterError(f"--set {item!r}: write STAGE.FIELD=VALUE")
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                value = text
-            overrides.setdefault(stage, {})[field] = value
-        make_plan(args.profile, args.force, overrides, args.until, args.run_id, args.workers)
+        make_plan(profile, **plan_params, only=only)
     except ParameterError as e:
-        print(f"hrlxf run: {e}", file=sys.stderr)
-        return 2
+        print(f"hrlxf {command}: {e}", file=sys.stderr)
+        return 2, None
     Path(os.environ.get("PREFECT_HOME", data / "prefect" / "home")).mkdir(parents=True, exist_ok=True)
     from flows.pipeline import DataRootBusy, hrlxf, prefect_api  # imports Prefect (which reads PREFECT_HOME)
     from tasks.report import md_table
 
     try:
         with prefect_api():
-            report = hrlxf(profile=args.profile, force=args.force or None, dask_address=args.dask_address,
-                           overrides=overrides or None, until=args.until, run_id=args.run_id, workers=args.workers)
+            report = hrlxf(profile=profile, **plan_params, only=only, dask_address=params.get("dask_address"))
     except StageFailed as e:
-        print(f"hrlxf run: {e}", file=sys.stderr)
+        print(f"hrlxf {command}: {e}", file=sys.stderr)
         print(f"earlier stages' outputs and caches are kept; report: {data / 'reports' / 'pipeline' / 'last.json'}", file=sys.stderr)
-        return 1
+        return 1, None
     except DataRootBusy as e:
-        print(f"hrlxf run: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(md_table(["stage", "state", "seconds", "outputs"],
-                             [[s["stage"], s["state"], s["seconds"], ", ".join(s["outputs"].values())] for s in report["stages"]])))
+        print(f"hrlxf {command}: {e}", file=sys.stderr)
+        return 2, None
+    print("\n".join(md_table(["stage", "state", "seconds", "peak MB", "outputs"],
+                             [[s["stage"], s["state"], s["seconds"], s["peak_mb"], ", ".join(s["outputs"].values())]
+                              for s in report["stages"]])))
     for name, path in report["bundles"].items():
         print(f"{name}: {path}")
     if report["latest"]:
         print(f"LATEST: {'moved to' if report['latest']['move'] else 'stays at'} {report['latest']['to']} "
               f"({report['latest']['reason']})")
     print(f"LATEST bundle: {report['bundle'] or 'none'}")
-    print(f"evaluation: {report['evaluation'] or 'not run (stopped before the evaluate stage)'}")
+    if only is None or "evaluate" in only:
+        print(f"evaluation: {report['evaluation'] or 'not run (stopped before the evaluate stage)'}")
     if report["evaluation"]:
         print(f"            {Path(report['evaluation']).with_suffix('.md')} (the table), "
               f"{Path(report['evaluation']).parent / 'forest.png'} (the paired differences)")
     print(f"report: {report['report']} ({report['seconds']} s)")
-    return 0
+    return 0, report
 
 
 def _bundle_untrained(args: argparse.Namespace) -> int:
@@ -380,7 +359,14 @@ def _bundle_untrained(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hrlxf_agent.paths import DataRootError
+
     args = build_parser().parse_args(argv)
+    try:
+        data_root()
+    except DataRootError as e:
+        print(f"hrlxf {args.command}: {e}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -48,6 +48,7 @@ from typing import Any, Iterator, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
+from tqdm import tqdm
 
 from flows.stages import (
     ARTIFACTS, BUNDLES, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, Stage, StageCall, StageFailed,
@@ -132,7 +133,7 @@ def _play(todo: list[CollectJob], dask_address: str | None, workers: int) -> lis
     rows = []
     with _task_runner(dask_address, max(1, min(workers, len(todo)))) as runner:
         futures = [runner.submit(play_world, {"job": job}) for job in todo]
-        for job, future in zip(todo, futures):
+        for job, future in zip(todo, tqdm(futures, desc="collect worlds", unit="world", disable=None)):
             try:
                 rows.append(future.result())
             except Exception as e:  # the worker process died or the task was lost
@@ -205,7 +206,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
         os.environ.setdefault("PYTHONHASHSEED", "0")  # worlds iterate over sets of ids: the same seed, the same world
         with _task_runner(dask_address, max(1, min(plan.workers, len(missing)))) as runner:
             futures = [runner.submit(play_paired_unit, {"unit": u}) for u in missing]
-            for unit, future in zip(missing, futures):
+            for unit, future in zip(missing, tqdm(futures, desc="evaluation units", unit="unit", disable=None)):
                 try:
                     rows.append(future.result())
                 except Exception as e:  # the process died: no row on disk, the summary counts it as failed
@@ -343,6 +344,11 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
     paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
     if bundle is not None:
         paths["bundle"] = bundle
+    fields = _fields(plan, paths)
+    for name, a in ARTIFACTS.items():  # one named by the config (models/l3-<mode>) that an earlier run made
+        made = plan.data / a.path.format_map(fields) if "{latest_name}" not in a.path else None
+        if made is not None and name not in paths and "{" in a.path and made.exists():
+            paths[name] = made
     lock = threading.Lock()  # guards paths and report between the stage threads
     latest_at_start = current_latest(plan.data / "bundles")
     threads = shared_threads(overlapping(plan.stages))
@@ -451,7 +457,7 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
 @flow(name="hrlxf", flow_run_name="pipeline-{profile}", log_prints=True)
 def hrlxf(profile: Profile = "default", force: list[StageName] | None = None, dask_address: str | None = None,
           overrides: dict[str, dict[str, Any]] | None = None, until: StageName | None = None, run_id: str | None = None,
-          workers: int | None = None) -> dict[str, Any]:
+          workers: int | None = None, only: list[StageName] | None = None) -> dict[str, Any]:
     """The whole pipeline, collect -> ... -> evaluate.
 
     profile: smoke (4 worlds x 10 steps, one-epoch training), default or official.
@@ -461,8 +467,9 @@ def hrlxf(profile: Profile = "default", force: list[StageName] | None = None, da
     until: stop after this stage.
     run_id: the collect run under DATA/raw (default: the profile name).
     workers: local world processes (default: the profile's).
+    only: run just these stages, reading what earlier runs made (`hrlxf train`, `hrlxf bundle build`).
     """
-    plan = make_plan(profile, force, overrides, until, run_id, workers)  # ParameterError before any task runs
+    plan = make_plan(profile, force, overrides, until, run_id, workers, only=only)  # ParameterError before any task runs
     return run_pipeline(plan, dask_address)
 
 

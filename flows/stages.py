@@ -257,7 +257,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train_l3", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3",), _preset("tasks.train_l3", "L3Config"),
           _train_l3, mode="fresh", isolated=True),
     Stage("train_l3_rules", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_rules",),
-          _preset("tasks.train_l3", "L3Config", base="rules"), _train_l3, mode="fresh"),
+          _preset("tasks.train_l3", "L3Config", base="rules"), _train_l3, mode="fresh", isolated=True),
     Stage("train_l4", ("tasks.train_l4",), ("l4_distill", "goal_hat", "events"), ("l4",), _preset("tasks.train_l4", "L4Config"),
           _train_l4, mode="fresh", isolated=True),
     Stage("bundle", ("tasks.bundle",), ("l2", "l3", "l4"), ("bundle",), _preset("tasks.bundle", "BundleConfig"),

@@ -1,7 +1,7 @@
-"""`hrlxf train l2|l3|l4|all`, `hrlxf backfill`, `hrlxf bundle build`, `hrlxf evaluate [--mode paired|tournament]`.
+"""`hrlxf train l2|backfill|l3|l4|all`, `hrlxf bundle build`, `hrlxf evaluate [--mode paired|tournament]`.
 
-The stages run directly, without Prefect (the `hrlxf run` flow orchestrates
-and caches them); outputs go under DATA/models unless told otherwise.
+`hrlxf train` and `hrlxf bundle build` run the pipeline's own stages through its flow (`flows.cli.run_flow`
+with ``only``): the same cache, outputs under DATA/models and DATA/bundles, the same LATEST rule.
 """
 
 from __future__ import annotations
@@ -18,89 +18,83 @@ from hrlxf_agent.paths import data_root
 MODES = ("residual", "direct", "rules")
 
 
-def models_root(args: argparse.Namespace) -> Path:
-    return Path(args.models) if getattr(args, "models", None) else data_root() / "models"
+#: `hrlxf train LAYER` -> the flow's stages; l3 -> one stage per variant (`L3_STAGE`)
+LAYER_STAGES = {"l2": ["train_l2"], "backfill": ["backfill"], "l3": [], "l4": ["train_l4"]}
+#: an L3 variant -> (its training stage, its bundle stage, the train_l3 config it needs)
+L3_STAGE = {"residual": ("train_l3", "bundle", {}), "rules": ("train_l3_rules", "bundle_rules", {}),
+            "direct": ("train_l3", "bundle", {"mode": "direct"})}
 
 
-def lake_of(args: argparse.Namespace) -> Path:
-    return Path(args.lake) if getattr(args, "lake", None) else data_root() / "lake"
-
-
-def _preset(cls: type, smoke: bool, **kwargs: Any) -> Any:
-    return cls.smoke(**kwargs) if smoke else cls(**kwargs)
-
-
-def _stage_errors() -> tuple[type, ...]:
-    from tasks.training import DivergedError, TrainingDataError
-
-    return (TrainingDataError, DivergedError, ValueError)
-
-
-def run_train(layer: str, lake: Path, models: Path, smoke: bool, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
-    """One training stage (or all of them, then a bundle per L3 variant); returns what each wrote."""
-    from hrlxf_models.executor import VARIANTS
-    from tasks.backfill import BackfillConfig, backfill
-    from tasks.bundle import BundleConfig, assemble
-    from tasks.train_l2 import L2Config, train_l2
-    from tasks.train_l3 import L3Config, train_l3
-    from tasks.train_l4 import L4Config, train_l4
-
-    done: dict[str, Any] = {}
-    if layer in ("l2", "all"):
-        done["l2"] = train_l2(lake, models / "l2", _preset(L2Config, smoke))
-    if layer in ("backfill", "all"):
-        done["backfill"] = backfill(lake, models / "l2", BackfillConfig())
-    if layer in ("l3", "all"):
-        for mode in modes:
-            if mode not in VARIANTS:
-                raise ValueError(f"unknown L3 variant {mode!r}: choose from {', '.join(VARIANTS)}")
-            done[f"l3-{mode}"] = train_l3(lake, models / f"l3-{mode}", _preset(L3Config, smoke, **VARIANTS[mode]))
-    if layer in ("l4", "all"):
-        done["l4"] = train_l4(lake, models / "l4", _preset(L4Config, smoke))
-    if layer == "all":
-        root = models.parent / "bundles" if models.name == "models" else models / "bundles"
-        first = not (root / "LATEST").exists()  # LATEST moves on evidence only: `hrlxf evaluate --bundle B --promote`
-        for i, mode in enumerate(modes):
-            done[f"bundle-{mode}"] = str(assemble(models / "l2", models / f"l3-{mode}", models / "l4", root,
-                                                  BundleConfig(set_latest=first and i == 0)))
-    return done
+def train_runs(layer: str, modes: tuple[str, ...]) -> list[tuple[list[str], dict[str, dict]]]:
+    """The flow runs `hrlxf train LAYER --modes ...` makes: (stages, overrides) each. The direct L3 is the
+    train_l3 stage with another config, so it gets a run of its own after the residual one."""
+    for mode in modes:
+        if mode not in L3_STAGE:
+            raise ValueError(f"--modes: unknown L3 variant {mode!r}: choose from {', '.join(L3_STAGE)}")
+    runs: list[tuple[list[str], dict[str, dict]]] = []
+    for i, group in enumerate(([m for m in modes if m != "direct"], [m for m in modes if m == "direct"])):
+        if i and not group:
+            continue
+        stages = [s for lay in ("l2", "backfill") if layer in (lay, "all") for s in LAYER_STAGES[lay]] if not i else []
+        if layer in ("l3", "all"):
+            stages += [L3_STAGE[m][0] for m in group]
+        if layer in ("l4", "all") and not i:
+            stages += LAYER_STAGES["l4"]
+        if layer == "all":
+            stages += [L3_STAGE[m][1] for m in group]
+        overrides = {"train_l3": L3_STAGE["direct"][2]} if i else {}
+        if stages:
+            runs.append((stages, overrides))
+    return runs
 
 
 def _train(args: argparse.Namespace) -> int:
+    from flows.cli import run_flow
+
     try:
-        done = run_train(args.layer, lake_of(args), models_root(args), args.smoke, tuple(args.modes.split(",")))
-    except _stage_errors() as e:
-        print(f"hrlxf train {args.layer}: {e}", file=sys.stderr)
+        runs = train_runs(args.layer, tuple(m.strip() for m in args.modes.split(",") if m.strip()))
+    except ValueError as e:
+        print(f"hrlxf train: {e}", file=sys.stderr)
         return 2
-    for name, result in done.items():
-        if isinstance(result, str):
-            print(f"{name}: {result}")
-        elif "final" in result:
-            f = result["final"]
-            print(f"{name}: val op accuracy {f['op_accuracy']:.3f} (majority {f['op_majority_baseline']:.3f}), "
-                  f"delta accuracy {f['delta_accuracy']:.3f}, q MAE {f['q_mae_items']:.2f} items, "
-                  f"p MAE {100 * f['p_mae_catalog_share']:.2f}% of catalog")
-        elif "val_mean_baseline" in result:
-            print(f"{name}: val MSE {result['val']['mse']:.4f} (mean-goal baseline {result['val_mean_baseline']['mse']:.4f}), "
-                  f"q MAE {result['val']['q_mae_items']:.2f} items, p MAE {100 * result['val']['p_mae_catalog_share']:.2f}%")
-        elif "val" in result:
-            print(f"{name}: val alpha MAE {result['val']['mae']:.4f}, rank agreement {result['val']['rank_agreement']:.3f}")
-        else:
-            print(f"{name}: {json.dumps(result)}")
+    for stages, overrides in runs:
+        rc, report = run_flow("train", "smoke" if args.smoke else "default", only=stages,
+                              overrides=overrides or None, force=stages if args.force else None)
+        if rc:
+            return rc
+        for stage in report["stages"]:
+            print(f"{stage['stage']}: {_headline(stage['summary'])}")
     return 0
 
 
-def _bundle_build(args: argparse.Namespace) -> int:
-    from hrlxf_agent.paths import bundles_root
-    from tasks.bundle import BundleConfig, assemble, metrics_table
+def _headline(result: dict[str, Any]) -> str:
+    """One line of a training stage's validation figures (its run-report summary)."""
+    if "final" in result:
+        f = result["final"]
+        return (f"val op accuracy {f['op_accuracy']:.3f} (majority {f['op_majority_baseline']:.3f}), "
+                f"delta accuracy {f['delta_accuracy']:.3f}, q MAE {f['q_mae_items']:.2f} items, "
+                f"p MAE {100 * f['p_mae_catalog_share']:.2f}% of catalog")
+    if "val_mean_baseline" in result:
+        return (f"val MSE {result['val']['mse']:.4f} (mean-goal baseline {result['val_mean_baseline']['mse']:.4f}), "
+                f"q MAE {result['val']['q_mae_items']:.2f} items, p MAE {100 * result['val']['p_mae_catalog_share']:.2f}%")
+    if "val" in result and "mae" in result["val"]:
+        return f"val alpha MAE {result['val']['mae']:.4f}, rank agreement {result['val']['rank_agreement']:.3f}"
+    return json.dumps(result)
 
-    models = models_root(args)
-    try:
-        path = assemble(models / "l2", models / f"l3-{args.mode}", models / "l4", bundles_root(),
-                        BundleConfig(set_latest=args.latest))
-    except _stage_errors() as e:
-        print(f"hrlxf bundle build: {e}", file=sys.stderr)
-        return 2
+
+def _bundle_build(args: argparse.Namespace) -> int:
+    from flows.cli import run_flow
+    from hrlxf_agent.bundle import set_latest
+    from hrlxf_agent.paths import bundles_root
+    from tasks.bundle import metrics_table
+
+    _, stage, config = L3_STAGE[args.mode]
+    rc, report = run_flow("bundle build", "smoke" if args.smoke else "default", only=[stage],
+                          overrides={"train_l3": config} if config else None)
+    if rc:
+        return rc
+    path = Path(report["bundles"][stage])
+    if args.latest:
+        set_latest(path, bundles_root())
     print(metrics_table(path))
     print(f"wrote {path}" + (" (LATEST)" if args.latest else ""))
     return 0
@@ -196,18 +190,18 @@ def _tournament(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, bundle_sub: Any) -> None:
     """Register the training subcommands on the `hrlxf` parser."""
-    train = sub.add_parser("train", help="offline training stages (L2 BC, goal_hat backfill, L3 BC/AWR, L4 distillation)")
-    train.add_argument("layer", choices=("l2", "backfill", "l3", "l4", "all"), help="'all' also builds both bundles")
-    train.add_argument("--lake", default=None, help="lake directory (default: DATA/lake)")
-    train.add_argument("--models", default=None, help="stage outputs (default: DATA/models)")
-    train.add_argument("--modes", default=",".join(MODES),
-                       help="L3 variants to train: residual (over L1's baseline), direct, rules (residual over the rules)")
-    train.add_argument("--smoke", action="store_true", help="one epoch each, tiny minimum data (for tests)")
+    train = sub.add_parser("train", help="offline training stages (L2 BC, goal_hat backfill, L3 BC/AWR, L4 distillation), "
+                                          "run and cached by the pipeline's flow")
+    train.add_argument("layer", choices=("l2", "backfill", "l3", "l4", "all"), help="'all' also builds the bundles")
+    train.add_argument("--modes", default="residual,rules",
+                       help="L3 variants: residual (over L1's baseline), rules (residual over the rules), direct")
+    train.add_argument("--smoke", action="store_true", help="the smoke profile: one epoch each, tiny minimum data (tests)")
+    train.add_argument("--force", action="store_true", help="retrain even when the cache holds this training")
     train.set_defaults(func=_train)
 
-    build = bundle_sub.add_parser("build", help="assemble a bundle from the trained stages")
+    build = bundle_sub.add_parser("build", help="assemble a bundle from the trained stages (DATA/models)")
     build.add_argument("--mode", choices=MODES, default="residual", help="which L3 to put in")
-    build.add_argument("--models", default=None, help="stage outputs (default: DATA/models)")
+    build.add_argument("--smoke", action="store_true", help="the smoke profile's bundle settings")
     build.add_argument("--latest", action="store_true", help="point DATA/bundles/LATEST at it")
     build.set_defaults(func=_bundle_build)
 

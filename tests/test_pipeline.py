@@ -107,6 +107,33 @@ def test_a_second_run_with_nothing_changed_is_all_cache_hits_in_seconds(data):
     print(f"cached rerun: flow {r['report']['seconds']} s, command {r['wall']:.1f} s")
 
 
+def cli(data: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=_env(data), capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_the_training_commands_are_the_flows_stages_with_its_cache(data):
+    """`hrlxf train` runs the pipeline's own stages through its flow: what `hrlxf run` trained is a cache hit,
+    a variant the pipeline does not train (the direct L3) is trained and bundled, and LATEST does not move."""
+    root = data["root"]
+    latest = (root / "bundles" / "LATEST").read_text()
+    p = cli(root, "train", "all", "--smoke")
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads((root / "reports" / "pipeline" / "last.json").read_text())
+    assert {s["stage"]: s["state"] for s in report["stages"]} == dict.fromkeys(
+        ["train_l2", "backfill", "train_l3", "train_l3_rules", "train_l4", "bundle", "bundle_rules"], "cached")
+    assert "train_l3_rules: val op accuracy" in p.stdout
+    p = cli(root, "train", "l3", "--smoke", "--modes", "direct")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (root / "models" / "l3-direct" / "metrics.json").is_file() and "| train_l3 | computed" in p.stdout
+    p = cli(root, "bundle", "build", "--smoke", "--mode", "direct")
+    assert p.returncode == 0, p.stderr[-3000:]
+    bundle = Path(p.stdout.strip().splitlines()[-1].removeprefix("wrote "))
+    assert bundle.name.startswith("hrlxf-direct-") and json.loads((bundle / "manifest.json").read_text())
+    assert (root / "bundles" / "LATEST").read_text() == latest
+    assert cli(root, "train", "l3", "--modes", "sideways").returncode == 2
+
+
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A scheduler and two `dask worker` processes (two threads each) on loopback; yields (address, pids)."""
@@ -250,6 +277,20 @@ def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
         with pytest.raises(ParameterError):
             flow.fn(**kwargs)  # the flow's own first step, before any task
     assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_an_object_store_data_root_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HRLXF_DATA", "s3://bucket/hrlxf")
+    assert main(["run", "--profile", "smoke"]) == 2
+    assert "HRLXF_DATA='s3://bucket/hrlxf': a s3:// URL" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no directory called s3:
+    monkeypatch.setenv("HRLXF_DATA", f"file://{tmp_path}/root")
+    from hrlxf_agent.paths import data_root
+
+    assert data_root() == tmp_path / "root"
 
 
 def _free_port() -> int:
