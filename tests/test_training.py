@@ -73,6 +73,31 @@ def test_stages_write_weights_and_metrics_in_game_units(trained):
     assert l2["floor_rule_goal"]["rows"] > 0 and l3["config"]["executor"]["base"] == "rules"
 
 
+def test_l4_metrics_in_chunks_are_the_one_pass_figures(lake, trained):  # trained: the goal_hat backfill
+    """alpha_metrics runs the coordinator a chunk of batches at a time (one pass over the official
+    profile's 1 M batches took 17.6 GB): the figures are those of one pass."""
+    from hrlxf_models.coordinator import Coordinator
+    from tasks.train_l4 import alpha_metrics, load_l4
+
+    config = L4Config.smoke()
+    arrays, _, _ = load_l4(lake, config)
+    torch.manual_seed(0)
+    coordinator = Coordinator(config.coordinator)
+    rows = np.ones(len(arrays[0]), bool)
+    assert len(arrays[0]) > 7
+    chunked, one_pass = (_leaves(alpha_metrics(coordinator, arrays, rows, chunk=c)) for c in (7, 10**9))
+    assert chunked.keys() == one_pass.keys()
+    # equal up to float rounding (matrix products of 7 rows round as products of all do not)
+    assert all(chunked[k] == pytest.approx(one_pass[k], rel=1e-5, abs=1e-6) for k in chunked), (chunked, one_pass)
+
+
+def _leaves(doc: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in doc.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def test_goal_hat_is_cross_fitted_by_world(lake, trained):
     """Each world's goal_hat comes from the fold planner that did not see it (the bundle's for test worlds)."""
     from hrlxf_models.planner import PlannerConfig
