@@ -3,7 +3,6 @@ process of its own (`in_own_process`) does not count for its caller."""
 
 import subprocess
 import sys
-import threading
 import time
 
 from tasks.parallel import in_own_process, peak_memory
