@@ -278,14 +278,12 @@ def _lake_stages(command: str, stages: list[str], force: bool) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Validate everything, then the `hrlxf` flow on Prefect's ephemeral API (or the server PREFECT_API_URL names)."""
-    from flows.stages import ParameterError
-
     overrides: dict[str, dict] = {}
     for item in args.settings:
         key, eq, text = item.partition("=")
         stage, dot, field = key.partition(".")
         if not (eq and dot and field):
-            print(f"hrlxf run: {ParameterError(f'--set {item!r}: write STAGE.FIELD=VALUE')}", file=sys.stderr)
+            print(f"hrlxf run: --set {item!r}: write STAGE.FIELD=VALUE", file=sys.stderr)
             return 2
         try:
             value = json.loads(text)

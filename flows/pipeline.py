@@ -344,11 +344,11 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
     paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
     if bundle is not None:
         paths["bundle"] = bundle
-    fields = _fields(plan, paths)
+    fields = _fields(plan, paths)  # (the flow sets LATEST's own)
     for name, a in ARTIFACTS.items():  # one named by the config (models/l3-<mode>) that an earlier run made
-        made = plan.data / a.path.format_map(fields) if "{latest_name}" not in a.path else None
-        if made is not None and name not in paths and "{" in a.path and made.exists():
-            paths[name] = made
+        if name not in paths and "{" in a.path and "{latest_name}" not in a.path:
+            if (made := plan.data / a.path.format_map(fields)).exists():
+                paths[name] = made
     lock = threading.Lock()  # guards paths and report between the stage threads
     latest_at_start = current_latest(plan.data / "bundles")
     threads = shared_threads(overlapping(plan.stages))

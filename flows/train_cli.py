@@ -18,8 +18,6 @@ from hrlxf_agent.paths import data_root
 MODES = ("residual", "direct", "rules")
 
 
-#: `hrlxf train LAYER` -> the flow's stages; l3 -> one stage per variant (`L3_STAGE`)
-LAYER_STAGES = {"l2": ["train_l2"], "backfill": ["backfill"], "l3": [], "l4": ["train_l4"]}
 #: an L3 variant -> (its training stage, its bundle stage, the train_l3 config it needs)
 L3_STAGE = {"residual": ("train_l3", "bundle", {}), "rules": ("train_l3_rules", "bundle_rules", {}),
             "direct": ("train_l3", "bundle", {"mode": "direct"})}
@@ -27,25 +25,22 @@ L3_STAGE = {"residual": ("train_l3", "bundle", {}), "rules": ("train_l3_rules", 
 
 def train_runs(layer: str, modes: tuple[str, ...]) -> list[tuple[list[str], dict[str, dict]]]:
     """The flow runs `hrlxf train LAYER --modes ...` makes: (stages, overrides) each. The direct L3 is the
-    train_l3 stage with another config, so it gets a run of its own after the residual one."""
+    train_l3 stage with another config, so it gets a run of its own (its L3 and bundle only) after the rest."""
     for mode in modes:
         if mode not in L3_STAGE:
             raise ValueError(f"--modes: unknown L3 variant {mode!r}: choose from {', '.join(L3_STAGE)}")
-    runs: list[tuple[list[str], dict[str, dict]]] = []
-    for i, group in enumerate(([m for m in modes if m != "direct"], [m for m in modes if m == "direct"])):
-        if i and not group:
-            continue
-        stages = [s for lay in ("l2", "backfill") if layer in (lay, "all") for s in LAYER_STAGES[lay]] if not i else []
-        if layer in ("l3", "all"):
-            stages += [L3_STAGE[m][0] for m in group]
-        if layer in ("l4", "all") and not i:
-            stages += LAYER_STAGES["l4"]
-        if layer == "all":
-            stages += [L3_STAGE[m][1] for m in group]
-        overrides = {"train_l3": L3_STAGE["direct"][2]} if i else {}
-        if stages:
-            runs.append((stages, overrides))
-    return runs
+
+    def stages(variants: list[str], with_l2_l4: bool) -> list[str]:
+        wanted = lambda *layers: layer in (*layers, "all")  # noqa: E731
+        return ([s for s, lay in (("train_l2", "l2"), ("backfill", "backfill")) if with_l2_l4 and wanted(lay)]
+                + [L3_STAGE[m][0] for m in variants if wanted("l3")]
+                + (["train_l4"] if with_l2_l4 and wanted("l4") else [])
+                + [L3_STAGE[m][1] for m in variants if layer == "all"])
+
+    runs = [(stages([m for m in modes if m != "direct"], True), {})]
+    if "direct" in modes:
+        runs.append((stages(["direct"], False), {"train_l3": L3_STAGE["direct"][2]}))
+    return [(s, o) for s, o in runs if s]
 
 
 def _train(args: argparse.Namespace) -> int:
