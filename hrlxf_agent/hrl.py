@@ -197,8 +197,10 @@ class HRLPolicy(StdSyncAgent):
         def rules() -> dict[str, tuple[SAOResponse, int]]:
             """The rule executor, computed only when something reads it. It plays against the rule goal (as the
             micro table records it for the experts, who have no L2), so the residual over the rules trains
-            and plays on the same base whatever L2 plans."""
-            rule_goal = self.rule_goal or heuristic_goal(snap)
+            and plays on the same base whatever L2 plans; unless the executor's ``rules_goal`` is "l2" (a
+            bundle whose planner was tuned in play to steer the rules: `hrlxf_rl.search`)."""
+            steered = self.models is not None and self.models.executor.config.rules_goal == "l2"
+            rule_goal = goal if steered else self.rule_goal or heuristic_goal(snap)
             left = self.monitor.remaining(snap, committed, rule_goal)
             return {p: heuristic_action(snap, bounds, rule_goal, left, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p])
                     for p in partners}

@@ -43,6 +43,9 @@ class ExecutorConfig:
     p_scale: float = 0.1  # residual price range, relative
     heuristic_prior: float = 3.0  # logit bonus the agent gives the rule-based op / delta: an untrained model follows the rules
     base: str = "baseline"  # residual mode's base: "baseline" (L1's simple safe offer, seed 004) or "rules" (the rule executor's offer)
+    # the goal the rule executor plays against: "rules" (the rule goal, as the micro table records the experts',
+    # so offline training and play share one base) or "l2" (the planner's goal: L2 then steers the rules per side)
+    rules_goal: str = "rules"
 
 
 def variant_of(config: ExecutorConfig) -> str:
@@ -57,6 +60,8 @@ class Executor(nn.Module):
             raise ValueError(f"mode must be 'residual' or 'direct', got {config.mode!r}")
         if config.base not in ("baseline", "rules"):
             raise ValueError(f"base must be 'baseline' or 'rules', got {config.base!r}")
+        if config.rules_goal not in ("rules", "l2"):
+            raise ValueError(f"rules_goal must be 'rules' or 'l2', got {config.rules_goal!r}")
         self.config = c = config
         d = c.d_model
         self.context = nn.Linear(c.n_static, d)

@@ -26,6 +26,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,12 +37,15 @@ import torch
 
 from hrlxf_rl.ppo import LossNotFinite, PPOConfig
 from hrlxf_rl.rewards import RewardConfig
+from hrlxf_rl.search import SearchConfig
 from hrlxf_models.policy import NoiseConfig
 from tasks.collect import PROFILES as COLLECT_PROFILES
 
 ROLLOUT_SEED_BASE = 9_000_000  # rollout worlds share no seed with collect, the audit or the evaluation (7_000_000)
 EVAL_SEED = 17  # the paired worlds a run measures itself on: EvalConfig seed 17, never the pipeline's seed 0
+SEARCH_SEED = 1_000  # EvalConfig seed of the search's worlds: 1_000 + 1_000 x seed + iteration (never 0 or 17)
 PHASES = ("l3", "l2", "joint")
+METHODS = ("ppo", "search")
 #: opponents the league never plays, so the evaluation measures generalisation against them
 HELD_OUT = ("KATSUDONAgent", "CautiousStdAgent")
 
@@ -95,6 +99,9 @@ class FinetuneConfig:
     eval_worlds: int = 4  # 0: no paired measurement in the run (the pipeline's evaluate stage measures it)
     eval_steps: int = 50
     publish: str = "best"  # "best": the measured iteration with the best paired score against the start; "last"
+    # "ppo": the l3 / l2 / joint schedule above; "search": paired antithetic search over a few knobs (`hrlxf_rl.search`)
+    method: str = "ppo"
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def validate(self) -> None:
         if self.iterations < 1 or self.worlds < 1 or self.eval_worlds < 0:
@@ -110,6 +117,8 @@ class FinetuneConfig:
         a, b = self.schedule
         if not 0 <= a <= b <= 1:
             raise ValueError(f"schedule = {self.schedule}: give (l2 start, joint start) with 0 <= l2 <= joint <= 1")
+        if self.method not in METHODS:
+            raise ValueError(f"method = {self.method!r}: give one of {', '.join(METHODS)}")
         if self.publish not in ("best", "last"):
             raise ValueError(f"publish = {self.publish!r}: give 'best' or 'last'")
         if not 0 < self.joint_lr_scale <= 1 or self.eval_every < 0 or self.world_timeout <= 0:
@@ -117,11 +126,14 @@ class FinetuneConfig:
                              f"{self.eval_every}, {self.world_timeout}")
         self.l3.validate("l3")
         self.l2.validate("l2")
+        self.search.validate()
         self.rewards.validate()
         self.league.validate()
 
     def phase(self, iteration: int) -> str:
-        """The phase of an iteration: l3 (L2 frozen), l2 (L3 frozen), then joint."""
+        """The phase of an iteration: l3 (L2 frozen), l2 (L3 frozen), then joint; or search."""
+        if self.method == "search":
+            return "search"
         share = iteration / self.iterations
         return "l3" if share < self.schedule[0] else "l2" if share < self.schedule[1] else "joint"
 
@@ -145,8 +157,16 @@ class FinetuneConfig:
         return cls(**{**dict(iterations=36, worlds=6, eval_every=4, eval_worlds=6), **kwargs})
 
 
+    @classmethod
+    def paired_search(cls, **kwargs: Any) -> "FinetuneConfig":
+        """The paired antithetic search: 10 iterations of 5 worlds x 8 candidates (the centre, 3 antithetic pairs,
+        the start), measured every 5 in 8 worlds (about 45 minutes on 2 cores)."""
+        return cls(**{**dict(method="search", iterations=10, eval_every=5, eval_worlds=8,
+                             league=LeagueConfig(snapshot_every=0)), **kwargs})
+
+
 PROFILES: dict[str, Callable[..., FinetuneConfig]] = {"smoke": FinetuneConfig.smoke, "default": FinetuneConfig.default,
-                                                      "long": FinetuneConfig.long}
+                                                      "long": FinetuneConfig.long, "search": FinetuneConfig.paired_search}
 
 
 # ------------------------------------------------------------------------------- the learner's state
@@ -165,6 +185,7 @@ class Learner:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     best: dict[str, Any] | None = None  # the measured iteration with the best paired score against the start
+    search: dict[str, Any] | None = None  # the search's theta, Adam state and base entries (method "search")
 
     def keep_if_best(self, row: dict[str, Any]) -> None:
         """Remember this iteration's weights if its paired score against the start is the best measured yet."""
@@ -208,7 +229,14 @@ def new_learner(start: Path, config: FinetuneConfig) -> Learner:
     bundle = load_bundle(start)
     critic = ThreadCritic(CoordinatorConfig())
     noise = PolicyNoise(config.noise)
-    return Learner(bundle, critic, noise, _optimizers(bundle, critic, noise, config))
+    learner = Learner(bundle, critic, noise, _optimizers(bundle, critic, noise, config))
+    if config.method == "search":
+        from hrlxf_rl import search
+
+        search.steer(bundle, config.search.knobs)
+        learner.search = {"theta": np.zeros(len(config.search.knobs)), "adam": None,
+                          "base": search.base_values(bundle, config.search.knobs)}
+    return learner
 
 
 def _state(learner: Learner) -> dict[str, Any]:
@@ -216,7 +244,8 @@ def _state(learner: Learner) -> dict[str, Any]:
     return {"iteration": learner.iteration, "planner": b.planner.state_dict(), "executor": b.executor.state_dict(),
             "critic": learner.critic.state_dict(), "noise": learner.noise.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in learner.optimizers.items()},
-            "league": learner.league, "history": learner.history, "seconds": learner.seconds, "best": learner.best}
+            "league": learner.league, "history": learner.history, "seconds": learner.seconds, "best": learner.best,
+            "search": learner.search}
 
 
 def save_checkpoint(learner: Learner, run: Path) -> None:
@@ -247,6 +276,8 @@ def load_checkpoint(learner: Learner, run: Path, config: FinetuneConfig) -> Lear
     learner.iteration, learner.league = state["iteration"], list(state["league"])
     learner.history, learner.seconds = list(state["history"]), float(state["seconds"])
     learner.best = state.get("best")
+    if learner.search is not None and state.get("search") is not None:
+        learner.search = state["search"]
     return learner
 
 
@@ -290,6 +321,8 @@ def iterate(learner: Learner, config: FinetuneConfig, run: Path, iteration: int,
     from tasks import parallel
 
     phase = config.phase(iteration)
+    if phase == "search":
+        return search_iteration(learner, config, run, iteration, dask_address, progress)
     explore = {"l3": ("l3",), "l2": ("l2",), "joint": ("l2", "l3")}[phase]
     write_policy(learner, run / "policy")
     torch.save(learner.noise.state_dict(), run / "noise.pt")
@@ -332,6 +365,74 @@ def iterate(learner: Learner, config: FinetuneConfig, run: Path, iteration: int,
 
         days = [day_rewards(f["days"], f["final_balance"], f["shortfall"], config.rewards) for f in factories]
         row["reward"] = float(np.mean([d["reward"].sum() for d in days]))  # per factory and world, percent of balance
+    return row
+
+
+def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iteration: int,
+                     dask_address: str | None = None, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """One step of the paired antithetic search (`hrlxf_rl.search`): the centre, its 2 x directions
+    perturbations and the starting bundle play the iteration's own worlds (the same seeds and slots for
+    all: common random numbers) on the collect runner; theta moves along the antithetic estimate.
+    A world that failed for any candidate is dropped for all (complete cases)."""
+    from hrlxf_rl import search
+    from tasks import parallel
+    from tasks.candidates import parse_candidates
+    from tasks.evaluate import EvalConfig, died, play_unit, read_rows, units
+    from tasks.stats import paired_difference
+
+    s, state = config.search, learner.search
+    assert state is not None, "a search iteration needs the learner of a search run"
+    theta = np.asarray(state["theta"], dtype=float)
+    eps = search.directions(np.random.default_rng([config.seed, iteration, 2]), s.directions, len(s.knobs))
+    points = [theta, *search.candidates(theta, eps, s.sigma)]
+    here = run / "search" / f"it{iteration:04d}"
+    labels = ["centre"] + [f"d{k}{sign}" for k in range(s.directions) for sign in ("p", "m")]
+    paths = []
+    for label, point in zip(labels, points):
+        search.apply(learner.bundle, s.knobs, state["base"], point)
+        paths.append(write_policy(learner, here / "bundles" / label))
+    search.apply(learner.bundle, s.knobs, state["base"], theta)
+    start = Path(json.loads((run / "config.json").read_text())["start"])
+    eval_config = EvalConfig(worlds=s.worlds, steps=config.steps, seed=SEARCH_SEED + 1_000 * config.seed + iteration,
+                             candidates=(), reference=paths[0].name, opponents=tuple(config.league.experts),
+                             agents_per_world=tuple(config.agents_per_world), workers=config.workers,
+                             world_timeout=config.world_timeout, keep_logs=False)
+    eval_config.validate()
+    cands = parse_candidates([str(p) for p in paths] + [str(start)])
+    every = units(eval_config, cands, here / "worlds")
+    t0 = time.perf_counter()
+    parallel.run_jobs(play_unit, [u for u in every if not Path(u.path).is_file()], config.workers, died, progress,
+                      dask_address)
+    played = time.perf_counter() - t0
+    rows = read_rows(every)
+    by = {(r["world"], r["agent"]): r for r in rows}
+    names = [c.label for c in cands]
+    complete = [w for w in range(s.worlds) if all(not by[(w, c)].get("error") for c in names)]
+    row: dict[str, Any] = {
+        "iteration": iteration, "phase": "search", "worlds": len(complete), "dropped": s.worlds - len(complete),
+        "errors": sorted({r["error"] for r in rows if r.get("error")}), "rollout_seconds": round(played, 2),
+        "worlds_per_hour": round(3600 * len(rows) / played, 1) if played > 0 else None,
+        "samples": len(rows), "samples_per_second": round(len(rows) / played, 3) if played > 0 else None,
+        "unsafe": sum(int(r["counts"]["unsafe_any"]) for r in rows if not r.get("error") and r["agent"] in labels),
+        "illegal": sum(int(r["counts"]["illegal"]) for r in rows if not r.get("error") and r["agent"] in labels),
+        "decisions": sum(int(r["counts"]["decisions"]) for r in rows if not r.get("error") and r["agent"] in labels),
+        "score": None, "league": 0, "snapshot_worlds": 0,
+    }
+    if complete:
+        scores = np.array([[float(by[(w, c)]["score"]) for c in names] for w in complete])  # (worlds, centre + 2n + start)
+        d = search.half_differences(scores[:, 1:-1])
+        grad = search.gradient(d, eps, s.sigma)
+        ascent = search.Ascent(theta, s.lr, state["adam"])
+        new = ascent.step(grad, s.bound)
+        state["theta"], state["adam"] = new, ascent.state()
+        search.apply(learner.bundle, s.knobs, state["base"], new)
+        vs_start = paired_difference(list(scores[:, 0]), list(scores[:, -1]), config.seed)
+        row.update({"score": float(scores[:, 0].mean()), "search/vs_start": vs_start["mean"],
+                    "search/vs_start_half_width": vs_start["half_width"], "search/grad_norm": float(np.linalg.norm(grad)),
+                    "search/abs_difference": float(np.abs(d).mean()),
+                    **{f"search/theta/{k}": float(v) for k, v in zip(s.knobs, new)}})
+    shutil.rmtree(here / "bundles", ignore_errors=True)  # the rows are the result; a replayed iteration rewrites them
+    row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
 
 
@@ -420,7 +521,7 @@ def finetune(config: FinetuneConfig, run: Path, data: Path, out_root: Path | Non
                 raise FinetuneError(f"iteration {iteration}: {e}; the last good checkpoint (iteration "
                                     f"{learner.iteration}) is kept") from None
             snap_every = config.league.snapshot_every
-            if snap_every and (iteration + 1) % snap_every == 0:
+            if config.method == "ppo" and snap_every and (iteration + 1) % snap_every == 0:
                 learner.league.append(str(write_policy(learner, run / "league" / f"it{iteration:04d}")))
             last = iteration == config.iterations - 1
             if config.eval_worlds and (last or (config.eval_every and (iteration + 1) % config.eval_every == 0)):
@@ -475,7 +576,7 @@ def publish(learner: Learner, config: FinetuneConfig, run: Path, start: Path, ou
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Learning curves: reward and rollout score, the paired scores, and the PPO diagnostics."""
+    """Learning curves: reward and rollout score, the paired scores, and the PPO diagnostics (or the search's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -490,16 +591,22 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    panels = [("reward (percent of balance, per factory-world)", ["reward"]), ("rollout score", ["score"]),
-              ("paired score difference (greedy)", ["eval/vs_penguin", "eval/vs_start"]),
-              ("approx_kl", ["l3/approx_kl", "l2/approx_kl"]), ("entropy", ["l3/entropy", "l2/entropy"]),
-              ("explained variance", ["l3/explained_variance", "l2/explained_variance"])]
+    paired = ("paired score difference (greedy, fixed worlds)", ["eval/vs_penguin", "eval/vs_start"])
+    if any(r.get("phase") == "search" for r in history):
+        knobs = sorted({k for r in history for k in r if k.startswith("search/theta/")})
+        panels = [("centre score", ["score"]), ("centre - start, the iteration's own paired worlds", ["search/vs_start"]),
+                  paired, ("theta (knob units)", knobs), ("antithetic gradient norm", ["search/grad_norm"]),
+                  ("mean |d_k| (half the +- difference)", ["search/abs_difference"])]
+    else:
+        panels = [("reward (percent of balance, per factory-world)", ["reward"]), ("rollout score", ["score"]), paired,
+                  ("approx_kl", ["l3/approx_kl", "l2/approx_kl"]), ("entropy", ["l3/entropy", "l2/entropy"]),
+                  ("explained variance", ["l3/explained_variance", "l2/explained_variance"])]
     for ax, (title, keys) in zip(axes.flat, panels):
         for k in keys:
             x, y = series(k)
             if not x:
                 continue
-            if k.startswith("eval/vs_"):
+            if k.startswith(("eval/vs_", "search/vs_")):
                 hw = [r.get(f"{k}_half_width") or 0.0 for r in history if r.get(k) is not None]
                 ax.errorbar(x, y, yerr=hw, marker="o", capsize=3, label=k)
                 ax.axhline(0, color="black", lw=0.8)

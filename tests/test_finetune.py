@@ -256,3 +256,71 @@ def test_the_run_publishes_its_best_measured_iteration(tmp_path, monkeypatch):
     published = load_bundle(summary["bundle"]).executor.state_dict()
     assert all(torch.equal(published[k], weights[1][k]) for k in published)
     assert any(not torch.equal(weights[1][k], weights[2][k]) for k in published)  # the last one was another
+
+
+# ------------------------------------------------------------------------------- the paired antithetic search
+
+
+def test_the_antithetic_estimate_on_hand_made_numbers():
+    """Two knobs, two directions: a score that rises with knob 0 only; the estimate points along knob 0
+    and Adam's first step is lr in that knob (and clamped to the bound)."""
+    from hrlxf_rl import search
+
+    eps = np.array([[1.0, 0.5], [-0.5, 2.0]])
+    theta, sigma = np.zeros(2), 0.1
+    points = search.candidates(theta, eps, sigma)
+    assert np.allclose(points[0], [0.1, 0.05]) and np.allclose(points[1], [-0.1, -0.05])
+    scores = np.array([[3.0 * p[0] for p in points], [3.0 * p[0] + 1.0 for p in points]])  # 2 worlds; a world offset
+    d = search.half_differences(scores)
+    assert np.allclose(d, [0.3, -0.15])  # the world's offset cancels: (R+ - R-) / 2 = 3 sigma eps_k0
+    grad = search.gradient(d, eps, sigma)
+    assert np.allclose(grad, [(0.3 * 1.0 - 0.15 * -0.5) / 0.2, (0.3 * 0.5 - 0.15 * 2.0) / 0.2])
+    ascent = search.Ascent(theta, lr=0.25)
+    step = ascent.step(grad, bound=4.0)
+    assert np.allclose(step, 0.25 * np.sign(grad))  # Adam's first step: lr x sign
+    again = search.Ascent(step, lr=0.25, state=ascent.state()).step(np.array([1e6, 0.0]), bound=0.3)
+    assert again[0] == pytest.approx(0.3)
+
+
+def test_knobs_move_only_their_entries_and_zero_is_the_start(tmp_path):
+    from hrlxf_rl import search
+
+    b = load_bundle(write_untrained_bundle(tmp_path / "start", base="rules"))
+    before = {n: {k: v.clone() for k, v in getattr(b, n).state_dict().items()} for n in ("planner", "executor")}
+    knobs = ("l2.p_sell", "l3.q")
+    base = search.base_values(b, knobs)
+    search.steer(b, knobs)
+    assert b.executor.config.rules_goal == "l2"
+    search.apply(b, knobs, base, np.array([1.0, -2.0]))
+    goal = b.planner.goal.bias.detach()
+    assert torch.allclose(goal[list(search.KNOBS["l2.p_sell"].index)], torch.full((4,), 0.06))
+    assert int((goal != 0).sum()) == 4 and float(b.executor.q_head.bias) == pytest.approx(-1.0)
+    search.apply(b, knobs, base, np.zeros(2))
+    for n in ("planner", "executor"):
+        assert all(torch.equal(v, before[n][k]) for k, v in getattr(b, n).state_dict().items())
+    with pytest.raises(ValueError, match="search.knobs: unknown"):
+        search.SearchConfig(knobs=("l2.nothing",)).validate()
+
+
+def test_a_search_run_plays_its_candidates_in_the_same_worlds_and_moves_theta(tmp_path):
+    """Real short worlds: each iteration's candidates (centre, +-eps, the start) play the same world;
+    theta moves, the steered bundle is published and a rerun resumes with nothing to play."""
+    from hrlxf_rl.search import SearchConfig
+
+    config = _smoke(tmp_path, method="search", iterations=2, eval_every=0, eval_worlds=0,
+                    search=SearchConfig(knobs=("l2.p_buy", "l2.p_sell"), directions=1, worlds=1, sigma=2.0))
+    run = tmp_path / "run"
+    summary = finetune(config, run, tmp_path / "data", out_root=tmp_path / "bundles", progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["search", "search"] and summary["unsafe"] == summary["illegal"] == 0
+    assert all(r["worlds"] == 1 and r["samples"] == 4 for r in rows)  # centre, d0p, d0m, the start
+    seeds = {json.loads(p.read_text())["seed"] for p in (run / "search" / "it0000" / "worlds").rglob("*.json")}
+    assert len(seeds) == 1  # one world, the same seed for every candidate
+    theta = [rows[-1][f"search/theta/{k}"] for k in ("l2.p_buy", "l2.p_sell")]
+    assert any(abs(t) > 0 for t in theta)
+    published = load_bundle(summary["bundle"])
+    assert published.executor.config.rules_goal == "l2"
+    assert float(published.planner.goal.bias[list(__import__("hrlxf_rl.search").search.KNOBS["l2.p_buy"].index)][0]) \
+        == pytest.approx(theta[0] * 0.06, rel=1e-5)
+    again = finetune(config, run, tmp_path / "data", out_root=tmp_path / "bundles", progress=False)
+    assert again["bundle"] == summary["bundle"]
