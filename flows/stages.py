@@ -40,7 +40,6 @@ from tasks.code_version import code_version
 from tasks.fingerprint import MARKER, WHOLE, Layout, canonical, fingerprint, stage_key, units
 
 PROFILE_NAMES = ("smoke", "default", "official")
-SUCCESS = "_SUCCESS"  # tasks.events.SUCCESS (not imported: that module pulls pyarrow and the schemas)
 PER_WORLD = Layout(depth=2, suffix=".parquet")
 MODEL = Layout(skip=("checkpoints",))
 
@@ -71,7 +70,7 @@ class Artifact:
 ARTIFACTS: dict[str, Artifact] = {
     "raw": Artifact("raw", Layout(depth=2, marker=DONE)),  # every complete world of every run (nightly ones too)
     "raw_run": Artifact("raw/{run_id}", Layout(depth=1, marker=DONE)),  # the worlds this pipeline collects
-    "events": Artifact("lake/events", Layout(depth=2, marker=SUCCESS, extra=("quarantine.parquet",))),
+    "events": Artifact("lake/events", Layout(depth=2, extra=("quarantine.parquet",))),  # a world directory: converted
     "macro": Artifact("lake/macro", PER_WORLD),
     "micro": Artifact("lake/micro", PER_WORLD),
     "l4_distill": Artifact("lake/l4_distill", PER_WORLD),

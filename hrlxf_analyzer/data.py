@@ -75,7 +75,7 @@ class Store:
 
     def _lake_world(self, spec: str, run_id: str, world_id: str) -> World:
         events = self.root / "lake" / "events" / run_id / world_id
-        if not (events / "_SUCCESS").exists():
+        if not events.is_dir():  # converted worlds only: a directory is renamed into place once whole
             reason = quarantine_reason(self.root, run_id, world_id)
             if reason:
                 raise DataMissing(f"world {run_id}/{world_id} is quarantined: {reason}")
@@ -100,7 +100,7 @@ class Store:
         from tasks.events import BadWorld, world_tables, write_world
 
         events = self.cache / _key(spec) / "events"
-        if not (events / "_SUCCESS").exists():
+        if not events.is_dir():
             try:
                 rows = world_tables(raw.name, raw.parent.name, raw)
             except BadWorld as e:
@@ -328,7 +328,7 @@ def collections(root: Path) -> list[dict[str, Any]]:
     out = []
     for path in sorted(Path(root).glob("raw/*/summary.json")):
         doc = _json(path)
-        worlds = sorted(p.parent.name for p in (Path(root) / "lake" / "events" / path.parent.name).glob("*/_SUCCESS"))
+        worlds = sorted(p.name for p in (Path(root) / "lake" / "events" / path.parent.name).glob("[!.]*") if p.is_dir())
         out.append({"run_id": path.parent.name, "summary": doc, "lake_worlds": worlds})
     return out
 

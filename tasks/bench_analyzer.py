@@ -29,9 +29,11 @@ def pages(store: Any) -> list[tuple[str, str, dict[str, str]]]:
 
     root = store.root
     out = [("overview", "/", {}), ("training", "/training", {})]
-    lake = sorted(root.glob("lake/events/*/*/_SUCCESS"))
+    from tasks.events import converted
+
+    lake = converted(root / "lake" / "events")
     if lake:
-        spec = f"lake:{lake[0].parent.parent.name}/{lake[0].parent.name}"
+        spec = f"lake:{lake[0].parent.name}/{lake[0].name}"
         out += [("world (collection)", "/world", {"world": spec, "day": "10"}),
                 ("replay (collection)", "/replay", {"world": spec})]
     for path in D.evaluations(root):

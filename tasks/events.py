@@ -1,9 +1,10 @@
 """Stage: raw tracker logs -> typed Parquet event tables (schemas/arrow.py).
 
 One unit of work is one complete raw world (``DONE``). Its tables are written
-to a temporary directory and renamed into ``<lake>/events/<run_id>/<world_id>/``
-with ``_SUCCESS`` last, so a world already converted is never converted again
-and a rerun never duplicates rows. A world whose log is truncated, corrupt,
+to a temporary directory and renamed into ``<lake>/events/<run_id>/<world_id>/``:
+a world directory under its final name is a converted world (`converted`), so
+a world already converted is never converted again and a rerun never
+duplicates rows. A world whose log is truncated, corrupt,
 of an unknown schema version or contradicts itself is quarantined with its
 reason (``<lake>/events/quarantine.parquet``); the others go on.
 """
@@ -24,11 +25,17 @@ from hrlxf_agent.tracker import EVENTS_SCHEMA_VERSION
 from schemas import arrow
 from tasks.collect import DONE
 
-SUCCESS = "_SUCCESS"
 
 
 class BadWorld(ValueError):
     """A raw world that cannot be trusted; the message is the quarantine reason."""
+
+
+def converted(events: Path) -> list[Path]:
+    """Every converted world ``<events>/<run_id>/<world_id>``: a directory exists under its final name only once
+    all its tables are written (the rename is the commit); temporaries start with a dot."""
+    return sorted(p for p in Path(events).glob("*/*") if p.is_dir() and not p.name.startswith(".")
+                  and not p.parent.name.startswith("."))
 
 
 def raw_worlds(raw: Path) -> Iterator[tuple[str, str, Path]]:
@@ -132,16 +139,15 @@ def world_tables(run_id: str, world_id: str, world: Path) -> dict[str, list[dict
 
 
 def write_world(out: Path, rows: dict[str, pa.Table | list[dict[str, Any]]]) -> None:
-    """All tables of one world (Arrow tables or rows), atomically (temporary directory, rename, ``_SUCCESS`` last)."""
+    """All tables of one world (Arrow tables or rows), atomically (a temporary directory renamed into place)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, schema in arrow.TABLES.items():
             table = rows[name] if isinstance(rows[name], pa.Table) else pa.Table.from_pylist(rows[name], schema=schema)
             pq.write_table(table, tmp / f"{name}.parquet")
-        (tmp / SUCCESS).write_text("")
         if out.exists():
-            shutil.rmtree(out)  # a partial earlier attempt (no _SUCCESS): replaced whole
+            shutil.rmtree(out)  # an earlier conversion of the same world (an analyzer cache rebuilt): replaced whole
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -155,7 +161,7 @@ def run_events(raw: Path, lake: Path, progress: Callable[[dict], None] | None = 
     rows_written = {name: 0 for name in arrow.TABLES}
     for run_id, world_id, world in raw_worlds(raw):
         out = root / run_id / world_id
-        if (out / SUCCESS).exists():
+        if out.is_dir():
             skipped += 1
             continue
         try:
@@ -179,9 +185,9 @@ def _update_quarantine(root: Path, new: list[dict[str, Any]]) -> None:
     """The quarantine table holds the latest reason of every world that could not be converted."""
     path = root / "quarantine.parquet"
     old = pq.read_table(path).to_pylist() if path.exists() else []
-    converted = {(p.parent.parent.name, p.parent.name) for p in root.glob(f"*/*/{SUCCESS}")}
+    done = {(p.parent.name, p.name) for p in converted(root)}
     merged = {(r["run_id"], r["world_id"]): r for r in old + new}
-    keep = [r for k, r in sorted(merged.items()) if k not in converted]
+    keep = [r for k, r in sorted(merged.items()) if k not in done]
     if path.exists() and keep == old:
         return  # nothing changed: a rerun with no new data writes nothing
     root.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ A fingerprint is a sha256 over the *bytes* of an artifact's files (streamed
 with `hashlib.file_digest`), never over names, sizes or modification times
 alone. Files are grouped in units (a raw world, a converted world, a per-world
 table file, or the whole directory), so a stage can tell which units changed;
-a unit that is not complete yet (no ``DONE`` / ``_SUCCESS``) and temporary
-files (a leading ``.``, a ``.tmp`` suffix) do not count, and neither does the
+a unit that is not complete yet (a raw world without ``DONE``) and temporary
+files (a leading ``.``, a ``.tmp`` suffix: a unit renamed into place is whole) do not count, and neither does the
 pipeline's own ``_STAGE.json`` marker.
 
 A file already read is not read again while its path, inode, size, mtime and

@@ -35,7 +35,7 @@ from hrlxf_agent.heuristics import GlobalMonitor, heuristic_goal, tradable_bucke
 from hrlxf_agent.shield import Bounds, SafetyShield
 from hrlxf_agent.snapshot import Snapshot
 from hrlxf_agent.state import FeatureSpec, StateBuilder
-from tasks.events import SUCCESS
+from tasks.events import converted
 from tasks.labels import Trade, goal_label, potential
 
 MACRO_VERSION = 2  # 2: H = 10, buckets [0,1] [2,4] [5,7] [8,H]; rule_goal (the planner's base)
@@ -286,8 +286,7 @@ def build_per_world(lake: Path, table: str, spec: FeatureSpec | None = None) -> 
     spec = spec or FeatureSpec()
     schemas = {name: schema_of(spec) for name, (schema_of, _) in TABLES.items()}
     built, skipped, total = 0, 0, 0
-    for ok in sorted((Path(lake) / "events").glob(f"*/*/{SUCCESS}")):
-        world = ok.parent
+    for world in converted(Path(lake) / "events"):
         outs = {name: Path(lake) / name / world.parent.name / f"{world.name}.parquet" for name in TABLES}
         if outs[table].exists() and current(outs[table], schemas[table]):
             rows = _BUILT_AHEAD.pop(outs[table].absolute(), None)

@@ -23,6 +23,7 @@ import pytest
 from hrlxf_analyzer import data as D
 from hrlxf_analyzer.app import render_page
 from hrlxf_analyzer.views.common import fmt
+from tasks.events import converted
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -52,7 +53,7 @@ def store(root: Path) -> D.Store:
 
 
 def lake_world(root: Path) -> str:
-    first = sorted(root.glob("lake/events/*/*/_SUCCESS"))[0].parent
+    first = converted(root / "lake" / "events")[0]
     return f"lake:{first.parent.name}/{first.name}"
 
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from hrlxf_agent.snapshot import Snapshot
 from schemas import arrow
 from tasks.collect import CollectProfile, run_collect
-from tasks.events import SUCCESS, run_events
+from tasks.events import converted, run_events
 
 SMALL = CollectProfile(worlds=3, steps=10, experts=("PenguinAgent", "AS0"), agents_per_world=(4, 6), workers=2)
 
@@ -33,10 +33,11 @@ def test_tables_are_typed_complete_incremental_and_bad_worlds_quarantined(tmp_pa
     assert decisions.column("batch").null_count == 0  # the threads of a batch can be grouped
 
     # a rerun with no new data writes nothing
-    mtimes = [(world / SUCCESS).stat().st_mtime_ns, (lake / "events" / "quarantine.parquet").stat().st_mtime_ns]
+    assert converted(lake / "events") == sorted((lake / "events" / "r").glob("w*"))  # no temporaries left
+    mtimes = [(world / "days.parquet").stat().st_mtime_ns, (lake / "events" / "quarantine.parquet").stat().st_mtime_ns]
     again = run_events(raw, lake)
     assert again["converted"] == 0 and again["skipped"] == 3
-    assert [(world / SUCCESS).stat().st_mtime_ns, (lake / "events" / "quarantine.parquet").stat().st_mtime_ns] == mtimes
+    assert [(world / "days.parquet").stat().st_mtime_ns, (lake / "events" / "quarantine.parquet").stat().st_mtime_ns] == mtimes
 
     # new worlds: only those are converted; a truncated log is quarantined with its reason
     run_collect(CollectProfile(**{**SMALL.__dict__, "worlds": 5}), raw, "r")

@@ -169,7 +169,7 @@ def test_collect_and_evaluate_run_on_two_dask_worker_processes_and_only_later_st
     every stage after collect recomputes, incrementally (the earlier worlds' tables are not rewritten)."""
     address, pids = dask_cluster
     root = data["root"]
-    old = mtimes([*root.glob("lake/events/smoke/*/_SUCCESS"), *root.glob("lake/macro/smoke/*.parquet"),
+    old = mtimes([*root.glob("lake/events/smoke/*/days.parquet"), *root.glob("lake/macro/smoke/*.parquet"),
                   *root.glob("lake/micro/smoke/*.parquet")])
     r = hrlxf(root, "--profile", "smoke", "--run-id", "dask", "--dask-address", address)
     assert r["rc"] == 0, r["err"][-3000:]
