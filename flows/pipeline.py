@@ -20,8 +20,9 @@ processes. A cached record is used only if its outputs still have the
 fingerprints it recorded; otherwise the stage runs again, from scratch.
 
 The worlds of collect are mapped as ``play-world`` tasks on a task runner:
-local processes (Prefect's ProcessPoolTaskRunner) by default, or a Dask
-cluster (prefect-dask's DaskTaskRunner) given its scheduler address. Finished
+local threads (Prefect's ThreadPoolTaskRunner) by default, or a Dask cluster
+(prefect-dask's DaskTaskRunner) given its scheduler address; either way each
+world plays in a fresh process of its own (`tasks.parallel.in_own_process`). Finished
 worlds (``DONE``) are never submitted again, which is how a killed run resumes.
 
 The three flows share the flow name ``hrlxf`` so that their deployments in
@@ -57,7 +58,7 @@ from flows.stages import (
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
 from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
-from tasks.parallel import isolated, peak_memory, shared_threads
+from tasks.parallel import in_own_process, peak_memory, shared_threads
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
@@ -69,7 +70,7 @@ StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 @task(name="play-world", cache_policy=NO_CACHE, persist_result=False, task_run_name="world-{job.world_id}")
 def play_world(job: CollectJob) -> dict[str, Any]:
     """One collect world (never raises: a failing world comes back with its error and is marked FAILED)."""
-    row = isolated(collect_world, job)  # on a threaded Dask worker: a process of its own (its seeds, its timeout)
+    row = in_own_process(collect_world, job, threads=1)  # a fresh process: its seeds, its timeout, nothing left by others
     return {**row, "pid": os.getpid(), "host": socket.gethostname()}
 
 
@@ -77,7 +78,7 @@ def play_world(job: CollectJob) -> dict[str, Any]:
       task_run_name="evaluate-w{unit.job.world}-{unit.job.candidate}")
 def play_paired_unit(unit: EvalUnit) -> dict[str, Any]:
     """One (world, candidate) of the paired evaluation (never raises: a crash is its row, written to its file)."""
-    row = isolated(play_unit, unit)
+    row = in_own_process(play_unit, unit, threads=1)
     return {"world": row["world"], "candidate": row["agent"], "error": row["error"], "pid": os.getpid(),
             "host": socket.gethostname()}
 
@@ -122,9 +123,9 @@ def _task_runner(dask_address: str | None, workers: int) -> Any:
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=dask_address)
-    from prefect.task_runners import ProcessPoolTaskRunner
+    from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ProcessPoolTaskRunner(max_workers=workers)
+    return ThreadPoolTaskRunner(max_workers=workers)  # each world task waits on a fresh process of its own
 
 
 def _play(todo: list[CollectJob], dask_address: str | None, workers: int) -> list[dict]:

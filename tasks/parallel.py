@@ -1,6 +1,13 @@
-"""Parallel units of work where one dying worker fails only its own unit: local processes (loky) or a
-Dask cluster. collect, the evaluation, the audit and the fine-tuning rollouts all map through `run_jobs`;
-`in_own_process` runs one call in a process of its own (a pipeline stage that overlaps others)."""
+"""Parallel units of work, each in a fresh process of its own, on local threads or a Dask cluster.
+
+collect, the evaluation, the audit and the fine-tuning all map their worlds through `run_jobs`, and the
+pipeline's world tasks call `in_own_process` the same way. A fresh process per unit, not a reused pool
+worker, because a world's result must not depend on what ran before it: scml worlds replayed in a reused
+worker process diverged (the same bundle in the same world configuration scored 0.621 and 0.726 in two
+workers of one pool) while three fresh processes gave 0.7410 three times (docs/evaluation.md). It also
+means a unit whose process dies loses only itself, on one machine as on a cluster.
+`in_own_process` also runs a pipeline stage that overlaps others.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from concurrent.futures import as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -36,13 +43,11 @@ def run_jobs(
     progress: Callable[[dict], None] | None = None,
     dask_address: str | None = None,
 ) -> list[dict]:
-    """``fn(job)`` for every job on ``workers`` processes (or on the Dask cluster whose scheduler is at
-    ``dask_address``); rows in completion order.
+    """``fn(job)`` for every job, each in a fresh process (`fresh`), ``workers`` at a time (or on the Dask
+    cluster whose scheduler is at ``dask_address``); rows in completion order.
 
-    ``fn`` must not raise (it returns its error in the row). When a worker
-    process dies, loky fails every job in flight with it, so those run again
-    one by one, each in a fresh process: the culprit dies again and gets the
-    row ``died(job)``, the others complete.
+    ``fn`` must not raise (it returns its error in the row); a job whose process dies (or that raises)
+    gets the row ``died(job)`` and the others go on.
     """
     rows: list[dict] = []
 
@@ -54,40 +59,28 @@ def run_jobs(
     if dask_address:
         run_on_dask(fn, jobs, dask_address, died, done)
         return rows
-    if workers <= 1:
-        for job in jobs:
-            done(fn(job))
-        return rows
-    for job in _run_pool(fn, list(jobs), workers, done):
-        if _run_pool(fn, [job], 1, done):  # it died again, alone: it is the culprit
-            done(died(job))
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="unit") as pool:
+        for future in as_completed([pool.submit(fresh, fn, job, died) for job in jobs]):
+            done(future.result())
     return rows
 
 
-def _run_pool(fn: Callable[[Any], dict], jobs: list, workers: int, done: Callable[[dict], None]) -> list:
-    """Run ``jobs`` on a fresh pool; return the jobs lost to a dying worker."""
-    from loky import ProcessPoolExecutor
-
-    lost = []
-    with ProcessPoolExecutor(max_workers=workers, env=WORKER_ENV) as executor:
-        futures = {executor.submit(fn, job): job for job in jobs}
-        for fut in as_completed(futures):
-            try:
-                done(fut.result())
-            except Exception:  # TerminatedWorkerError / BrokenProcessPool: some worker died
-                lost.append(futures[fut])
-    return lost
+def fresh(fn: Callable[[J], dict], job: J, died: Callable[[J], dict]) -> dict:
+    """``fn(job)`` in a fresh process with one math thread; ``died(job)`` if that process dies or raises."""
+    try:
+        return in_own_process(fn, job, threads=1)
+    except Exception:  # noqa: BLE001 - the unit is lost, not the run
+        return died(job)
 
 
 def run_on_dask(fn: Callable[[J], dict], jobs: Sequence[J], address: str, died: Callable[[J], dict],
                 done: Callable[[dict], None]) -> None:
-    """The same units of work on a Dask cluster, each row to ``done``; a lost worker fails its unit only
-    (``died(job)``)."""
+    """The same units of work on a Dask cluster, each in a fresh process on its worker (`fresh`), each row to
+    ``done``; a lost worker fails its units only (``died(job)``)."""
     from distributed import Client, as_completed as dask_completed
 
     with Client(address) as client:
-        # a worker with several threads runs each unit in a process of its own (`isolated`)
-        futures = {client.submit(isolated, fn, job, pure=False): job for job in jobs}
+        futures = {client.submit(fresh, fn, job, died, pure=False): job for job in jobs}
         for fut in dask_completed(futures):
             try:
                 row = fut.result()
@@ -123,14 +116,6 @@ def in_own_process(fn: Callable[..., R], *args: Any, threads: int | None = None)
     if ok:
         return value
     raise value
-
-
-def isolated(fn: Callable[..., R], *args: Any) -> R:
-    """``fn(*args)`` here when this is a process's main thread (a process-pool worker), else (a thread of a
-    threaded Dask worker, which shares its process with other tasks) `in_own_process`."""
-    if threading.current_thread() is threading.main_thread():
-        return fn(*args)
-    return in_own_process(fn, *args)
 
 
 def _tree_rss(root: psutil.Process) -> int:

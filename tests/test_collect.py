@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.collect import DONE, FAILED, CollectProfile, run_collect
+from tasks.collect import DONE, FAILED, CollectProfile, collect_world, jobs_for, run_collect
 
 SMALL = CollectProfile(worlds=3, steps=10, experts=("PenguinAgent", "AS0"), agents_per_world=(4, 6), workers=2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,9 +125,10 @@ def test_a_write_error_marks_the_world_failed_never_complete(tmp_path, monkeypat
         if self.buffer:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tracker.TrackerHook, "flush", full_disk)
+    monkeypatch.setattr(tracker.TrackerHook, "flush", full_disk)  # in this process: the world is played here
     profile = CollectProfile(worlds=1, steps=10, experts=("PenguinAgent", "AS0"), agents_per_world=(4, 4), workers=1)
-    summary = run_collect(profile, tmp_path, "disk")
-    assert summary["worlds_failed"] == 1 and "No space left" in summary["failed"][0]["error"]
+    job, = jobs_for(profile, tmp_path, "disk")
+    row = collect_world(job)
+    assert "No space left" in row["error"]
     world = tmp_path / "disk" / "w0000"
     assert (world / FAILED).exists() and not (world / DONE).exists()
