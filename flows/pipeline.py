@@ -22,7 +22,7 @@ fingerprints it recorded; otherwise the stage runs again, from scratch.
 The worlds of collect are mapped as ``play-world`` tasks on a task runner:
 local threads (Prefect's ThreadPoolTaskRunner) by default, or a Dask cluster
 (prefect-dask's DaskTaskRunner) given its scheduler address; either way each
-world plays in a fresh process of its own (`tasks.parallel.in_own_process`). Finished
+world plays in a fresh process of its own (`tasks.parallel.in_fresh_process`). Finished
 worlds (``DONE``) are never submitted again, which is how a killed run resumes.
 
 The three flows share the flow name ``hrlxf`` so that their deployments in
@@ -58,7 +58,7 @@ from flows.stages import (
 from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
 from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
-from tasks.parallel import in_own_process, peak_memory, shared_threads
+from tasks.parallel import in_fresh_process, peak_memory, shared_threads
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
@@ -70,7 +70,7 @@ StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 @task(name="play-world", cache_policy=NO_CACHE, persist_result=False, task_run_name="world-{job.world_id}")
 def play_world(job: CollectJob) -> dict[str, Any]:
     """One collect world (never raises: a failing world comes back with its error and is marked FAILED)."""
-    row = in_own_process(collect_world, job, threads=1)  # a fresh process: its seeds, its timeout, nothing left by others
+    row = in_fresh_process(collect_world, job)  # a fresh process: its seeds, its timeout, nothing left by others
     return {**row, "pid": os.getpid(), "host": socket.gethostname()}
 
 
@@ -78,7 +78,7 @@ def play_world(job: CollectJob) -> dict[str, Any]:
       task_run_name="evaluate-w{unit.job.world}-{unit.job.candidate}")
 def play_paired_unit(unit: EvalUnit) -> dict[str, Any]:
     """One (world, candidate) of the paired evaluation (never raises: a crash is its row, written to its file)."""
-    row = in_own_process(play_unit, unit, threads=1)
+    row = in_fresh_process(play_unit, unit)
     return {"world": row["world"], "candidate": row["agent"], "error": row["error"], "pid": os.getpid(),
             "host": socket.gethostname()}
 
