@@ -228,7 +228,7 @@ class HRLPolicy(StdSyncAgent):
                 if self.feature_log is not None:
                     self.feature_log.append({"step": snap.step, "x_static": m.x_static, "x_temporal": m.x_temporal,
                                              "x_role": m.x_role, "rule_goal": base})
-                with torch.inference_mode():
+                with torch.no_grad():  # not inference_mode: see NO_GRAD_WHY
                     xs, xt, xr = (torch.from_numpy(m.x_static)[None], torch.from_numpy(m.x_temporal)[None],
                                   torch.from_numpy(m.x_role)[None])
                     mean, _ = self.models.planner.raw_goal(xs, xt, xr)
@@ -257,7 +257,7 @@ class HRLPolicy(StdSyncAgent):
         try:
             feats = self._thread_features(snap, bounds, remaining, partners, is_buy, offer_of, rel)
             glob = np.concatenate([static, c]).astype(np.float32)
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: see NO_GRAD_WHY
                 a = self.models.coordinator_fn(
                     torch.from_numpy(feats)[None], torch.ones(1, len(partners), dtype=torch.bool), torch.from_numpy(glob)[None],
                     torch.tensor([[teacher[p] for p in partners]], dtype=torch.float32),
@@ -313,7 +313,7 @@ class HRLPolicy(StdSyncAgent):
                                     "static": static[i], "goal": goal_vec[i], "role": roles[i], "broadcast": c, "alpha": alpha[p],
                                     "rounds": rounds[i], "keep": keep[i], "time_mask": masks[i], "room": rooms[i]})
         decoder = self._decoder("l3")
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: see NO_GRAD_WHY
             out = self.models.executor_fn(
                 torch.from_numpy(static), torch.from_numpy(goal_vec), torch.from_numpy(roles), torch.from_numpy(broadcast),
                 torch.from_numpy(alphas), torch.from_numpy(rounds), torch.from_numpy(keep), torch.from_numpy(masks),
@@ -380,7 +380,7 @@ class HRLPolicy(StdSyncAgent):
             rows.append(i)
             catalogs.append(catalog)
         sel = torch.tensor(rows)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: see NO_GRAD_WHY
             mean_q, mean_p = self.models.executor_fn.quantity_price_heads(
                 h[sel], torch.tensor([k for _, _, k in wanted]), torch.from_numpy(rooms[rows]))
             if not (torch.isfinite(mean_q).all() and torch.isfinite(mean_p).all()):
@@ -407,6 +407,10 @@ class HRLPolicy(StdSyncAgent):
         self.fallbacks[layer] += 1
 
 
+#: NO_GRAD_WHY: TorchScript specialises a compiled method, shared by every instance of the class, on its first
+#: runs; in a process that first ran it with autograd (a test, training code), a later call under
+#: torch.inference_mode failed with "Inference tensors cannot be saved for backward" and L3 fell back to the
+#: rules (tests/test_models.py then tests/test_hrl_agent.py). no_grad works either way.
 _Shielded = intercept(HRLPolicy, ShieldHook, "Shielded")
 
 
