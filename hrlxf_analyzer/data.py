@@ -325,12 +325,13 @@ def batch(world: World, agent_id: str, batch_id: int) -> pl.DataFrame:
 
 def collections(root: Path) -> list[dict[str, Any]]:
     """Each collection run's summary.json (worlds done / failed, events per agent type, failures)."""
-    out = []
-    for path in sorted(Path(root).glob("raw/*/summary.json")):
-        doc = _json(path)
-        worlds = sorted(p.name for p in (Path(root) / "lake" / "events" / path.parent.name).glob("[!.]*") if p.is_dir())
-        out.append({"run_id": path.parent.name, "summary": doc, "lake_worlds": worlds})
-    return out
+    from tasks.events import converted
+
+    lake: dict[str, list[str]] = {}
+    for world in converted(Path(root) / "lake" / "events"):
+        lake.setdefault(world.parent.name, []).append(world.name)
+    return [{"run_id": path.parent.name, "summary": _json(path), "lake_worlds": lake.get(path.parent.name, [])}
+            for path in sorted(Path(root).glob("raw/*/summary.json"))]
 
 
 def quarantine(root: Path) -> pl.DataFrame:

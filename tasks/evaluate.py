@@ -160,6 +160,17 @@ def _pair(scores: dict[str, dict[int, float]], worlds: list[int], a: str, b: str
     return {"a": a, "b": b, **paired_difference([scores[a][w] for w in worlds], [scores[b][w] for w in worlds], seed)}
 
 
+def complete_cases(rows: Sequence[dict[str, Any]], labels: Sequence[str]) -> tuple[dict, list[int], list[dict]]:
+    """(the rows by (world, candidate), the worlds every candidate finished, the others with their errors)."""
+    by = {(r["world"], r["agent"]): r for r in rows}
+    dropped, worlds = [], []
+    for w in sorted({r["world"] for r in rows}):
+        errors = [{"candidate": c, "error": by[(w, c)]["error"] if (w, c) in by else "not played"}
+                  for c in labels if (w, c) not in by or by[(w, c)].get("error")]
+        (dropped.append({"world": w, "errors": errors}) if errors else worlds.append(w))
+    return by, worlds, dropped
+
+
 def summarize(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], config: EvalConfig,
               extra_pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The evaluation document from the unit rows (shape: schemas/evaluation.schema.json).
@@ -168,13 +179,7 @@ def summarize(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], c
     is dropped from every candidate's figures and listed under ``dropped``.
     """
     labels = [c.label for c in candidates]
-    by = {(r["world"], r["agent"]): r for r in rows}
-    planned = sorted({r["world"] for r in rows})
-    dropped, worlds = [], []
-    for w in planned:
-        errors = [{"candidate": c, "error": by[(w, c)]["error"] if (w, c) in by else "not played"}
-                  for c in labels if (w, c) not in by or by[(w, c)].get("error")]
-        (dropped.append({"world": w, "errors": errors}) if errors else worlds.append(w))
+    by, worlds, dropped = complete_cases(rows, labels)
     scores = {c: {w: float(by[(w, c)]["score"]) for w in worlds} for c in labels}
     agents: dict[str, Any] = {}
     for c in candidates:
@@ -203,7 +208,7 @@ def summarize(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], c
         "schema_version": EVALUATION_SCHEMA_VERSION, "mode": "paired",
         "config": {**asdict(config), "candidates": list(config.candidates), "opponents": list(config.opponents)},
         "candidates": [asdict(c) for c in candidates], "reference": config.reference, "best_expert": best_expert,
-        "worlds": {"planned": len(planned), "complete": len(worlds), "dropped": dropped},
+        "worlds": {"planned": len(worlds) + len(dropped), "complete": len(worlds), "dropped": dropped},
         "agents": agents, "paired": paired,
         "power": {"worlds": len(worlds), "resolution": max(widths) if widths else None,
                   "mde80": max(mdes) if mdes else None,

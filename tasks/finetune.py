@@ -156,7 +156,6 @@ class FinetuneConfig:
         """Real training: hours on 2 cores."""
         return cls(**{**dict(iterations=36, worlds=6, eval_every=4, eval_worlds=6), **kwargs})
 
-
     @classmethod
     def paired_search(cls, **kwargs: Any) -> "FinetuneConfig":
         """The paired antithetic search: 10 iterations of 5 worlds x 8 candidates (the centre, 3 antithetic pairs,
@@ -377,7 +376,7 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     from hrlxf_rl import search
     from tasks import parallel
     from tasks.candidates import parse_candidates
-    from tasks.evaluate import EvalConfig, died, play_unit, read_rows, units
+    from tasks.evaluate import EvalConfig, complete_cases, died, play_unit, read_rows, todo, units
     from tasks.stats import paired_difference
 
     s, state = config.search, learner.search
@@ -401,21 +400,19 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     cands = parse_candidates([str(p) for p in paths] + [str(start)])
     every = units(eval_config, cands, here / "worlds")
     t0 = time.perf_counter()
-    parallel.run_jobs(play_unit, [u for u in every if not Path(u.path).is_file()], config.workers, died, progress,
-                      dask_address)
+    parallel.run_jobs(play_unit, todo(every), config.workers, died, progress, dask_address)
     played = time.perf_counter() - t0
     rows = read_rows(every)
-    by = {(r["world"], r["agent"]): r for r in rows}
     names = [c.label for c in cands]
-    complete = [w for w in range(s.worlds) if all(not by[(w, c)].get("error") for c in names)]
+    by, complete, dropped = complete_cases(rows, names)
+    searched = [r for r in rows if not r.get("error") and r["agent"] in labels]  # the start's decisions are not ours
     row: dict[str, Any] = {
-        "iteration": iteration, "phase": "search", "worlds": len(complete), "dropped": s.worlds - len(complete),
+        "iteration": iteration, "phase": "search", "worlds": len(complete), "dropped": len(dropped),
         "errors": sorted({r["error"] for r in rows if r.get("error")}), "rollout_seconds": round(played, 2),
         "worlds_per_hour": round(3600 * len(rows) / played, 1) if played > 0 else None,
         "samples": len(rows), "samples_per_second": round(len(rows) / played, 3) if played > 0 else None,
-        "unsafe": sum(int(r["counts"]["unsafe_any"]) for r in rows if not r.get("error") and r["agent"] in labels),
-        "illegal": sum(int(r["counts"]["illegal"]) for r in rows if not r.get("error") and r["agent"] in labels),
-        "decisions": sum(int(r["counts"]["decisions"]) for r in rows if not r.get("error") and r["agent"] in labels),
+        **{key: sum(int(r["counts"][count]) for r in searched)
+           for key, count in (("unsafe", "unsafe_any"), ("illegal", "illegal"), ("decisions", "decisions"))},
         "score": None, "league": 0, "snapshot_worlds": 0,
     }
     if complete:

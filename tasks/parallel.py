@@ -1,7 +1,7 @@
 """Parallel units of work, each in a fresh process of its own, on local threads or a Dask cluster.
 
 collect, the evaluation, the audit and the fine-tuning all map their worlds through `run_jobs`, and the
-pipeline's world tasks call `in_own_process` the same way. A fresh process per unit, not a reused pool
+pipeline's world tasks call `in_fresh_process` the same way. A fresh process per unit, not a reused pool
 worker, because a world's result must not depend on what ran before it: scml worlds replayed in a reused
 worker process diverged (the same bundle in the same world configuration scored 0.621 and 0.726 in two
 workers of one pool) while three fresh processes gave 0.7410 three times (docs/evaluation.md). It also
@@ -13,6 +13,7 @@ unit instead of 6 s of imports); on a Dask worker, a daemonic process, it is a s
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import pickle
@@ -78,19 +79,16 @@ def fresh(fn: Callable[[J], dict], job: J, died: Callable[[J], dict]) -> dict:
 
 #: what the units import (a world of collect, of the evaluation, a rollout): the fork server loads them once
 PRELOAD = ("tasks.collect", "tasks.evaluate", "hrlxf_rl.rollout")
-_FORK_SERVER: list[Any] = []
-_FORK_SERVER_LOCK = threading.Lock()
 
 
+@functools.cache
 def _fork_server() -> Any:
-    """multiprocessing's fork server, started once with `PRELOAD` imported and `WORKER_ENV` in its environment."""
-    with _FORK_SERVER_LOCK:
-        if not _FORK_SERVER:
-            os.environ.update(WORKER_ENV)  # read by the server's interpreter at its start, so by every unit's
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(list(PRELOAD))
-            _FORK_SERVER.append(ctx)
-    return _FORK_SERVER[0]
+    """multiprocessing's fork server context, with `PRELOAD` to import and `WORKER_ENV` in its environment
+    (the server starts with the first unit; a second call racing the first sets the same things)."""
+    os.environ.update(WORKER_ENV)  # read by the server's interpreter at its start, so by every unit's
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    return ctx
 
 
 def in_fresh_process(fn: Callable[..., R], *args: Any) -> R:
