@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--from", dest="start", default=None,
                     help="starting bundle: a directory, 'latest' or 'untrained:rules' (default: the profile's, untrained:rules)")
     ft.add_argument("--iterations", type=int, default=None, help="iterations (default: the profile's)")
-    ft.add_argument("--profile", choices=("smoke", "default", "long", "search"), default="default",
+    ft.add_argument("--profile", choices=("smoke", "default", "long", "search", "screen"), default="default",
                     help="smoke: a minute of short worlds; default: the pipeline's bounded budget; long: real training "
-                         "(PPO); search: the paired antithetic search over a few knobs (hrlxf_rl.search)")
+                         "(PPO); search: the paired antithetic search over a few knobs (hrlxf_rl.search); screen: "
+                         "the gated axis search on L2's goal knobs")
     ft.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                     help="a config setting (JSON value), e.g. l3.lr=3e-4 or league.self_play=0.5")
     ft.add_argument("--run-dir", default=None, help="where the run lives (default: DATA/finetune/<key of config and start>)")

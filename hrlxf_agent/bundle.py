@@ -227,6 +227,8 @@ def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
             raise BundleError(f"{file}: not a loadable state dict ({type(e).__name__}: {e})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise BundleError(f"{file}: not a state dict of tensors")
+        if name == "planner" and "role_goal" not in state:  # a bundle from before the per-role goal offsets
+            state["role_goal"] = torch.zeros_like(module.get_parameter("role_goal"))
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -3,7 +3,7 @@ the static vector and the role, -> the day's goal g (16) and a value (seed 002 s
 
 The goal is a residual over the rule goal (`heuristics.heuristic_goal`), which the
 planner reads as its base: quantities base + head, prices base x (1 + 0.5 tanh(head)).
-Its goal head starts at zero, so an untrained planner plans as the rules do."""
+Its goal head and its per-role offsets (`ROLES`) start at zero, so an untrained planner plans as the rules do."""
 
 from __future__ import annotations
 
@@ -23,12 +23,20 @@ GOAL_LAYOUT = tuple(f"{x}_{b}" for b in range(N_BUCKETS) for x in ("q_buy", "p_b
 #: first delivery offset of each bucket after the first: [0,1], [2,4], [5,7], [8,H] cut the days a std
 #: world can trade (H = 10); the seeds' [0,2], [3,7], [8,14], [15,40] assumed 40 tradable days
 BUCKET_STARTS = (2, 5, 8)
+#: the three roles of the [can_buy, can_sell] multi-hot: the first level only sells (its supply is exogenous),
+#: a middle one trades both sides, the last level only buys
+ROLES = ("first", "middle", "last")
 
 
 def bucket_edges(horizon: int) -> tuple[tuple[int, int], ...]:
     """Delivery-offset buckets [0,1], [2,4], [5,7], [8,H] (inclusive)."""
     a, b, c = BUCKET_STARTS
     return ((0, a - 1), (a, b - 1), (b, c - 1), (c, max(c, horizon)))
+
+
+def role_index(x_role: torch.Tensor) -> torch.Tensor:
+    """(B,2) [can_buy, can_sell] -> (B,) index into `ROLES`: first (0,1) -> 0, middle (1,1) -> 1, last (1,0) -> 2."""
+    return (x_role[:, 0] * (2 - x_role[:, 1])).round().long().clamp(0, len(ROLES) - 1)
 
 
 def bucket_of(delta: int, horizon: int) -> int:
@@ -67,6 +75,9 @@ class Planner(nn.Module):
         self.goal = nn.Linear(c.hidden, GOAL_DIM)
         nn.init.zeros_(self.goal.weight)  # untrained: the base goal exactly
         nn.init.zeros_(self.goal.bias)
+        # a raw-goal offset per role: the levels face different markets (a first-level factory's stock grows with
+        # its exogenous supply and pays storage every day until it sells), which one shared bias cannot tell apart
+        self.role_goal = nn.Parameter(torch.zeros(len(ROLES), GOAL_DIM))
         self.value = nn.Linear(c.hidden, 1)
 
     def raw_goal(self, x_static: torch.Tensor, x_temporal: torch.Tensor,
@@ -76,7 +87,7 @@ class Planner(nn.Module):
         h = F.gelu(self.conv2(h))
         pooled = torch.cat([h.amax(dim=2), h.mean(dim=2)], dim=1)
         z = self.fuse(torch.cat([pooled, F.gelu(self.static(x_static)), F.gelu(self.role(x_role))], dim=1))
-        return self.goal(z), self.value(z)
+        return self.goal(z) + self.role_goal[role_index(x_role)], self.value(z)
 
     @staticmethod
     def goal_of(raw: torch.Tensor, base_goal: torch.Tensor, x_role: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,12 @@ estimate (antithetic sampling, Salimans et al. 2017)
 
 is then the gradient of the paired score with the worlds' noise cancelled pairwise; Adam takes the step.
 
+A second mode spends the worlds where the signal is (``sampling="axes"``, ``step="gated"``): one antithetic
+pair per knob (eps_k is the k-th axis), and a knob moves by ``lr`` toward its better side only when the
+per-world half differences of its pair have a 95% interval that excludes 0. Adam's momentum keeps walking
+along a few noisy early estimates (the first two runs drifted that way); the gate moves nothing it has not
+seen.
+
 The knobs are offsets of raw biases the bundle's heads already have (`KNOBS`): the planner's goal
 (quantities and prices per side, shared by the delivery buckets) and L3's quantity and price residual.
 An offset of zero is the starting bundle, so what the search finds is an ordinary bundle. The goal
@@ -27,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hrlxf_models.planner import N_BUCKETS, P_BUY, P_SELL, Q_BUY, Q_SELL
+from hrlxf_models.planner import GOAL_DIM, N_BUCKETS, P_BUY, P_SELL, Q_BUY, Q_SELL, ROLES
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class Knob:
 
     network: str  # "planner" | "executor"
     parameter: str  # a parameter's name in that network's state dict
-    index: tuple[int, ...]
+    index: tuple[int, ...]  # into the flattened parameter
     scale: float  # raw head units per unit of theta (so one sigma means about the same change for every knob)
     meaning: str
 
@@ -45,12 +51,26 @@ def _goal(column: int, scale: float, meaning: str) -> Knob:
     return Knob("planner", "goal.bias", tuple(b * 4 + column for b in range(N_BUCKETS)), scale, meaning)
 
 
+def _role_goal(role: str, column: int, scale: float, meaning: str) -> Knob:
+    row = ROLES.index(role) * GOAL_DIM
+    return Knob("planner", "role_goal", tuple(row + b * 4 + column for b in range(N_BUCKETS)), scale,
+                f"{meaning}, for a {role}-level factory only")
+
+
 KNOBS: dict[str, Knob] = {
     # goal quantities are base + raw (units of n_lines per bucket); prices base x (1 + 0.5 tanh(raw))
     "l2.q_buy": _goal(Q_BUY, 0.25, "units of n_lines more (or less) to buy per delivery bucket"),
     "l2.p_buy": _goal(P_BUY, 0.06, "the buy price goal x (1 + 0.5 tanh(.)): 0.06 is about +3%"),
     "l2.q_sell": _goal(Q_SELL, 0.25, "units of n_lines more (or less) to sell per delivery bucket"),
     "l2.p_sell": _goal(P_SELL, 0.06, "the sell price goal x (1 + 0.5 tanh(.))"),
+    # the same for one role (`Planner.role_goal`): "l2.p_sell@first" etc.; 0.1 raw is about 5% of price
+    **{f"l2.{name}@{role}": _role_goal(role, column, 0.25 if name.startswith("q") else 0.1, meaning)
+       for role in ROLES
+       for name, column, meaning in (("q_buy", Q_BUY, "units of n_lines more (or less) to buy per delivery bucket"),
+                                     ("p_buy", P_BUY, "the buy price goal x (1 + 0.5 tanh(.))"),
+                                     ("q_sell", Q_SELL, "units of n_lines more (or less) to sell per delivery bucket"),
+                                     ("p_sell", P_SELL, "the sell price goal x (1 + 0.5 tanh(.))"))
+       if not (role == "first" and name.endswith("buy") or role == "last" and name.endswith("sell"))},  # sides it has
     # L3's counter-offers are base q + 0.5 tanh(raw) n_lines, base p x (1 + 0.1 tanh(raw)) on both sides
     "l3.q": Knob("executor", "q_head.bias", (0,), 0.5, "counter-offer quantity residual"),
     "l3.p": Knob("executor", "p_head.bias", (0,), 0.3, "counter-offer price residual (both sides)"),
@@ -67,6 +87,11 @@ class SearchConfig:
     lr: float = 0.3  # Adam's step, in knob units
     worlds: int = 5  # paired worlds per iteration (every candidate plays each of them)
     bound: float = 4.0  # |theta| is kept within this many knob units
+    sampling: str = "gaussian"  # "gaussian": `directions` random directions; "axes": one pair per knob
+    step: str = "adam"  # "adam" on the estimate; "gated": lr toward the better side of each significant axis
+
+    def n_directions(self) -> int:
+        return len(self.knobs) if self.sampling == "axes" else self.directions
 
     def validate(self) -> None:
         unknown = [k for k in self.knobs if k not in KNOBS]
@@ -77,6 +102,11 @@ class SearchConfig:
         if not (self.sigma > 0 and self.lr > 0 and self.bound > 0):
             raise ValueError(f"search.sigma, search.lr and search.bound must be > 0, got {self.sigma}, {self.lr}, "
                              f"{self.bound}")
+        if self.sampling not in ("gaussian", "axes") or self.step not in ("adam", "gated"):
+            raise ValueError(f"search.sampling must be 'gaussian' or 'axes' and search.step 'adam' or 'gated', "
+                             f"got {self.sampling!r}, {self.step!r}")
+        if self.step == "gated" and self.sampling != "axes":
+            raise ValueError("search.step = 'gated' tests one knob per pair: it needs search.sampling = 'axes'")
 
 
 def base_values(bundle: Any, knobs: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -100,16 +130,17 @@ def apply(bundle: Any, knobs: Sequence[str], base: dict[str, torch.Tensor], thet
     values = {key: t.clone() for key, t in base.items()}
     for name, x in zip(knobs, theta):
         k = KNOBS[name]
-        values[f"{k.network}.{k.parameter}"][list(k.index)] += float(x) * k.scale
+        values[f"{k.network}.{k.parameter}"].view(-1)[list(k.index)] += float(x) * k.scale
     with torch.no_grad():
         for key, t in values.items():
             network, parameter = key.split(".", 1)
             getattr(bundle, network).get_parameter(parameter).copy_(t)
 
 
-def directions(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
-    """``n`` standard normal directions in ``d`` knobs (each played as +eps and -eps)."""
-    return rng.standard_normal((n, d))
+def directions(rng: np.random.Generator, n: int, d: int, sampling: str = "gaussian") -> np.ndarray:
+    """``n`` standard normal directions in ``d`` knobs (each played as +eps and -eps); with "axes", the ``d``
+    unit vectors."""
+    return np.eye(d) if sampling == "axes" else rng.standard_normal((n, d))
 
 
 def candidates(theta: np.ndarray, eps: np.ndarray, sigma: float) -> list[np.ndarray]:
@@ -119,7 +150,17 @@ def candidates(theta: np.ndarray, eps: np.ndarray, sigma: float) -> list[np.ndar
 
 def half_differences(scores: np.ndarray) -> np.ndarray:
     """scores (worlds, 2n) in `candidates` order -> d_k = mean over worlds of (R+ - R-) / 2, per direction."""
-    return 0.5 * (scores[:, 0::2] - scores[:, 1::2]).mean(axis=0)
+    return per_world_half_differences(scores).mean(axis=0)
+
+
+def per_world_half_differences(scores: np.ndarray) -> np.ndarray:
+    """scores (worlds, 2n) in `candidates` order -> (R+ - R-) / 2 per world and direction (worlds, n)."""
+    return 0.5 * (scores[:, 0::2] - scores[:, 1::2])
+
+
+def gated_step(theta: np.ndarray, sides: Sequence[int], lr: float, bound: float) -> np.ndarray:
+    """Move each axis by ``lr`` toward the side its interval favours (``sides``: +1, -1, or 0 = no evidence)."""
+    return np.clip(np.asarray(theta, float) + lr * np.asarray(sides, float), -bound, bound)
 
 
 def gradient(d: np.ndarray, eps: np.ndarray, sigma: float) -> np.ndarray:

@@ -164,8 +164,23 @@ class FinetuneConfig:
                              league=LeagueConfig(snapshot_every=0)), **kwargs})
 
 
+    @classmethod
+    def screen(cls, **kwargs: Any) -> "FinetuneConfig":
+        """The gated axis search on L2's goal per role: per iteration, four knobs at +-2 (about +-10% in price,
+        +-0.5 n_lines per bucket in quantity) in 12 paired worlds; a knob steps by 2 toward the side whose
+        interval excludes 0 (3 iterations, about 30 minutes on 2 cores; measure the result with `hrlxf evaluate`
+        in 30+ fresh worlds). The knobs: what the first search iterations showed to matter, the first level's
+        sell price and quantity (its stock grows with its exogenous supply and pays storage until sold) and
+        the quantities the later levels buy."""
+        screen = SearchConfig(knobs=("l2.p_sell@first", "l2.q_sell@first", "l2.q_buy@middle", "l2.q_buy@last"),
+                              sampling="axes", step="gated", sigma=2.0, lr=2.0, worlds=12)
+        return cls(**{**dict(method="search", iterations=3, eval_every=0, eval_worlds=0, search=screen,
+                             league=LeagueConfig(snapshot_every=0)), **kwargs})
+
+
 PROFILES: dict[str, Callable[..., FinetuneConfig]] = {"smoke": FinetuneConfig.smoke, "default": FinetuneConfig.default,
-                                                      "long": FinetuneConfig.long, "search": FinetuneConfig.paired_search}
+                                                      "long": FinetuneConfig.long, "search": FinetuneConfig.paired_search,
+                                                      "screen": FinetuneConfig.screen}
 
 
 # ------------------------------------------------------------------------------- the learner's state
@@ -377,15 +392,15 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     from tasks import parallel
     from tasks.candidates import parse_candidates
     from tasks.evaluate import EvalConfig, complete_cases, died, play_unit, read_rows, todo, units
-    from tasks.stats import paired_difference
+    from tasks.stats import excludes_zero, paired_difference
 
     s, state = config.search, learner.search
     assert state is not None, "a search iteration needs the learner of a search run"
     theta = np.asarray(state["theta"], dtype=float)
-    eps = search.directions(np.random.default_rng([config.seed, iteration, 2]), s.directions, len(s.knobs))
+    eps = search.directions(np.random.default_rng([config.seed, iteration, 2]), s.n_directions(), len(s.knobs), s.sampling)
     points = [theta, *search.candidates(theta, eps, s.sigma)]
     here = run / "search" / f"it{iteration:04d}"
-    labels = ["centre"] + [f"d{k}{sign}" for k in range(s.directions) for sign in ("p", "m")]
+    labels = ["centre"] + [f"d{k}{sign}" for k in range(s.n_directions()) for sign in ("p", "m")]
     paths = []
     for label, point in zip(labels, points):
         search.apply(learner.bundle, s.knobs, state["base"], point)
@@ -417,11 +432,20 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     }
     if complete:
         scores = np.array([[float(by[(w, c)]["score"]) for c in names] for w in complete])  # (worlds, centre + 2n + start)
-        d = search.half_differences(scores[:, 1:-1])
+        per_world = search.per_world_half_differences(scores[:, 1:-1])
+        d = per_world.mean(axis=0)
         grad = search.gradient(d, eps, s.sigma)
-        ascent = search.Ascent(theta, s.lr, state["adam"])
-        new = ascent.step(grad, s.bound)
-        state["theta"], state["adam"] = new, ascent.state()
+        if s.step == "gated":  # axes: direction k is knob k
+            axes = [paired_difference(list(per_world[:, k]), [0.0] * len(per_world), config.seed) for k in range(len(d))]
+            sides = [excludes_zero(a) for a in axes]
+            new = search.gated_step(theta, sides, s.lr, s.bound)
+            row.update({f"search/half_difference/{k}": a["mean"] for k, a in zip(s.knobs, axes)})
+            row.update({f"search/half_difference_half_width/{k}": a["half_width"] for k, a in zip(s.knobs, axes)})
+        else:
+            ascent = search.Ascent(theta, s.lr, state["adam"])
+            new = ascent.step(grad, s.bound)
+            state["adam"] = ascent.state()
+        state["theta"] = new
         search.apply(learner.bundle, s.knobs, state["base"], new)
         vs_start = paired_difference(list(scores[:, 0]), list(scores[:, -1]), config.seed)
         row.update({"score": float(scores[:, 0].mean()), "search/vs_start": vs_start["mean"],

@@ -282,6 +282,30 @@ def test_the_antithetic_estimate_on_hand_made_numbers():
     assert again[0] == pytest.approx(0.3)
 
 
+def test_the_gated_axis_step_moves_only_knobs_with_evidence():
+    """Axes: pair k perturbs knob k alone. Knob 0 helps in every world (its interval excludes 0), knob 1 is
+    noise around 0: the gate steps knob 0 by lr toward its better side and leaves knob 1 where it was."""
+    from hrlxf_rl import search
+    from tasks.stats import excludes_zero, paired_difference
+
+    eps = search.directions(np.random.default_rng(0), 5, 2, "axes")
+    assert np.array_equal(eps, np.eye(2))  # the count of random directions does not apply
+    theta, sigma = np.array([0.5, 0.0]), 2.0
+    points = search.candidates(theta, eps, sigma)
+    assert np.allclose(points, [[2.5, 0.0], [-1.5, 0.0], [0.5, 2.0], [0.5, -2.0]])
+    noise = np.array([0.03, -0.02, 0.01, -0.04, 0.02, 0.0])
+    scores = np.array([[1.0 + w + 0.01 * p[0] + (noise[w] if p[1] > 0 else 0.0) for p in points] for w in range(6)])
+    per_world = search.per_world_half_differences(scores)
+    assert np.allclose(per_world[:, 0], 0.02) and np.allclose(per_world[:, 1], noise / 2)
+    assert np.allclose(search.half_differences(scores), per_world.mean(axis=0))
+    sides = [excludes_zero(paired_difference(list(per_world[:, k]), [0.0] * 6)) for k in range(2)]
+    assert sides == [1, 0]
+    assert np.allclose(search.gated_step(theta, sides, lr=2.0, bound=4.0), [2.5, 0.0])
+    assert np.allclose(search.gated_step(np.array([3.0, 0.0]), [1, -1], lr=2.0, bound=4.0), [4.0, -2.0])
+    with pytest.raises(ValueError, match="needs search.sampling = 'axes'"):
+        search.SearchConfig(step="gated").validate()
+
+
 def test_knobs_move_only_their_entries_and_zero_is_the_start(tmp_path):
     from hrlxf_rl import search
 
@@ -300,6 +324,25 @@ def test_knobs_move_only_their_entries_and_zero_is_the_start(tmp_path):
         assert all(torch.equal(v, before[n][k]) for k, v in getattr(b, n).state_dict().items())
     with pytest.raises(ValueError, match="search.knobs: unknown"):
         search.SearchConfig(knobs=("l2.nothing",)).validate()
+
+
+def test_a_role_knob_moves_the_goal_of_its_role_only(tmp_path):
+    """`l2.p_sell@first` raises the sell price goal of a first-level factory ([can_buy, can_sell] = [0, 1]) and
+    leaves a middle one's goal as the rules set it."""
+    from hrlxf_models.planner import GOAL_DIM, P_SELL
+    from hrlxf_rl import search
+
+    b = load_bundle(write_untrained_bundle(tmp_path / "start", base="rules"))
+    knobs = ("l2.p_sell@first",)
+    search.apply(b, knobs, search.base_values(b, knobs), np.array([2.0]))
+    torch.manual_seed(0)
+    xs, xt = torch.randn(2, b.planner.config.n_static), torch.randn(2, b.planner.config.horizon + 1, b.planner.config.n_channels)
+    role = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    base = torch.ones(2, GOAL_DIM)
+    goal, _ = b.planner(xs, xt, role, base)
+    sell_price = goal.view(2, -1, 4)[:, :, P_SELL]
+    assert torch.allclose(sell_price[0], torch.full((4,), 1.0 + 0.5 * float(np.tanh(0.2))))
+    assert torch.allclose(sell_price[1], torch.ones(4))
 
 
 def test_a_search_run_plays_its_candidates_in_the_same_worlds_and_moves_theta(tmp_path):
