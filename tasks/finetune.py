@@ -616,8 +616,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     if any(r.get("phase") == "search" for r in history):
         knobs = sorted({k for r in history for k in r if k.startswith("search/theta/")})
         panels = [("centre score", ["score"]), ("centre - start, the iteration's own paired worlds", ["search/vs_start"]),
-                  paired, ("theta (knob units)", knobs), ("antithetic gradient norm", ["search/grad_norm"]),
-                  ("mean |d_k| (half the +- difference)", ["search/abs_difference"])]
+                  paired, ("theta (knob units)", knobs)]
+        halves = sorted({k for r in history for k in r if k.startswith("search/half_difference/")})
+        panels += [("(R+ - R-) / 2 per knob, 95% (the gate)", halves)] if halves else \
+            [("antithetic gradient norm", ["search/grad_norm"])]
+        panels += [("mean |d_k| (half the +- difference)", ["search/abs_difference"])]
     else:
         panels = [("reward (percent of balance, per factory-world)", ["reward"]), ("rollout score", ["score"]), paired,
                   ("approx_kl", ["l3/approx_kl", "l2/approx_kl"]), ("entropy", ["l3/entropy", "l2/entropy"]),
@@ -627,8 +630,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
             x, y = series(k)
             if not x:
                 continue
-            if k.startswith(("eval/vs_", "search/vs_")):
-                hw = [r.get(f"{k}_half_width") or 0.0 for r in history if r.get(k) is not None]
+            if k.startswith(("eval/vs_", "search/vs_", "search/half_difference/")):
+                width = k.replace("half_difference/", "half_difference_half_width/") if "half_difference/" in k \
+                    else f"{k}_half_width"
+                hw = [r.get(width) or 0.0 for r in history if r.get(k) is not None]
                 ax.errorbar(x, y, yerr=hw, marker="o", capsize=3, label=k)
                 ax.axhline(0, color="black", lw=0.8)
             else:
