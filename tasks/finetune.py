@@ -557,8 +557,9 @@ def finetune(config: FinetuneConfig, run: Path, data: Path, out_root: Path | Non
             with open(run / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             bar.update(1)
-            bar.set_postfix_str(f"{phase} score {row['score'] or float('nan'):.3f} "
-                                f"kl {row.get('l3/approx_kl', row.get('l2/approx_kl', float('nan'))):.4f}")
+            tail = f"vs start {row.get('search/vs_start') or float('nan'):+.4f}" if phase == "search" else \
+                f"kl {row.get('l3/approx_kl', row.get('l2/approx_kl', float('nan'))):.4f}"
+            bar.set_postfix_str(f"{phase} score {row['score'] or float('nan'):.3f} {tail}")
     finally:
         bar.close()
         writer.close()
