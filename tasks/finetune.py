@@ -641,7 +641,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
                 ax.plot(x, y, marker=".", label=k)
         ax.set_title(title, fontsize=10)
         ax.set_xlim(min(it) - 0.5, max(it) + 0.5)
-        if len(keys) > 1:
+        if len(keys) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     for ax in axes[1]:
         ax.set_xlabel("iteration")
