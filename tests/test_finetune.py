@@ -368,3 +368,21 @@ def test_a_search_run_plays_its_candidates_in_the_same_worlds_and_moves_theta(tm
         == pytest.approx(theta[0] * 0.06, rel=1e-5)
     again = finetune(config, run, tmp_path / "data", out_root=tmp_path / "bundles", progress=False)
     assert again["bundle"] == summary["bundle"]
+
+
+def test_a_gated_search_iteration_steps_a_knob_only_as_its_recorded_interval_says(tmp_path):
+    """Real short worlds, one role knob on its axis: the row records the knob's per-world half difference and
+    interval, and theta moved by lr toward the side that interval favours, or not at all when it holds 0."""
+    from hrlxf_rl.search import SearchConfig
+    from tasks.stats import excludes_zero
+
+    knob = "l2.p_sell@first"
+    config = _smoke(tmp_path, method="search", iterations=1, eval_every=0, eval_worlds=0, workers=2,
+                    search=SearchConfig(knobs=(knob,), sampling="axes", step="gated", sigma=2.0, lr=2.0, worlds=3))
+    run = tmp_path / "run"
+    finetune(config, run, tmp_path / "data", out_root=tmp_path / "bundles", progress=False)
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["worlds"] == 3 and row["samples"] == 12  # the centre, +-axis, the start in each world
+    mean, hw = row[f"search/half_difference/{knob}"], row[f"search/half_difference_half_width/{knob}"]
+    side = excludes_zero({"ci95": [mean - hw, mean + hw]})
+    assert row[f"search/theta/{knob}"] == pytest.approx(2.0 * side)
