@@ -18,8 +18,9 @@ per-world half differences of its pair have a 95% interval that excludes 0. Adam
 along a few noisy early estimates (the first two runs drifted that way); the gate moves nothing it has not
 seen.
 
-The knobs are offsets of raw biases the bundle's heads already have (`KNOBS`): the planner's goal
-(quantities and prices per side, shared by the delivery buckets) and L3's quantity and price residual.
+The knobs are offsets of raw biases the bundle's networks already have (`KNOBS`): the planner's goal
+(quantities and prices per side, shared by the delivery buckets, for every role or for one role through
+`Planner.role_goal`) and L3's quantity and price residual.
 An offset of zero is the starting bundle, so what the search finds is an ordinary bundle. The goal
 knobs act through the rules only when the executor's ``rules_goal`` is "l2" (`steer`): the rule
 executor then plays against L2's goal instead of the rule goal.
