@@ -163,12 +163,11 @@ class FinetuneConfig:
         return cls(**{**dict(method="search", iterations=10, eval_every=5, eval_worlds=8,
                              league=LeagueConfig(snapshot_every=0)), **kwargs})
 
-
     @classmethod
     def screen(cls, **kwargs: Any) -> "FinetuneConfig":
         """The gated axis search on L2's goal per role: per iteration, four knobs at +-2 (about +-10% in price,
         +-0.5 n_lines per bucket in quantity) in 12 paired worlds; a knob steps by 2 toward the side whose
-        interval excludes 0 (3 iterations, about 30 minutes on 2 cores; measure the result with `hrlxf evaluate`
+        interval excludes 0 (3 iterations, about 35 minutes on 2 cores; measure the result with `hrlxf evaluate`
         in 30+ fresh worlds). The knobs: what the first search iterations showed to matter, the first level's
         sell price and quantity (its stock grows with its exogenous supply and pays storage until sold) and
         the quantities the later levels buy."""
@@ -392,7 +391,7 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     from tasks import parallel
     from tasks.candidates import parse_candidates
     from tasks.evaluate import EvalConfig, complete_cases, died, play_unit, read_rows, todo, units
-    from tasks.stats import excludes_zero, paired_difference
+    from tasks.stats import excludes_zero, mean_interval, paired_difference
 
     s, state = config.search, learner.search
     assert state is not None, "a search iteration needs the learner of a search run"
@@ -436,7 +435,7 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
         d = per_world.mean(axis=0)
         grad = search.gradient(d, eps, s.sigma)
         if s.step == "gated":  # axes: direction k is knob k
-            axes = [paired_difference(list(per_world[:, k]), [0.0] * len(per_world), config.seed) for k in range(len(d))]
+            axes = [mean_interval(list(per_world[:, k]), config.seed) for k in range(len(d))]
             sides = [excludes_zero(a) for a in axes]
             new = search.gated_step(theta, sides, s.lr, s.bound)
             row.update({f"search/half_difference/{k}": a["mean"] for k, a in zip(s.knobs, axes)})

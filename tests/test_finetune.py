@@ -286,7 +286,7 @@ def test_the_gated_axis_step_moves_only_knobs_with_evidence():
     """Axes: pair k perturbs knob k alone. Knob 0 helps in every world (its interval excludes 0), knob 1 is
     noise around 0: the gate steps knob 0 by lr toward its better side and leaves knob 1 where it was."""
     from hrlxf_rl import search
-    from tasks.stats import excludes_zero, paired_difference
+    from tasks.stats import excludes_zero, mean_interval
 
     eps = search.directions(np.random.default_rng(0), 5, 2, "axes")
     assert np.array_equal(eps, np.eye(2))  # the count of random directions does not apply
@@ -298,7 +298,7 @@ def test_the_gated_axis_step_moves_only_knobs_with_evidence():
     per_world = search.per_world_half_differences(scores)
     assert np.allclose(per_world[:, 0], 0.02) and np.allclose(per_world[:, 1], noise / 2)
     assert np.allclose(search.half_differences(scores), per_world.mean(axis=0))
-    sides = [excludes_zero(paired_difference(list(per_world[:, k]), [0.0] * 6)) for k in range(2)]
+    sides = [excludes_zero(mean_interval(list(per_world[:, k]))) for k in range(2)]
     assert sides == [1, 0]
     assert np.allclose(search.gated_step(theta, sides, lr=2.0, bound=4.0), [2.5, 0.0])
     assert np.allclose(search.gated_step(np.array([3.0, 0.0]), [1, -1], lr=2.0, bound=4.0), [4.0, -2.0])
