@@ -220,7 +220,8 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
 
 
 def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = None,
-          more_paths: dict[str, Path] | None = None, threads: int | None = None) -> StageCall:
+          more_paths: dict[str, Path] | None = None, threads: int | None = None,
+          dask_address: str | None = None) -> StageCall:
     stage = BY_NAME[name]
     fields = _fields(plan, paths)
     outputs = {}
@@ -233,6 +234,7 @@ def _call(plan: Plan, name: str, paths: dict[str, Path], extra: dict | None = No
         inputs={i: (str(paths[i]), ARTIFACTS[i].layout) for i in stage.inputs if i in paths}, outputs=outputs,
         paths={**{k: str(plan.data / k) for k in ("raw", "lake", "models", "bundles")},
                **{k: str(v) for k, v in (more_paths or {}).items()}}, extra=extra or {}, threads=threads,
+        workers=plan.workers, dask_address=dask_address,
     )
 
 
@@ -388,7 +390,8 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
             record, how, seconds, state = run_stage(
                 _call(plan, stage.name, now, more_paths={"eval_worlds": worlds}), forced, results, after=waited)
             return record, how, seconds + time.perf_counter() - t0, state
-        return run_stage(_call(plan, stage.name, now, threads=threads), forced, results, after=waited)
+        return run_stage(_call(plan, stage.name, now, threads=threads, dask_address=dask_address), forced, results,
+                         after=waited)
 
     spans: dict[str, tuple[float, float]] = {}  # stage -> (start, end) in seconds after the run started
     t_run = time.perf_counter()

@@ -99,25 +99,34 @@ class Stage:
     unit_input: str | None = None  # units: the input whose units map to output files
     unit_outputs: Callable[[str], list[str]] | None = None  # units: input unit -> output paths (relative to the data root)
     isolated: bool = False  # runs in a process of its own: it may overlap others, and seeds torch and its threads
+    mapped: bool = False  # units: ``run`` takes (workers, dask_address) and maps its worlds on those processes
 
 
 # ------------------------------------------------------------------------------- stage calls
 
 
-def _events(p: dict[str, Path], config: Any) -> dict:
+def _events(p: dict[str, Path], config: Any, workers: int, dask_address: str | None) -> dict:
     from tasks.events import run_events
 
-    summary = run_events(p["raw"], p["lake"])
+    summary = run_events(p["raw"], p["lake"], workers, dask_address)
+    _raise_if_failed("events", summary["failed"])
     return {**summary, "quarantined": [f"{q['run_id']}/{q['world_id']}: {q['reason']}" for q in summary["quarantined"]]}
 
 
-def _tables(p: dict[str, Path], spec: Any) -> dict:
-    from tasks.l4_distill import build_l4_distill
-    from tasks.micro import build_micro
-    from tasks.tables import build_macro
+def _tables(p: dict[str, Path], spec: Any, workers: int, dask_address: str | None) -> dict:
+    from tasks.tables import build_tables
 
-    return {name: build(p["lake"], spec) for name, build in
-            (("macro", build_macro), ("micro", build_micro), ("l4_distill", build_l4_distill))}
+    summary = build_tables(p["lake"], spec, workers=workers, dask_address=dask_address)
+    _raise_if_failed("tables", summary["failed"])
+    return summary
+
+
+def _raise_if_failed(stage: str, failed: list[str]) -> None:
+    """A world that failed (its process died, an unreadable file): the stage fails after the others are
+    kept, so the next run (no cache record) builds only what is missing instead of training on a lake
+    without it."""
+    if failed:
+        raise RuntimeError(f"{len(failed)} world(s) of {stage} failed: {'; '.join(failed[:3])}")
 
 
 def _train_l2(p: dict[str, Path], config: Any) -> dict:
@@ -246,9 +255,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("collect", ("tasks.collect",), (), ("raw_run",), lambda profile: COLLECT_PROFILES[profile], run=lambda p, c: {},
           mode="collect"),
     Stage("events", ("tasks.events",), ("raw",), ("events",), None, _events, unit_input="raw",
-          unit_outputs=_per_world("lake/events")),
+          unit_outputs=_per_world("lake/events"), mapped=True),
     Stage("tables", ("tasks.tables", "tasks.micro", "tasks.l4_distill"), ("events",), ("macro", "micro", "l4_distill"),
-          _feature_spec, _tables, unit_input="events", unit_outputs=_per_world("lake/macro", "lake/micro", "lake/l4_distill")),
+          _feature_spec, _tables, unit_input="events", unit_outputs=_per_world("lake/macro", "lake/micro", "lake/l4_distill"),
+          mapped=True),
     Stage("train_l2", ("tasks.train_l2",), ("macro", "events"), ("l2",), _preset("tasks.train_l2", "L2Config"), _train_l2,
           mode="fresh", isolated=True),
     Stage("backfill", ("tasks.backfill",), ("macro", "l2"), ("goal_hat",), _preset("tasks.backfill", "BackfillConfig"),
@@ -494,6 +504,10 @@ class StageCall:
     rebuild: str | None = None  # why every output is rebuilt from scratch ("forced", ...), else None
     extra: dict[str, Any] = field(default_factory=dict)  # collect: the rows of the worlds played now
     threads: int | None = None  # an isolated stage's math threads (the flow's share of the cores)
+    # a mapped stage's worker processes, or the Dask cluster of the run (not in the cache key: the outputs
+    # do not depend on where the worlds ran)
+    workers: int = 1
+    dask_address: str | None = None
 
 
 def _rel(path: Path, data: Path) -> str:
@@ -596,7 +610,8 @@ def _execute(call: StageCall) -> dict[str, Any]:
                                            "seconds", "worlds_per_hour")} | {"worlds_complete": complete}
     elif stage.mode == "units":
         rebuilt, now, stale = _prepare_units(stage, call, data)
-        summary = stage.run(paths, call.config)
+        summary = (stage.run(paths, call.config, call.workers, call.dask_address) if stage.mapped
+                   else stage.run(paths, call.config))
         for out in outputs.values():
             _write_marker(out, {"stage": stage.name, "recipe": call.recipe, "units": now})
     elif stage.mode == "fresh":

@@ -6,7 +6,9 @@ directory, so the lake holds 4 and 16 times as many worlds (the same logs, each
 converted and built again: work per world is that of a real collection of that size).
 For each scale a child process runs events -> macro -> micro -> l4_distill from scratch
 and reports its time (wall and CPU: the machine may be shared) and its peak memory
-(``ru_maxrss``): time should grow linearly with the worlds and memory stay flat.
+(``ru_maxrss`` of the child and of the largest worker process): time should grow linearly with the worlds
+and memory stay flat. This code maps the worlds on ``workers`` processes (the stages' own mapping); its CPU
+seconds add the workers' (each world's unit reports its CPU time).
 
 ``baseline``: a checkout of older code (``git worktree add /tmp/base <commit>``) whose
 tables stages are timed the same way, in the same run, at ``baseline_scales`` (the old
@@ -28,7 +30,23 @@ from typing import Any
 
 from tasks.report import md_table
 
+#: this code: events and tables mapped on ``workers`` processes; CPU seconds are this process's and, when the
+#: worlds ran in worker processes, theirs (each unit reports its own)
 _CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from tasks.events import run_events
+from tasks.tables import build_tables
+raw, lake, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+t, c = time.perf_counter(), time.process_time()
+units = [run_events(raw, lake, workers), build_tables(lake, workers=workers)]
+cpu = time.process_time() - c + (sum(u["cpu_seconds"] for u in units) if workers > 1 else 0.0)
+peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": cpu, "peak_mb": peak / 1024}))
+"""
+
+#: older code (the baseline): one process, the API it had
+_BASELINE_CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from tasks.events import run_events
@@ -50,6 +68,7 @@ class Config:
     scales: tuple[int, ...] = (1, 4, 16)
     baseline: str | None = None  # a checkout of older code to time beside this one
     baseline_scales: tuple[int, ...] = (1,)
+    workers: int = 2  # this code's worker processes (the baseline has one)
 
 
 def _link(worlds: list[Path], copies: int, raw: Path) -> None:
@@ -61,10 +80,11 @@ def _link(worlds: list[Path], copies: int, raw: Path) -> None:
             (raw / name).symlink_to(w.resolve(), target_is_directory=True)
 
 
-def _child(code: Path | None, raw: Path, lake: Path) -> dict[str, Any]:
+def _child(code: Path | None, raw: Path, lake: Path, workers: int) -> dict[str, Any]:
     """The tables stages from scratch in a fresh process, with this code or the checkout at ``code``."""
     env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(raw), str(lake)], check=True, capture_output=True, text=True,
+    argv = ["-c", _CHILD, str(raw), str(lake), str(workers)] if code is None else ["-c", _BASELINE_CHILD, str(raw), str(lake)]
+    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True,
                          cwd=str(code) if code is not None else None, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -85,9 +105,10 @@ def run_bench(config: Config) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 _link(worlds, scale, Path(tmp) / "raw" / "bench")
                 t = time.perf_counter()
-                child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake")
+                child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake", config.workers)
                 n = len(worlds) * scale
-                results.append({"code": name, "scale": f"{scale}x", "worlds": n, "events": events_1x * scale,
+                results.append({"code": name, "scale": f"{scale}x", "workers": 1 if code else config.workers,
+                                "worlds": n, "events": events_1x * scale,
                                 "seconds": round(child["seconds"], 2), "cpu_seconds": round(child["cpu_seconds"], 2),
                                 "events_per_second": round(events_1x * scale / child["seconds"]),
                                 "seconds_per_world": round(child["seconds"] / n, 3),
@@ -101,8 +122,8 @@ def run_bench(config: Config) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    rows = [[r["code"], r["scale"], r["worlds"], r["events"], r["seconds"], r["cpu_seconds"], r["events_per_second"],
+    rows = [[r["code"], r["scale"], r.get("workers", 1), r["worlds"], r["events"], r["seconds"], r["cpu_seconds"], r["events_per_second"],
              r["seconds_per_world"], r["peak_mb"], r.get("speedup", "")] for r in doc["results"]]
     return "\n".join(["bench tables: events -> macro -> micro -> l4_distill from scratch", ""] + md_table(
-        ["code", "scale", "worlds", "events", "seconds", "CPU s", "events / s", "s / world", "peak MB",
+        ["code", "scale", "workers", "worlds", "events", "seconds", "CPU s", "events / s", "s / world", "peak MB",
          "baseline / this"], rows))

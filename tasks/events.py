@@ -15,8 +15,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 from hrlxf_agent.tracker import EVENTS_SCHEMA_VERSION
 from schemas import arrow
 from tasks.collect import DONE
+from tasks.parallel import map_units
 
 
 
@@ -154,31 +157,60 @@ def write_world(out: Path, rows: dict[str, pa.Table | list[dict[str, Any]]]) -> 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_events(raw: Path, lake: Path, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Convert every complete raw world not converted yet; quarantine the bad ones with their reason."""
+@dataclass(frozen=True)
+class WorldJob:
+    """One raw world to convert into ``out`` (a unit of `run_events`)."""
+
+    run_id: str
+    world_id: str
+    raw: str
+    out: str
+
+
+def convert_world(job: WorldJob) -> dict[str, Any]:
+    """One raw world's event tables, written atomically; a world that cannot be trusted comes back with its
+    reason (``error``, ``bad``: quarantined), one that failed otherwise (a full disk) with its error, and
+    either writes nothing."""
+    cpu = time.process_time()
+    try:
+        tables = world_columns(job.run_id, job.world_id, Path(job.raw))
+        write_world(Path(job.out), tables)
+    except BadWorld as e:
+        return {"run_id": job.run_id, "world_id": job.world_id, "error": str(e), "bad": True, "rows": {},
+                "cpu_seconds": time.process_time() - cpu}
+    except Exception as e:  # noqa: BLE001 - this world's, not the stage's: it is converted again next run
+        return {"run_id": job.run_id, "world_id": job.world_id, "error": f"{type(e).__name__}: {e}", "bad": False,
+                "rows": {}, "cpu_seconds": time.process_time() - cpu}
+    return {"run_id": job.run_id, "world_id": job.world_id, "error": None, "bad": False,
+            "rows": {name: t.num_rows for name, t in tables.items()}, "cpu_seconds": time.process_time() - cpu}
+
+
+def _died(job: WorldJob) -> dict[str, Any]:
+    return {"run_id": job.run_id, "world_id": job.world_id, "error": "its process died",
+            "bad": False, "rows": {}, "cpu_seconds": 0.0}
+
+
+def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None = None) -> dict[str, Any]:
+    """Convert every complete raw world not converted yet, ``workers`` worlds at once or on the Dask cluster at
+    ``dask_address`` (`tasks.parallel.map_units`); quarantine the bad ones with their reason. A world that
+    failed otherwise (its process died, a full disk) is named in ``failed`` and converted by the next run."""
     root = Path(lake) / "events"
-    converted, skipped, quarantined = 0, 0, []
-    rows_written = {name: 0 for name in arrow.TABLES}
+    jobs, skipped = [], 0
     for run_id, world_id, world in raw_worlds(raw):
         out = root / run_id / world_id
         if out.is_dir():
             skipped += 1
-            continue
-        try:
-            rows = world_columns(run_id, world_id, world)
-        except BadWorld as e:
-            quarantined.append({"run_id": run_id, "world_id": world_id, "reason": str(e)})
-            row = {"world_id": world_id, "error": str(e)}
         else:
-            write_world(out, rows)
-            converted += 1
-            for name, table in rows.items():
-                rows_written[name] += table.num_rows
-            row = {"world_id": world_id, "error": None}
-        if progress:
-            progress(row)
+            jobs.append(WorldJob(run_id, world_id, str(world), str(out)))
+    results = sorted(map_units(convert_world, jobs, workers, _died, desc="events", dask_address=dask_address),
+                     key=lambda r: (r["run_id"], r["world_id"]))
+    rows_written = {name: sum(r["rows"].get(name, 0) for r in results) for name in arrow.TABLES}
+    quarantined = [{"run_id": r["run_id"], "world_id": r["world_id"], "reason": r["error"]} for r in results if r["bad"]]
     _update_quarantine(root, quarantined)
-    return {"converted": converted, "skipped": skipped, "quarantined": quarantined, "rows": rows_written}
+    return {"converted": sum(r["error"] is None for r in results), "skipped": skipped, "quarantined": quarantined,
+            "failed": [f"{r['run_id']}/{r['world_id']}: {r['error']}" for r in results if r["error"] and not r["bad"]],
+            "rows": rows_written, "cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 2),
+            "workers": sorted({r["worker"] for r in results if "worker" in r})}
 
 
 def _update_quarantine(root: Path, new: list[dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ import functools
 import multiprocessing
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,31 @@ def run_jobs(
     return rows
 
 
+def map_units(fn: Callable[[J], dict], jobs: Sequence[J], workers: int, died: Callable[[J], dict],
+              desc: str = "units", dask_address: str | None = None) -> list[dict]:
+    """Pure per-world work (a world's events or tables) with a progress bar: `run_jobs` on the Dask cluster
+    at ``dask_address`` or, when ``workers`` > 1, on that many local processes; otherwise in this process,
+    one after another (exceptions raised here). Each row gets the ``host:pid`` of the process that ran it or,
+    in a process of its own, that started it (``worker``: the Dask worker, the local fork server)."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(jobs), desc=desc, unit="world", disable=None) as bar:
+        if dask_address or workers > 1:
+            return run_jobs(functools.partial(_where, fn, started=True), jobs, workers, died,
+                            progress=lambda _: bar.update(), dask_address=dask_address)
+        rows = []
+        for job in jobs:
+            rows.append(_where(fn, job, started=False))
+            bar.update()
+        return rows
+
+
+def _where(fn: Callable[[J], dict], job: J, started: bool) -> dict:
+    """``fn(job)``'s row with the ``host:pid`` of this process, or of its parent when it was ``started`` for
+    this unit (a unit of `map_units`)."""
+    return {**fn(job), "worker": f"{socket.gethostname()}:{os.getppid() if started else os.getpid()}"}
+
+
 def fresh(fn: Callable[[J], dict], job: J, died: Callable[[J], dict]) -> dict:
     """``fn(job)`` in a fresh process (`in_fresh_process`); ``died(job)`` if that process dies or raises."""
     try:
@@ -77,22 +103,20 @@ def fresh(fn: Callable[[J], dict], job: J, died: Callable[[J], dict]) -> dict:
         return died(job)
 
 
-#: what the units import (a world of collect, of the evaluation, a rollout): the fork server loads them once
-PRELOAD = ("tasks.collect", "tasks.evaluate", "hrlxf_rl.rollout")
-
-
 @functools.cache
 def _fork_server() -> Any:
-    """multiprocessing's fork server context, with `PRELOAD` to import and `WORKER_ENV` in its environment
+    """multiprocessing's fork server context, with `tasks.preload.PRELOAD` to import and `WORKER_ENV` in its environment
     (the server starts with the first unit; a second call racing the first sets the same things)."""
     os.environ.update(WORKER_ENV)  # read by the server's interpreter at its start, so by every unit's
+    from tasks.preload import PRELOAD
+
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD))
     return ctx
 
 
 def in_fresh_process(fn: Callable[..., R], *args: Any) -> R:
-    """``fn(*args)`` in a process forked from a fork server that has imported `PRELOAD` and nothing else ran in:
+    """``fn(*args)`` in a process forked from a fork server that has imported `tasks.preload.PRELOAD` and nothing else ran in:
     every call starts from the same state (a world replays the same whatever ran before it) for the price of a
     fork, not of the imports (6 s of CPU). One math thread. On a daemonic process (a Dask worker), whose
     children multiprocessing refuses, `in_own_process` instead."""

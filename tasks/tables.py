@@ -20,8 +20,10 @@ Worlds are built one at a time: time grows with the worlds, memory does not.
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -272,50 +274,123 @@ def current(path: Path, schema: pa.Schema) -> bool:
 TABLES: dict[str, tuple[Callable[[FeatureSpec], pa.Schema], Callable[[WorldLog], pa.Table]]] = {
     "macro": (macro_schema, macro_table),
 }
+#: the module that registers each table in `TABLES` (a world's unit imports them: it may run in a fresh process)
+TABLE_MODULES = {"macro": "tasks.tables", "micro": "tasks.micro", "l4_distill": "tasks.l4_distill"}
 #: table files a build wrote for another table's build in this process, not reported yet: path -> rows
 _BUILT_AHEAD: dict[Path, int] = {}
 
 
-def build_per_world(lake: Path, table: str, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """``<lake>/<table>/<run_id>/<world_id>.parquet`` for every converted world not built yet, or built by an
-    older version of the table or of the features (atomic writes), one world at a time.
+@dataclass(frozen=True)
+class WorldTablesJob:
+    """The tables of one converted world to (re)build: a unit of `build_tables`."""
 
-    A world read for ``table`` also gets its other tables (`TABLES`) that are missing or out of date, from the
-    same `WorldLog`; their own build call in this process then counts them as built (with their rows), so
-    each call reports what it would have built alone."""
-    spec = spec or FeatureSpec()
-    schemas = {name: schema_of(spec) for name, (schema_of, _) in TABLES.items()}
-    built, skipped, total = 0, 0, 0
-    for world in converted(Path(lake) / "events"):
-        outs = {name: Path(lake) / name / world.parent.name / f"{world.name}.parquet" for name in TABLES}
-        if outs[table].exists() and current(outs[table], schemas[table]):
-            rows = _BUILT_AHEAD.pop(outs[table].absolute(), None)
-            if rows is None:
-                skipped += 1
-            else:
-                built += 1
-                total += rows
-            continue
-        log = WorldLog(world, spec)
-        for name, (_, table_of) in TABLES.items():
-            out = outs[name]
-            if name != table and out.exists() and current(out, schemas[name]):
-                continue
+    world: str  # <lake>/events/<run_id>/<world_id>
+    lake: str
+    spec: FeatureSpec
+    tables: tuple[str, ...]
+
+
+def _out(lake: Path, name: str, world: Path) -> Path:
+    return Path(lake) / name / world.parent.name / f"{world.name}.parquet"
+
+
+def _stale(lake: Path, world: Path, schemas: dict[str, pa.Schema]) -> tuple[str, ...]:
+    """The tables of ``world`` missing or written by an older version of the table or of the features."""
+    return tuple(n for n, schema in schemas.items() if not (_out(lake, n, world).exists()
+                                                            and current(_out(lake, n, world), schema)))
+
+
+def build_world(job: WorldTablesJob) -> dict[str, Any]:
+    """``job.tables`` of one world from one reading of its events (`WorldLog`), each written atomically; returns
+    the rows written per table and the CPU seconds it took, or the error that stopped it (named with the
+    world; what it wrote before stays, being complete)."""
+    cpu = time.process_time()
+    world = Path(job.world)
+    rows: dict[str, int] = {}
+    try:
+        for name in job.tables:
+            importlib.import_module(TABLE_MODULES[name])
+        log = WorldLog(world, job.spec)
+        for name in job.tables:
             gc.disable()  # a world's log holds ~10^5 small objects and creates no cycles: no collector passes over them
             try:
-                data = table_of(log)
+                data = TABLES[name][1](log)
             finally:
                 gc.enable()
+            out = _out(Path(job.lake), name, world)
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".tmp")
             pq.write_table(data, tmp)
             os.replace(tmp, out)
-            if name == table:
-                _BUILT_AHEAD.pop(out.absolute(), None)
-                built += 1
-                total += data.num_rows
-            else:
-                _BUILT_AHEAD[out.absolute()] = data.num_rows
+            rows[name] = data.num_rows
+        error = None
+    except Exception as e:  # noqa: BLE001 - this world's, not the build's
+        error = f"{type(e).__name__}: {e}"
+    return {"world": f"{world.parent.name}/{world.name}", "rows": rows, "error": error,
+            "cpu_seconds": time.process_time() - cpu}
+
+
+def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str, ...] = tuple(TABLE_MODULES),
+                 workers: int = 1, dask_address: str | None = None) -> dict[str, Any]:
+    """Every table in ``tables`` of every converted world not built yet or out of date, one world per unit,
+    ``workers`` worlds at once or on the Dask cluster at ``dask_address`` (`tasks.parallel.map_units`: fresh
+    processes). A world whose process died is named in ``failed`` and built by the next run; the others
+    are kept.
+
+    Returns ``{table: {"built", "skipped", "rows"}}``, ``failed``, the units' ``cpu_seconds`` and the
+    ``workers`` (host:pid) that built them."""
+    from tasks.parallel import map_units
+
+    spec = spec or FeatureSpec()
+    for name in tables:
+        importlib.import_module(TABLE_MODULES[name])
+    schemas = {name: TABLES[name][0](spec) for name in tables}
+    worlds = converted(Path(lake) / "events")
+    jobs = [WorldTablesJob(str(w), str(lake), spec, todo) for w in worlds if (todo := _stale(lake, w, schemas))]
+
+    def died(job: WorldTablesJob) -> dict[str, Any]:
+        world = Path(job.world)
+        return {"world": f"{world.parent.name}/{world.name}", "rows": {}, "error": "its process died",
+                "cpu_seconds": 0.0}
+
+    results = map_units(build_world, jobs, workers, died, desc="tables", dask_address=dask_address)
+    summary: dict[str, Any] = {name: {"built": sum(name in r["rows"] for r in results),
+                                      "skipped": len(worlds) - sum(name in j.tables for j in jobs),
+                                      "rows": sum(r["rows"].get(name, 0) for r in results)} for name in tables}
+    summary["failed"] = sorted(f"{r['world']}: {r['error']}" for r in results if r["error"])
+    summary["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in results), 2)
+    summary["workers"] = sorted({r["worker"] for r in results if "worker" in r})
+    return summary
+
+
+def build_per_world(lake: Path, table: str, spec: FeatureSpec | None = None) -> dict[str, Any]:
+    """``<lake>/<table>/<run_id>/<world_id>.parquet`` for every converted world not built yet, or built by an
+    older version of the table or of the features, one world at a time in this process.
+
+    A world read for ``table`` also gets its other registered tables (`TABLES`) that are missing or out of
+    date, from the same `WorldLog`; their own build call in this process then counts them as built (with
+    their rows), so each call reports what it would have built alone."""
+    spec = spec or FeatureSpec()
+    schemas = {name: schema_of(spec) for name, (schema_of, _) in TABLES.items()}
+    built, skipped, total = 0, 0, 0
+    for world in converted(Path(lake) / "events"):
+        out = _out(lake, table, world).absolute()
+        if table not in (todo := _stale(lake, world, schemas)):
+            rows = _BUILT_AHEAD.pop(out, None)
+            skipped += rows is None
+            built += rows is not None
+            total += rows or 0
+            continue
+        result = build_world(WorldTablesJob(str(world), str(lake), spec, todo))
+        if result["error"]:
+            raise RuntimeError(f"{world}: {result['error']}")
+        written = result["rows"]
+        for name, n in written.items():
+            if name != table:
+                _BUILT_AHEAD[_out(lake, name, world).absolute()] = n
+        _BUILT_AHEAD.pop(out, None)
+        built += 1
+        total += written[table]
     return {"built": built, "skipped": skipped, "rows": total}
 
 

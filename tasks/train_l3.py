@@ -81,6 +81,14 @@ class L3Config:
 # ---------------------------------------------------------------------------- data
 
 
+#: the micro columns L3's arrays are built from (the scan reads only these: the hindsight goal, res_*, alpha,
+#: seq, partner and the rest stay on disk)
+MICRO_COLUMNS = ["run_id", "world_id", "agent_id", "step", "negotiation_id", "is_buy", "rel_time", "static", "role",
+                 "history", "history_len", "time_mask", "q_safe", "broadcast", "committed", "tradable", "offer_delta",
+                 "budget", "op", "delta", "q", "p", "base_q", "base_p", "rule_base_q", "rule_base_p", "rule_op",
+                 "rule_delta", "legal", "deal", "deal_value"]
+
+
 def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[str, np.ndarray], Split, pl.DataFrame]:
     """Every expert row with its goal_hat, as the arrays of FIELDS; the split by world; the rows' world keys."""
     lake = Path(lake)
@@ -88,7 +96,7 @@ def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[st
     check_schema(files, micro_schema(spec), str(MICRO_VERSION))
     goal_files = table_files(lake, "goal_hat")
     keys = ["run_id", "world_id", "agent_id", "step"]
-    micro = read_tables(files)
+    micro = read_tables(files, MICRO_COLUMNS)
     goals = read_tables(goal_files, rebuild="`hrlxf train backfill` rebuilds it")
     df = (micro.join(expert_agents(lake, config.min_relative_score), on=keys[:3], how="inner")
           .join(goals, on=keys, how="left"))

@@ -3,6 +3,7 @@
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from hrlxf_agent.snapshot import Snapshot
 from schemas import arrow
@@ -54,3 +55,53 @@ def test_tables_are_typed_complete_incremental_and_bad_worlds_quarantined(tmp_pa
     assert not (lake / "events" / "r" / "w0004").exists()
     old = pq.read_table(lake / "events" / "r" / "w0003" / "decisions.parquet").column("batch")
     assert len(old) > 0 and old.null_count == len(old)
+
+
+def test_worlds_mapped_on_worker_processes_give_the_same_bytes(tmp_path):
+    """events and the three tables built on 2 worker processes equal, file for file, what one process builds;
+    a bad world found in a worker is quarantined there and the others are kept; a rerun builds nothing."""
+    from tasks.tables import build_tables
+
+    raw = tmp_path / "raw"
+    run_collect(SMALL, raw, "r")
+    bad = next((raw / "r" / "w0002" / "events").glob("*.jsonl"))
+    bad.write_text(bad.read_text()[:-40])
+    lakes = {w: tmp_path / f"lake{w}" for w in (1, 2)}
+    for workers, lake in lakes.items():
+        events = run_events(raw, lake, workers)
+        assert events["converted"] == 2 and [q["world_id"] for q in events["quarantined"]] == ["w0002"], events
+        tables = build_tables(lake, workers=workers)
+        assert {n: tables[n]["built"] for n in ("macro", "micro", "l4_distill")} == {"macro": 2, "micro": 2, "l4_distill": 2}
+        assert tables["failed"] == [] and tables["cpu_seconds"] > 0
+    files = sorted(p.relative_to(lakes[1]) for p in lakes[1].rglob("*.parquet"))
+    assert len(files) == 2 * len(arrow.TABLES) + 1 + 3 * 2  # events, quarantine, three tables of two worlds
+    assert files == sorted(p.relative_to(lakes[2]) for p in lakes[2].rglob("*.parquet"))
+    for f in files:
+        assert (lakes[1] / f).read_bytes() == (lakes[2] / f).read_bytes(), f
+    again = build_tables(lakes[2], workers=2)
+    assert again["macro"] == {"built": 0, "skipped": 2, "rows": 0} and run_events(raw, lakes[2], 2)["converted"] == 0
+    assert len(again["workers"]) == 0 and len(build_tables(lakes[1], workers=1)["workers"]) == 0
+
+    # a world that fails in its worker is named with its error; the other world is built beside it
+    for name in ("macro", "micro", "l4_distill"):
+        for world in ("w0000", "w0001"):
+            (lakes[2] / name / "r" / f"{world}.parquet").unlink()
+    (lakes[2] / "events" / "r" / "w0001" / "decisions.parquet").write_text("not parquet")
+    broken = build_tables(lakes[2], workers=2)
+    assert broken["macro"]["built"] == 1 and (lakes[2] / "macro" / "r" / "w0000.parquet").exists()
+    assert len(broken["failed"]) == 1 and broken["failed"][0].startswith("r/w0001: ArrowInvalid"), broken["failed"]
+    assert len(broken["workers"]) == 1 and broken["workers"][0].endswith(":" + str(_fork_server_pid()))
+    from flows.stages import _tables  # the pipeline's stage fails then, so that its next run builds what is missing
+
+    with pytest.raises(RuntimeError, match=r"1 world\(s\) of tables failed: r/w0001: ArrowInvalid"):
+        _tables({"lake": lakes[2]}, None, 2, None)
+
+
+def _fork_server_pid() -> int:
+    """The pid of the fork server the worker processes were forked from (their parent)."""
+    import os
+
+    import psutil
+
+    children = {p.pid for p in psutil.Process(os.getpid()).children()}
+    return next(p for p in children if "forkserver" in " ".join(psutil.Process(p).cmdline()))

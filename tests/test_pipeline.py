@@ -165,7 +165,8 @@ def dask_cluster(tmp_path_factory):
 
 
 def test_collect_and_evaluate_run_on_two_dask_worker_processes_and_only_later_stages_recompute(data, dask_cluster):
-    """A new run of worlds, played on a scheduler and two `dask worker` processes, like the evaluation units:
+    """A new run of worlds, played on a scheduler and two `dask worker` processes, like the evaluation units
+    and the new worlds' events and tables:
     every stage after collect recomputes, incrementally (the earlier worlds' tables are not rewritten)."""
     address, pids = dask_cluster
     root = data["root"]
@@ -183,8 +184,10 @@ def test_collect_and_evaluate_run_on_two_dask_worker_processes_and_only_later_st
     got = states(r)
     # every stage after collect, incrementally; finetune reads no data of the pipeline (it plays its own worlds)
     assert all(got[s] == "computed" for s in STAGES if s != "finetune") and got["finetune"] == "cached", got
-    events = r["report"]["stages"][1]["summary"]
+    events, tables = (r["report"]["stages"][i]["summary"] for i in (1, 2))
     assert events["converted"] == 4 and events["skipped"] == 4  # only the new worlds were converted
+    for lake_stage in (events, tables):  # their worlds too ran on the cluster's workers
+        assert lake_stage["workers"] and {int(w.rsplit(":", 1)[1]) for w in lake_stage["workers"]} <= pids, lake_stage
     assert len(list(root.glob("lake/macro/dask/*.parquet"))) == 4
     assert mtimes(Path(p) for p in old) == old  # the earlier worlds' tables were not rewritten
 
