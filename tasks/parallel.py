@@ -116,8 +116,8 @@ def _fork_server() -> Any:
 
 
 def in_fresh_process(fn: Callable[..., R], *args: Any) -> R:
-    """``fn(*args)`` in a process forked from a fork server that has imported `tasks.preload.PRELOAD` and nothing else ran in:
-    every call starts from the same state (a world replays the same whatever ran before it) for the price of a
+    """``fn(*args)`` in a process forked from a fork server that has imported `tasks.preload.PRELOAD` and nothing
+    else ran in: every call starts from the same state (a world replays the same whatever ran before it) for the price of a
     fork, not of the imports (6 s of CPU). One math thread. On a daemonic process (a Dask worker), whose
     children multiprocessing refuses, `in_own_process` instead."""
     if multiprocessing.current_process().daemon:
