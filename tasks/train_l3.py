@@ -19,6 +19,7 @@ on the same inputs) and R is the thread's deal value against the spot price
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,24 +90,76 @@ MICRO_COLUMNS = ["run_id", "world_id", "agent_id", "step", "negotiation_id", "is
                  "rule_delta", "legal", "deal", "deal_value"]
 
 
-def load_micro(lake: Path, spec: FeatureSpec, config: L3Config) -> tuple[dict[str, np.ndarray], Split, pl.DataFrame]:
-    """Every expert row with its goal_hat, as the arrays of FIELDS; the split by world; the rows' world keys."""
+def load_micro(lake: Path, spec: FeatureSpec, config: L3Config,
+               store: Path | None = None) -> tuple[dict[str, np.ndarray], Split, pl.DataFrame]:
+    """Every expert row with its goal_hat, as the arrays of FIELDS; the split by world; the rows' world keys.
+
+    Built one world at a time (its micro rows, its experts, its goal_hat): memory holds a world's table, not
+    the lake's. With ``store``, each array is a memory-mapped ``.npy`` file there (filled world by world),
+    so that the rows never need to fit in memory at once (the reference's 18 M rows are ~14 GB of arrays)."""
     lake = Path(lake)
     files = table_files(lake, "micro")
     check_schema(files, micro_schema(spec), str(MICRO_VERSION))
-    goal_files = table_files(lake, "goal_hat")
+    goal_files = {(f.parent.name, f.name): f for f in table_files(lake, "goal_hat")}
+    experts = expert_agents(lake, config.min_relative_score)
     keys = ["run_id", "world_id", "agent_id", "step"]
-    micro = read_tables(files, MICRO_COLUMNS)
-    goals = read_tables(goal_files, rebuild="`hrlxf train backfill` rebuilds it")
-    df = (micro.join(expert_agents(lake, config.min_relative_score), on=keys[:3], how="inner")
-          .join(goals, on=keys, how="left"))
-    missing = int(df["goal_hat"].is_null().sum())
+    parts: list[dict[str, np.ndarray]] = []
+    world_keys: list[pl.DataFrame] = []
+    missing = 0
+    for f in files:
+        df = read_tables([f], MICRO_COLUMNS).join(experts, on=keys[:3], how="inner", maintain_order="left")
+        goal = goal_files.get((f.parent.name, f.name))
+        if df.is_empty():
+            continue
+        if goal is None:
+            missing += len(df)
+            continue
+        df = df.join(read_tables([goal], rebuild="`hrlxf train backfill` rebuilds it"), on=keys, how="left",
+                     maintain_order="left")
+        missing += int(df["goal_hat"].is_null().sum())
+        df = df.filter(pl.col("negotiation_id").is_not_null())  # answers to threads already over are no decisions
+        if missing or df.is_empty():
+            continue
+        parts.append(_stashed(micro_arrays(df, spec, config), store, len(parts)))
+        world_keys.append(df.select("run_id", "world_id"))
     if missing:
         raise TrainingDataError(f"{lake / 'goal_hat'}: {missing} micro rows have no goal_hat (run the backfill stage)")
-    df = df.filter(pl.col("negotiation_id").is_not_null())  # answers to threads already over are no decisions
-    if df.is_empty():
+    if not parts:
         raise TrainingDataError(f"{lake / 'micro'}: no rows of expert agents")
-    return micro_arrays(df, spec, config), world_split(df, config.fit), df.select("run_id", "world_id")
+    world = pl.concat(world_keys)
+    return _joined(parts, store), world_split(world, config.fit), world
+
+
+def _stashed(arrays: dict[str, np.ndarray], store: Path | None, i: int) -> dict[str, np.ndarray]:
+    """One world's arrays, as they are (no ``store``) or saved in ``store`` and memory-mapped back."""
+    if store is None:
+        return arrays
+    part = Path(store) / f"part-{i:06d}"
+    part.mkdir(parents=True, exist_ok=True)
+    for k, v in arrays.items():
+        np.save(part / f"{k}.npy", v)
+    return {k: np.load(part / f"{k}.npy", mmap_mode="r") for k in arrays}
+
+
+def _joined(parts: list[dict[str, np.ndarray]], store: Path | None) -> dict[str, np.ndarray]:
+    """The worlds' arrays end to end: in memory, or one memory-mapped ``.npy`` per array in ``store`` (the
+    worlds' files are deleted as they are copied in)."""
+    if store is None:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    n = sum(len(p["op"]) for p in parts)
+    out = {k: np.lib.format.open_memmap(Path(store) / f"{k}.npy", mode="w+", dtype=v.dtype, shape=(n, *v.shape[1:]))
+           for k, v in parts[0].items()}
+    at = 0
+    for i, p in enumerate(parts):
+        m = len(p["op"])
+        for k in out:
+            out[k][at:at + m] = p[k]
+        at += m
+        parts[i] = {}
+        shutil.rmtree(Path(store) / f"part-{i:06d}")
+    for v in out.values():
+        v.flush()
+    return out
 
 
 def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[str, np.ndarray]:
@@ -211,9 +264,20 @@ class ValueNet(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def value_inputs(a: dict[str, np.ndarray]) -> np.ndarray:
-    last = a["rounds"][:, -1, :]
-    return np.concatenate([a["static"], a["goal"], a["role"], a["broadcast"], a["alpha"], last], axis=1).astype(np.float32)
+#: rows at a time where a pass over every row would hold a copy of them all (the value net's inputs, its predictions)
+CHUNK = 65536
+
+
+def value_inputs(a: dict[str, np.ndarray], store: Path | None = None) -> np.ndarray:
+    """V's inputs of every row (static, goal, role, broadcast, alpha, the last round), built a chunk at a time,
+    in memory or memory-mapped in ``store``."""
+    parts = ("static", "goal", "role", "broadcast", "alpha")
+    n, width = len(a["static"]), sum(a[k].shape[1] for k in parts) + a["rounds"].shape[2]
+    x = (np.empty((n, width), np.float32) if store is None else
+         np.lib.format.open_memmap(Path(store) / "value_inputs.npy", mode="w+", dtype=np.float32, shape=(n, width)))
+    for i in range(0, n, CHUNK):
+        x[i:i + CHUNK] = np.concatenate([*(a[k][i:i + CHUNK] for k in parts), a["rounds"][i:i + CHUNK, -1, :]], axis=1)
+    return x
 
 
 def _value_module(n_in: int, fit: FitConfig) -> Any:
@@ -284,7 +348,9 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     for the ablation) + ``out/metrics.json``."""
     out = Path(out)
     spec = FeatureSpec(horizon=config.executor.horizon)
-    a, split, keys = load_micro(Path(lake), spec, config)
+    store = out / ".arrays"  # the rows' arrays, memory-mapped (`load_micro`); deleted once trained
+    shutil.rmtree(store, ignore_errors=True)
+    a, split, keys = load_micro(Path(lake), spec, config, store)
     tr, val, test = split.train, split.val, split.test
     require_rows(f"L3 ({config.mode}, micro rows)", int(tr.sum()), int(val.sum()), config.fit)
     arrays = tuple(a[k] for k in FIELDS)
@@ -302,14 +368,16 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
         "split": split_counts(split, keys),
     }
     if config.awr:
-        x = value_inputs(a)
+        x = value_inputs(a, store)
         mu, sd = float(a["ret"][tr].mean()), float(a["ret"][tr].std()) + 1e-12
         z = ((a["ret"] - mu) / sd).astype(np.float32)  # deal values are ~1e-2: fit V on the standardised return
         vm = _value_module(x.shape[1], config.value_fit)
         v_result = fit_module(vm, Batches.of((x, z), tr), Batches.of((x, z), val), config.value_fit, out / "value", progress)
         load_best(vm, v_result)
         with torch.inference_mode():
-            v = vm.net.eval()(torch.from_numpy(x)).numpy()
+            vm.net.eval()
+            v = np.concatenate([vm.net(torch.from_numpy(np.ascontiguousarray(x[i:i + CHUNK]))).numpy()
+                                for i in range(0, len(x), CHUNK)])
         a["weight"] = awr_weights(z, v, config.awr_beta, config.awr_max_weight)
         arrays = tuple(a[k] for k in FIELDS)
         awr = _executor_module(config, config.awr_fit, executor.state_dict())
@@ -327,5 +395,6 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     stage = metrics["awr"] if config.awr else metrics["bc"]
     metrics["final"] = stage["val"]
     metrics["final_test"] = stage["test"]  # no checkpoint selection saw these worlds
+    shutil.rmtree(store)
     write_stage_output(out, {"executor": executor.state_dict(), "executor_bc": bc_state}, metrics)
     return metrics

@@ -200,22 +200,29 @@ def list_array(df: pl.DataFrame, column: str, width: int) -> np.ndarray:
 
 
 class Batches(torch.utils.data.Dataset):
-    """Tensors indexed a whole batch at a time (a per-row Dataset costs more than the step)."""
+    """Rows of arrays (numpy, memory-mapped or not, or tensors) indexed a whole batch at a time (a per-row
+    Dataset costs more than the step). Nothing is copied: ``rows`` picks this set's rows and a batch is
+    gathered when it is asked for, so a table's train and validation sets cost no more memory than the table."""
 
-    def __init__(self, *tensors: torch.Tensor):
-        if len({len(t) for t in tensors}) != 1:
+    def __init__(self, *arrays: np.ndarray | torch.Tensor, rows: np.ndarray | None = None):
+        if len({len(a) for a in arrays}) != 1:
             raise ValueError("all tensors need the same number of rows")
-        self.tensors = tensors
+        self.arrays = arrays
+        self.rows = np.arange(len(arrays[0])) if rows is None else np.asarray(rows)
 
     @classmethod
     def of(cls, arrays: tuple[np.ndarray, ...], rows: np.ndarray) -> "Batches":
-        return cls(*(torch.from_numpy(np.ascontiguousarray(a[rows])) for a in arrays))
+        """The rows ``rows`` (a boolean mask or indices) of ``arrays``."""
+        rows = np.asarray(rows)
+        return cls(*arrays, rows=np.flatnonzero(rows) if rows.dtype == bool else rows)
 
     def __len__(self) -> int:
-        return len(self.tensors[0])
+        return len(self.rows)
 
     def __getitem__(self, idx: Any) -> tuple[torch.Tensor, ...]:
-        return tuple(t[idx] for t in self.tensors)
+        sel = self.rows[idx]
+        return tuple(a[torch.from_numpy(np.asarray(sel))] if isinstance(a, torch.Tensor)
+                     else torch.from_numpy(np.ascontiguousarray(a[sel])) for a in self.arrays)
 
 
 @dataclass

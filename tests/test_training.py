@@ -73,6 +73,27 @@ def test_stages_write_weights_and_metrics_in_game_units(trained):
     assert l2["floor_rule_goal"]["rows"] > 0 and l3["config"]["executor"]["base"] == "rules"
 
 
+def test_l3_rows_memory_mapped_world_by_world_are_the_rows_in_memory(lake, trained, tmp_path):
+    """load_micro's arrays in .npy files filled world by world (what train_l3 trains on) equal the in-memory
+    ones, field for field; train_l3 leaves no array files in its output; a batch gathers rows of either."""
+    from tasks.train_l3 import FIELDS, load_micro
+    from hrlxf_agent.state import FeatureSpec
+
+    memory, split, keys = load_micro(lake, FeatureSpec(), L3Config.smoke())
+    mapped, split2, keys2 = load_micro(lake, FeatureSpec(), L3Config.smoke(), tmp_path / "store")
+    assert set(memory) == set(mapped) and keys.equals(keys2) and (split.train == split2.train).all()
+    for k in memory:
+        assert isinstance(mapped[k], np.memmap) and mapped[k].dtype == memory[k].dtype, k
+        np.testing.assert_array_equal(mapped[k], memory[k], err_msg=k)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(f"{k}.npy" for k in memory)  # no parts left
+    rows = np.flatnonzero(split.val)[[3, 0, 7]]
+    batch = Batches.of(tuple(mapped[k] for k in FIELDS), split.val)[[3, 0, 7]]
+    for k, t in zip(FIELDS, batch):
+        np.testing.assert_array_equal(t.numpy(), memory[k][rows], err_msg=k)
+    for mode in ("residual", "direct", "rules"):
+        assert not (trained["models"] / f"l3-{mode}" / ".arrays").exists()
+
+
 def test_l4_metrics_in_chunks_are_the_one_pass_figures(lake, trained):  # trained: the goal_hat backfill
     """alpha_metrics runs the coordinator a chunk of batches at a time (one pass over the official
     profile's 1 M batches took 17.6 GB): the figures are those of one pass."""
