@@ -16,6 +16,7 @@ the test worlds get the bundle's planner, which never saw them either.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.tables import MACRO_VERSION, macro_schema
 from tasks.training import (
-    Batches, FitConfig, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
+    Batches, FitConfig, RowStore, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
     Split, loss_module, require_rows, split_counts, read_tables, table_files, world_position, world_split, write_stage_output,
 )
 
@@ -63,25 +64,35 @@ class MacroData:
     keys: pl.DataFrame  # run_id, world_id, agent_id, step
 
 
-def load_macro(lake: Path, spec: FeatureSpec, fit: FitConfig, min_relative_score: float) -> MacroData:
+#: the macro columns the planner's arrays are built from (not the reward parts)
+MACRO_COLUMNS = ["run_id", "world_id", "agent_id", "step", "x_static", "x_temporal", "x_role", "rule_goal", "goal",
+                 "goal_mask"]
+
+
+def load_macro(lake: Path, spec: FeatureSpec, fit: FitConfig, min_relative_score: float,
+               store: Path | None = None) -> MacroData:
+    """The experts' agent-days as the planner's arrays, built one world at a time, in memory or memory-mapped in
+    ``store`` (`training.RowStore`), as L3's rows are."""
     files = table_files(lake, "macro")
     check_schema(files, macro_schema(spec), str(MACRO_VERSION))
-    df = read_tables(files)
-    df = df.join(expert_agents(lake, min_relative_score), on=["run_id", "world_id", "agent_id"], how="inner")
-    if df.is_empty():
-        raise TrainingDataError(f"{lake}/macro: no rows of expert agents (is the agents table of `hrlxf events` there?)")
+    experts = expert_agents(lake, min_relative_score)
     K = (spec.horizon + 1) * len(spec.temporal)
-    return MacroData(
-        x_static=list_array(df, "x_static", len(spec.static)),
-        x_temporal=list_array(df, "x_temporal", K).reshape(len(df), spec.horizon + 1, len(spec.temporal)),
-        x_role=list_array(df, "x_role", 2),
-        rule_goal=list_array(df, "rule_goal", GOAL_DIM),
-        goal=list_array(df, "goal", GOAL_DIM),
-        mask=list_array(df, "goal_mask", GOAL_DIM),
-        n_lines=df["n_lines"].to_numpy().astype(np.float32),
-        split=world_split(df, fit),
-        keys=df.select("run_id", "world_id", "agent_id", "step"),
-    )
+    rows, world_keys = RowStore(store), []
+    for f in files:
+        df = read_tables([f], MACRO_COLUMNS).join(experts, on=["run_id", "world_id", "agent_id"], how="inner",
+                                                  maintain_order="left")
+        if df.is_empty():
+            continue
+        rows.add({"x_static": list_array(df, "x_static", len(spec.static)),
+                  "x_temporal": list_array(df, "x_temporal", K).reshape(len(df), spec.horizon + 1, len(spec.temporal)),
+                  "x_role": list_array(df, "x_role", 2), "rule_goal": list_array(df, "rule_goal", GOAL_DIM),
+                  "goal": list_array(df, "goal", GOAL_DIM), "mask": list_array(df, "goal_mask", GOAL_DIM),
+                  "n_lines": df["n_lines"].to_numpy().astype(np.float32)})
+        world_keys.append(df.select("run_id", "world_id", "agent_id", "step"))
+    if not world_keys:
+        raise TrainingDataError(f"{lake}/macro: no rows of expert agents (is the agents table of `hrlxf events` there?)")
+    keys = pl.concat(world_keys)
+    return MacroData(**rows.joined(), split=world_split(keys, fit), keys=keys)
 
 
 def goal_loss(pred: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, price_weight: float) -> torch.Tensor:
@@ -166,7 +177,9 @@ def _fit_folds(data: MacroData, config: L2Config, out: Path) -> tuple[dict[str, 
 def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> dict[str, Any]:
     """macro table -> ``out/planner.pt`` + ``out/metrics.json``; returns the metrics."""
     spec = FeatureSpec(horizon=config.planner.horizon)
-    data = load_macro(Path(lake), spec, config.fit, config.min_relative_score)
+    store = Path(out) / ".arrays"  # the agent-days' arrays, memory-mapped (`load_macro`); deleted once trained
+    shutil.rmtree(store, ignore_errors=True)
+    data = load_macro(Path(lake), spec, config.fit, config.min_relative_score, store)
     tr, va, te = data.split.train, data.split.val, data.split.test
     require_rows("L2 (macro agent-days)", int(tr.sum()), int(va.sum()), config.fit)
     arrays = (data.x_static, data.x_temporal, data.x_role, data.rule_goal, data.goal, data.mask)
@@ -193,5 +206,6 @@ def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> 
                                                 data.goal[va], data.mask[va], data.n_lines[va])
     metrics["split"] = split_counts(data.split, data.keys)
     fold_states, metrics["crossfit"] = _fit_folds(data, config, Path(out))
+    shutil.rmtree(store)
     write_stage_output(Path(out), {"planner": planner.state_dict(), **fold_states}, metrics)
     return metrics

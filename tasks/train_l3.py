@@ -36,7 +36,7 @@ from hrlxf_models.executor import Executor, ExecutorConfig
 from tasks.goal_inputs import alpha_with_goal, broadcast_with_goal
 from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
 from tasks.training import (
-    Batches, FitConfig, Split, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
+    Batches, FitConfig, RowStore, Split, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
     loss_module, require_rows, split_counts, read_tables, table_files, world_split, write_stage_output,
 )
 
@@ -103,7 +103,7 @@ def load_micro(lake: Path, spec: FeatureSpec, config: L3Config,
     goal_files = {(f.parent.name, f.name): f for f in table_files(lake, "goal_hat")}
     experts = expert_agents(lake, config.min_relative_score)
     keys = ["run_id", "world_id", "agent_id", "step"]
-    parts: list[dict[str, np.ndarray]] = []
+    rows = RowStore(store)
     world_keys: list[pl.DataFrame] = []
     missing = 0
     for f in files:
@@ -120,46 +120,14 @@ def load_micro(lake: Path, spec: FeatureSpec, config: L3Config,
         df = df.filter(pl.col("negotiation_id").is_not_null())  # answers to threads already over are no decisions
         if missing or df.is_empty():
             continue
-        parts.append(_stashed(micro_arrays(df, spec, config), store, len(parts)))
+        rows.add(micro_arrays(df, spec, config))
         world_keys.append(df.select("run_id", "world_id"))
     if missing:
         raise TrainingDataError(f"{lake / 'goal_hat'}: {missing} micro rows have no goal_hat (run the backfill stage)")
-    if not parts:
+    if not world_keys:
         raise TrainingDataError(f"{lake / 'micro'}: no rows of expert agents")
     world = pl.concat(world_keys)
-    return _joined(parts, store), world_split(world, config.fit), world
-
-
-def _stashed(arrays: dict[str, np.ndarray], store: Path | None, i: int) -> dict[str, np.ndarray]:
-    """One world's arrays, as they are (no ``store``) or saved in ``store`` and memory-mapped back."""
-    if store is None:
-        return arrays
-    part = Path(store) / f"part-{i:06d}"
-    part.mkdir(parents=True, exist_ok=True)
-    for k, v in arrays.items():
-        np.save(part / f"{k}.npy", v)
-    return {k: np.load(part / f"{k}.npy", mmap_mode="r") for k in arrays}
-
-
-def _joined(parts: list[dict[str, np.ndarray]], store: Path | None) -> dict[str, np.ndarray]:
-    """The worlds' arrays end to end: in memory, or one memory-mapped ``.npy`` per array in ``store`` (the
-    worlds' files are deleted as they are copied in)."""
-    if store is None:
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    n = sum(len(p["op"]) for p in parts)
-    out = {k: np.lib.format.open_memmap(Path(store) / f"{k}.npy", mode="w+", dtype=v.dtype, shape=(n, *v.shape[1:]))
-           for k, v in parts[0].items()}
-    at = 0
-    for i, p in enumerate(parts):
-        m = len(p["op"])
-        for k in out:
-            out[k][at:at + m] = p[k]
-        at += m
-        parts[i] = {}
-        shutil.rmtree(Path(store) / f"part-{i:06d}")
-    for v in out.values():
-        v.flush()
-    return out
+    return rows.joined(), world_split(world, config.fit), world
 
 
 def micro_arrays(df: pl.DataFrame, spec: FeatureSpec, config: L3Config) -> dict[str, np.ndarray]:

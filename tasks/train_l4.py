@@ -12,6 +12,7 @@ how closely); one epoch checks the data path. Online learning trains the residua
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.coordinator import THREAD_FEATURES, Coordinator, CoordinatorConfig
 from tasks.goal_inputs import l4_with_goal
 from tasks.training import (
-    Batches, FitConfig, Split, TrainingDataError, expert_agents, fit_module, list_array, load_best, loss_module,
-    require_rows, split_counts, read_tables, table_files, world_split, write_stage_output,
+    Batches, FitConfig, RowStore, Split, TrainingDataError, expert_agents, fit_module, list_array, load_best,
+    loss_module, read_schema, require_rows, split_counts, read_tables, table_files, world_split, write_stage_output,
 )
 
 
@@ -40,39 +41,71 @@ class L4Config:
         return cls(fit=FitConfig(max_epochs=1, batch_size=64, min_train_rows=20, min_val_rows=5))
 
 
-def load_l4(lake: Path, config: L4Config) -> tuple[tuple[np.ndarray, ...], Split, pl.DataFrame]:
-    """(threads (B,N,F), keep (B,N), global (B,G), alpha (B,N)) padded to the largest batch; the split by
-    world; the rows' world keys."""
+#: the l4_distill columns the coordinator's arrays are built from
+L4_COLUMNS = ["run_id", "world_id", "agent_id", "step", "n_threads", "threads", "global", "teacher_alpha", "committed",
+              "tradable"]
+
+
+def load_l4(lake: Path, config: L4Config,
+            store: Path | None = None) -> tuple[tuple[np.ndarray, ...], Split, pl.DataFrame]:
+    """(threads (B,N,F), keep (B,N), global (B,G), alpha (B,N)) padded to the largest batch of the experts; the
+    split by world; the rows' world keys. Built one world at a time, in memory or memory-mapped in ``store``
+    (`training.RowStore`), as L3's rows are."""
+    lake = Path(lake)
     files = table_files(lake, "l4_distill")
-    df = read_tables(files)
-    for col in ("threads", "n_threads", "global", "teacher_alpha", "committed", "tradable"):
-        if col not in df.columns:
-            raise TrainingDataError(f"{Path(lake) / 'l4_distill'}: column {col!r} missing (rebuild with `hrlxf tables`)")
+    for f in files:
+        names = read_schema(f).names
+        if missing_col := next((c for c in L4_COLUMNS if c not in names), None):
+            raise TrainingDataError(f"{f}: column {missing_col!r} missing (rebuild with `hrlxf tables`)")
+    goal_files = {(f.parent.name, f.name): f for f in table_files(lake, "goal_hat")}
+    experts = expert_agents(lake, config.min_relative_score)
     keys = ["run_id", "world_id", "agent_id", "step"]
-    goals = read_tables(table_files(lake, "goal_hat"), rebuild="`hrlxf train backfill` rebuilds it")
-    df = (df.join(expert_agents(lake, config.min_relative_score), on=keys[:3], how="inner")
-          .join(goals, on=keys, how="left"))
-    df = df.filter(pl.col("n_threads") > 0)
-    if df.is_empty():
-        raise TrainingDataError(f"{Path(lake) / 'l4_distill'}: no batch rows of expert agents")
-    missing = int(df["goal_hat"].is_null().sum())
+
+    def experts_batches(f: Path, columns: list[str]) -> pl.DataFrame:
+        return (read_tables([f], columns).join(experts, on=keys[:3], how="inner", maintain_order="left")
+                .filter(pl.col("n_threads") > 0))
+
+    widest = max((experts_batches(f, keys + ["n_threads"])["n_threads"].max() or 0) for f in files)
+    rows, world_keys, missing = RowStore(store), [], 0
+    for f in files:
+        df = experts_batches(f, L4_COLUMNS)
+        goal = goal_files.get((f.parent.name, f.name))
+        if df.is_empty():
+            continue
+        if goal is None:
+            missing += len(df)
+            continue
+        df = df.join(read_tables([goal], rebuild="`hrlxf train backfill` rebuilds it"), on=keys, how="left",
+                     maintain_order="left")
+        missing += int(df["goal_hat"].is_null().sum())
+        if missing:
+            continue  # (the stage fails below)
+        rows.add(_l4_arrays(df, int(widest), config))
+        world_keys.append(df.select("run_id", "world_id"))
     if missing:
-        raise TrainingDataError(f"{Path(lake) / 'goal_hat'}: {missing} l4_distill rows have no goal_hat (run the backfill stage)")
+        raise TrainingDataError(f"{lake / 'goal_hat'}: {missing} l4_distill rows have no goal_hat (run the backfill stage)")
+    if not world_keys:
+        raise TrainingDataError(f"{lake / 'l4_distill'}: no batch rows of expert agents")
+    a = rows.joined()
+    world = pl.concat(world_keys)
+    return (a["threads"], a["keep"], a["global"], a["alpha"]), world_split(world, config.fit), world
+
+
+def _l4_arrays(df: pl.DataFrame, widest: int, config: L4Config) -> dict[str, np.ndarray]:
+    """One world's batches as padded arrays, with the goal-dependent inputs and the teacher rebuilt against
+    goal_hat, as the agent computes them online."""
     n = df["n_threads"].to_numpy()
-    B, N, F = len(df), int(n.max()), THREAD_FEATURES
+    B, N, F = len(df), widest, THREAD_FEATURES
     threads = np.zeros((B, N, F), np.float32)
     alpha = np.zeros((B, N), np.float32)
     keep = np.arange(N)[None, :] < n[:, None]
-    flat = df["threads"].explode().to_numpy().astype(np.float32)
-    flat_alpha = df["teacher_alpha"].explode().to_numpy().astype(np.float32)
-    threads[keep] = flat.reshape(-1, F)
-    alpha[keep] = flat_alpha
+    threads[keep] = df["threads"].explode().to_numpy().astype(np.float32).reshape(-1, F)
+    alpha[keep] = df["teacher_alpha"].explode().to_numpy().astype(np.float32)
     glob = list_array(df, "global", config.coordinator.global_dim)
-    # the goal-dependent inputs and the teacher against L2's goal, as the agent computes them online
     spec = FeatureSpec()
     threads, glob, alpha = l4_with_goal(threads, keep, glob, list_array(df, "goal_hat", 16), list_array(df, "committed", 8),
                                         list_array(df, "tradable", 8), len(spec.static), spec.horizon)
-    return (threads, keep, glob, alpha), world_split(df, config.fit), df.select("run_id", "world_id")
+    return {"threads": threads, "keep": keep, "global": glob, "alpha": alpha}
 
 
 def _module(config: L4Config) -> Any:
@@ -86,19 +119,26 @@ def _module(config: L4Config) -> Any:
 
 def alpha_metrics(coordinator: Coordinator, arrays: tuple[np.ndarray, ...], rows: np.ndarray,
                   chunk: int = 8192) -> dict[str, float]:
-    """The coordinator against the teacher on ``rows``, run ``chunk`` batches at a time: in one pass over
-    the official profile's 1 M batches its activations took 17.6 GB."""
-    threads, keep, glob, alpha = (a[rows] for a in arrays)
+    """The coordinator against the teacher on ``rows``, gathered and run ``chunk`` batches at a time: in one
+    pass over the official profile's 1 M batches its activations took 17.6 GB."""
+    idx = np.flatnonzero(rows)
+    errors, teachers, counts = [], [], [0, 0, []]
     coordinator.eval()
     with torch.inference_mode():
-        pred = np.concatenate([
-            coordinator(*(torch.from_numpy(x[i:i + chunk]) for x in (threads, keep, glob, alpha))).numpy()
-            for i in range(0, len(threads), chunk)] or [np.zeros(alpha.shape, np.float32)])
-    err = (pred - alpha)[keep]
-    teacher = alpha[keep]
-    return {"batches": int(rows.sum()), "threads": int(keep.sum()), "mae": float(np.abs(err).mean()),
+        for i in range(0, len(idx), chunk):
+            threads, keep, glob, alpha = (np.ascontiguousarray(a[idx[i:i + chunk]]) for a in arrays)
+            pred = coordinator(*(torch.from_numpy(x) for x in (threads, keep, glob, alpha))).numpy()
+            errors.append((pred - alpha)[keep])
+            teachers.append(alpha[keep])
+            _rank_counts(pred, alpha, keep, counts)
+    err = np.concatenate(errors) if errors else np.zeros(0, np.float32)
+    teacher = np.concatenate(teachers) if teachers else np.zeros(0, np.float32)
+    agree, total, shares = counts
+    return {"batches": int(len(idx)), "threads": int(len(teacher)), "mae": float(np.abs(err).mean()),
             "mse": float((err ** 2).mean()), "teacher_variance": float(teacher.var()),
-            "teacher_spread": _spread(teacher), **_rank_agreement(pred, alpha, keep)}
+            "teacher_spread": _spread(teacher),
+            "rank_agreement": agree / total if total else float("nan"),
+            "rank_agreement_per_batch": float(np.mean(shares)) if shares else float("nan")}
 
 
 def _spread(alpha: np.ndarray) -> dict[str, float]:
@@ -108,11 +148,9 @@ def _spread(alpha: np.ndarray) -> dict[str, float]:
             "saturated": float(np.mean(np.abs(alpha) > 0.999)) if len(alpha) else float("nan")}
 
 
-def _rank_agreement(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray) -> dict[str, float]:
-    """How often the coordinator orders a batch's threads as the teacher does (L1 clips in this order):
-    over all thread pairs, and the mean of each batch's share."""
-    agree = total = 0
-    shares = []
+def _rank_counts(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray, counts: list) -> None:
+    """How often the coordinator orders a batch's threads as the teacher does (L1 clips in this order): adds
+    the agreeing and all thread pairs, and each batch's share, to ``counts`` ([agree, total, shares])."""
     for p, a, k in zip(pred, alpha, keep):
         p, a = p[k], a[k]
         if len(a) < 2:
@@ -121,16 +159,16 @@ def _rank_agreement(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray) -> di
         upper = np.triu(np.ones_like(dp, dtype=bool), 1) & (da != 0)
         if upper.any():
             hits = int((dp[upper] == da[upper]).sum())
-            agree += hits
-            total += int(upper.sum())
-            shares.append(hits / int(upper.sum()))
-    return {"rank_agreement": agree / total if total else float("nan"),
-            "rank_agreement_per_batch": float(np.mean(shares)) if shares else float("nan")}
+            counts[0] += hits
+            counts[1] += int(upper.sum())
+            counts[2].append(hits / int(upper.sum()))
 
 
 def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> dict[str, Any]:
     """l4_distill -> ``out/coordinator.pt`` + ``out/metrics.json``; returns the metrics."""
-    arrays, split, keys = load_l4(Path(lake), config)
+    store = Path(out) / ".arrays"  # the batches' arrays, memory-mapped (`load_l4`); deleted once trained
+    shutil.rmtree(store, ignore_errors=True)
+    arrays, split, keys = load_l4(Path(lake), config, store)
     tr, val, test = split.train, split.val, split.test
     require_rows("L4 (l4_distill batches)", int(tr.sum()), int(val.sum()), config.fit)
     module = _module(config)
@@ -141,5 +179,6 @@ def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> 
                "history": result.history, "train": alpha_metrics(coordinator, arrays, tr),
                "val": alpha_metrics(coordinator, arrays, val),
                "test": alpha_metrics(coordinator, arrays, test) if test.any() else None, "split": split_counts(split, keys)}
+    shutil.rmtree(store)
     write_stage_output(Path(out), {"coordinator": coordinator.state_dict()}, metrics)
     return metrics

@@ -75,7 +75,7 @@ def test_stages_write_weights_and_metrics_in_game_units(trained):
 
 def test_l3_rows_memory_mapped_world_by_world_are_the_rows_in_memory(lake, trained, tmp_path):
     """load_micro's arrays in .npy files filled world by world (what train_l3 trains on) equal the in-memory
-    ones, field for field; train_l3 leaves no array files in its output; a batch gathers rows of either."""
+    ones, field for field; the trainings leave no array files in their outputs; a batch gathers rows of either."""
     from tasks.train_l3 import FIELDS, load_micro
     from hrlxf_agent.state import FeatureSpec
 
@@ -90,8 +90,8 @@ def test_l3_rows_memory_mapped_world_by_world_are_the_rows_in_memory(lake, train
     batch = Batches.of(tuple(mapped[k] for k in FIELDS), split.val)[[3, 0, 7]]
     for k, t in zip(FIELDS, batch):
         np.testing.assert_array_equal(t.numpy(), memory[k][rows], err_msg=k)
-    for mode in ("residual", "direct", "rules"):
-        assert not (trained["models"] / f"l3-{mode}" / ".arrays").exists()
+    for stage in ("l2", "l3-residual", "l3-direct", "l3-rules", "l4"):  # each trained on its memory-mapped rows
+        assert (trained["models"] / stage / "metrics.json").exists() and not (trained["models"] / stage / ".arrays").exists()
 
 
 def test_l4_metrics_in_chunks_are_the_one_pass_figures(lake, trained):  # trained: the goal_hat backfill
