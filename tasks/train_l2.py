@@ -29,8 +29,8 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.tables import MACRO_VERSION, macro_schema
 from tasks.training import (
-    Batches, FitConfig, RowStore, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
-    Split, loss_module, require_rows, split_counts, read_tables, table_files, world_position, world_split, write_stage_output,
+    Batches, FitConfig, RowStore, Split, check_schema, expert_agents, expert_worlds, fit_module, list_array, load_best,
+    loss_module, require_rows, split_counts, table_files, world_position, world_split, write_stage_output,
 )
 
 Q_COLUMNS = np.array([b * 4 + c for b in range(4) for c in (0, 2)])  # Q_buy, Q_sell of each bucket
@@ -75,22 +75,15 @@ def load_macro(lake: Path, spec: FeatureSpec, fit: FitConfig, min_relative_score
     ``store`` (`training.RowStore`), as L3's rows are."""
     files = table_files(lake, "macro")
     check_schema(files, macro_schema(spec), str(MACRO_VERSION))
-    experts = expert_agents(lake, min_relative_score)
     K = (spec.horizon + 1) * len(spec.temporal)
     rows, world_keys = RowStore(store), []
-    for f in files:
-        df = read_tables([f], MACRO_COLUMNS).join(experts, on=["run_id", "world_id", "agent_id"], how="inner",
-                                                  maintain_order="left")
-        if df.is_empty():
-            continue
+    for df in expert_worlds(Path(lake), "macro", MACRO_COLUMNS, expert_agents(lake, min_relative_score), goal_hat=False):
         rows.add({"x_static": list_array(df, "x_static", len(spec.static)),
                   "x_temporal": list_array(df, "x_temporal", K).reshape(len(df), spec.horizon + 1, len(spec.temporal)),
                   "x_role": list_array(df, "x_role", 2), "rule_goal": list_array(df, "rule_goal", GOAL_DIM),
                   "goal": list_array(df, "goal", GOAL_DIM), "mask": list_array(df, "goal_mask", GOAL_DIM),
                   "n_lines": df["n_lines"].to_numpy().astype(np.float32)})
         world_keys.append(df.select("run_id", "world_id", "agent_id", "step"))
-    if not world_keys:
-        raise TrainingDataError(f"{lake}/macro: no rows of expert agents (is the agents table of `hrlxf events` there?)")
     keys = pl.concat(world_keys)
     return MacroData(**rows.joined(), split=world_split(keys, fit), keys=keys)
 

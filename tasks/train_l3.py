@@ -36,8 +36,8 @@ from hrlxf_models.executor import Executor, ExecutorConfig
 from tasks.goal_inputs import alpha_with_goal, broadcast_with_goal
 from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
 from tasks.training import (
-    Batches, FitConfig, RowStore, Split, TrainingDataError, check_schema, expert_agents, fit_module, list_array, load_best,
-    loss_module, require_rows, split_counts, read_tables, table_files, world_split, write_stage_output,
+    Batches, FitConfig, RowStore, Split, check_schema, expert_agents, expert_worlds, fit_module, list_array, load_best,
+    loss_module, require_rows, split_counts, table_files, world_split, write_stage_output,
 )
 
 #: tensor order of one L3 batch
@@ -98,34 +98,13 @@ def load_micro(lake: Path, spec: FeatureSpec, config: L3Config,
     the lake's. With ``store``, each array is a memory-mapped ``.npy`` file there (filled world by world),
     so that the rows never need to fit in memory at once (the reference's 18 M rows are ~14 GB of arrays)."""
     lake = Path(lake)
-    files = table_files(lake, "micro")
-    check_schema(files, micro_schema(spec), str(MICRO_VERSION))
-    goal_files = {(f.parent.name, f.name): f for f in table_files(lake, "goal_hat")}
-    experts = expert_agents(lake, config.min_relative_score)
-    keys = ["run_id", "world_id", "agent_id", "step"]
-    rows = RowStore(store)
-    world_keys: list[pl.DataFrame] = []
-    missing = 0
-    for f in files:
-        df = read_tables([f], MICRO_COLUMNS).join(experts, on=keys[:3], how="inner", maintain_order="left")
-        goal = goal_files.get((f.parent.name, f.name))
-        if df.is_empty():
-            continue
-        if goal is None:
-            missing += len(df)
-            continue
-        df = df.join(read_tables([goal], rebuild="`hrlxf train backfill` rebuilds it"), on=keys, how="left",
-                     maintain_order="left")
-        missing += int(df["goal_hat"].is_null().sum())
-        df = df.filter(pl.col("negotiation_id").is_not_null())  # answers to threads already over are no decisions
-        if missing or df.is_empty():
-            continue
+    check_schema(table_files(lake, "micro"), micro_schema(spec), str(MICRO_VERSION))
+    rows, world_keys = RowStore(store), []
+    # answers to threads already over are no decisions
+    for df in expert_worlds(lake, "micro", MICRO_COLUMNS, expert_agents(lake, config.min_relative_score),
+                            keep=pl.col("negotiation_id").is_not_null()):
         rows.add(micro_arrays(df, spec, config))
         world_keys.append(df.select("run_id", "world_id"))
-    if missing:
-        raise TrainingDataError(f"{lake / 'goal_hat'}: {missing} micro rows have no goal_hat (run the backfill stage)")
-    if not world_keys:
-        raise TrainingDataError(f"{lake / 'micro'}: no rows of expert agents")
     world = pl.concat(world_keys)
     return rows.joined(), world_split(world, config.fit), world
 

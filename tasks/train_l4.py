@@ -25,8 +25,8 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.coordinator import THREAD_FEATURES, Coordinator, CoordinatorConfig
 from tasks.goal_inputs import l4_with_goal
 from tasks.training import (
-    Batches, FitConfig, RowStore, Split, TrainingDataError, expert_agents, fit_module, list_array, load_best,
-    loss_module, read_schema, require_rows, split_counts, read_tables, table_files, world_split, write_stage_output,
+    Batches, FitConfig, RowStore, Split, TrainingDataError, expert_agents, expert_worlds, fit_module, list_array,
+    load_best, loss_module, read_schema, require_rows, split_counts, table_files, world_split, write_stage_output,
 )
 
 
@@ -57,35 +57,15 @@ def load_l4(lake: Path, config: L4Config,
         names = read_schema(f).names
         if missing_col := next((c for c in L4_COLUMNS if c not in names), None):
             raise TrainingDataError(f"{f}: column {missing_col!r} missing (rebuild with `hrlxf tables`)")
-    goal_files = {(f.parent.name, f.name): f for f in table_files(lake, "goal_hat")}
     experts = expert_agents(lake, config.min_relative_score)
-    keys = ["run_id", "world_id", "agent_id", "step"]
-
-    def experts_batches(f: Path, columns: list[str]) -> pl.DataFrame:
-        return (read_tables([f], columns).join(experts, on=keys[:3], how="inner", maintain_order="left")
-                .filter(pl.col("n_threads") > 0))
-
-    widest = max((experts_batches(f, keys + ["n_threads"])["n_threads"].max() or 0) for f in files)
-    rows, world_keys, missing = RowStore(store), [], 0
-    for f in files:
-        df = experts_batches(f, L4_COLUMNS)
-        goal = goal_files.get((f.parent.name, f.name))
-        if df.is_empty():
-            continue
-        if goal is None:
-            missing += len(df)
-            continue
-        df = df.join(read_tables([goal], rebuild="`hrlxf train backfill` rebuilds it"), on=keys, how="left",
-                     maintain_order="left")
-        missing += int(df["goal_hat"].is_null().sum())
-        if missing:
-            continue  # (the stage fails below)
-        rows.add(_l4_arrays(df, int(widest), config))
+    batches = pl.col("n_threads") > 0
+    widest = max(int(df["n_threads"].max()) for df in
+                 expert_worlds(lake, "l4_distill", ["run_id", "world_id", "agent_id", "n_threads"], experts, batches,
+                               goal_hat=False))
+    rows, world_keys = RowStore(store), []
+    for df in expert_worlds(lake, "l4_distill", L4_COLUMNS, experts, batches):
+        rows.add(_l4_arrays(df, widest, config))
         world_keys.append(df.select("run_id", "world_id"))
-    if missing:
-        raise TrainingDataError(f"{lake / 'goal_hat'}: {missing} l4_distill rows have no goal_hat (run the backfill stage)")
-    if not world_keys:
-        raise TrainingDataError(f"{lake / 'l4_distill'}: no batch rows of expert agents")
     a = rows.joined()
     world = pl.concat(world_keys)
     return (a["threads"], a["keep"], a["global"], a["alpha"]), world_split(world, config.fit), world

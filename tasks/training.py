@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -128,6 +128,40 @@ def expert_agents(lake: Path, min_relative_score: float = 1.0) -> pl.DataFrame:
     by_class = agents.group_by("agent_class").agg(pl.col("score").mean().alias("class_score"))
     keep = by_class.filter(pl.col("class_score") >= min_relative_score * overall)["agent_class"]
     return agents.filter(pl.col("agent_class").is_in(keep)).select("run_id", "world_id", "agent_id", "agent_class", "n_lines")
+
+
+def expert_worlds(lake: Path, table: str, columns: list[str], experts: pl.DataFrame, keep: pl.Expr | None = None,
+                  goal_hat: bool = True) -> Iterator[pl.DataFrame]:
+    """One world at a time, in the lake's order: the ``columns`` of ``table`` for the agents in ``experts``,
+    the rows ``keep`` selects, in the file's order, joined to the world's goal_hat (``goal_hat``). A training
+    builds its arrays from these, so that it holds one world's table, not the lake's (`RowStore`).
+
+    After the last world, rows without goal_hat (the backfill has not run) or no row at all are a
+    TrainingDataError that says so."""
+    keys = ["run_id", "world_id", "agent_id", "step"]
+    goals = {(f.parent.name, f.name): f for f in table_files(lake, "goal_hat")} if goal_hat else {}
+    missing, found = 0, False
+    for f in table_files(lake, table):
+        df = read_tables([f], columns).join(experts, on=keys[:3], how="inner", maintain_order="left")
+        if keep is not None:
+            df = df.filter(keep)
+        if df.is_empty():
+            continue
+        if goal_hat:
+            goal = goals.get((f.parent.name, f.name))
+            if goal is not None:
+                df = df.join(read_tables([goal], rebuild="`hrlxf train backfill` rebuilds it"), on=keys, how="left",
+                             maintain_order="left")
+            missing += len(df) if goal is None else int(df["goal_hat"].is_null().sum())
+            if missing:
+                continue  # the training fails below
+        found = True
+        yield df
+    if missing:
+        raise TrainingDataError(f"{Path(lake) / 'goal_hat'}: {missing} {table} rows have no goal_hat (run the backfill stage)")
+    if not found:
+        raise TrainingDataError(f"{Path(lake) / table}: no rows of expert agents (are the agents tables of "
+                                f"`hrlxf events` there?)")
 
 
 def world_position(world_key: str, seed: int) -> float:
