@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=2, help="worker processes of this code's events and tables (default 2)")
     b.add_argument("--out", default=None, help="where to write bench_tables.json (default: DATA/reports/bench)")
     b.set_defaults(func=_bench, bench="tables")
+    b = bsub.add_parser("loading", help="the trainings' loaders on 1x, 4x, 16x of a lake, in memory or memory-mapped")
+    b.add_argument("--lake", default=None, help="the lake to copy (default: DATA/lake)")
+    b.add_argument("--scales", default="1,4,16", help="copies of the lake's worlds to load (default 1,4,16)")
+    b.add_argument("--loaders", default="l2,l3,l4", help="which trainings' loaders (default l2,l3,l4)")
+    b.add_argument("--out", default=None, help="where to write bench_loading.json (default: DATA/reports/bench)")
+    b.set_defaults(func=_bench, bench="loading")
     return parser
 
 
@@ -207,6 +213,10 @@ def _bench(args: argparse.Namespace) -> int:
         scales = [tuple(int(x) for x in text.split(",")) for text in (args.scales, args.baseline_scales)]
         config = module.Config(raw=str(data_root() / "raw"), run_id=args.run_id, scales=scales[0],
                                baseline=args.baseline, baseline_scales=scales[1], workers=args.workers)
+    elif args.bench == "loading":
+        config = module.Config(lake=args.lake or str(data_root() / "lake"),
+                               scales=tuple(int(x) for x in args.scales.split(",")),
+                               loaders=tuple(args.loaders.split(",")))
     elif args.bench == "analyzer":
         config = module.Config(data=str(Path(args.data) if args.data else data_root()), runs=args.runs)
     else:

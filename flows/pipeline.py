@@ -133,6 +133,7 @@ def _play(todo: list[CollectJob], dask_address: str | None, workers: int) -> lis
     os.environ.setdefault("PYTHONHASHSEED", "0")  # worlds iterate over sets of ids: the same seed, the same world
     rows = []
     with _task_runner(dask_address, max(1, min(workers, len(todo)))) as runner:
+        _no_inferred_edges()
         futures = [runner.submit(play_world, {"job": job}) for job in todo]
         for job, future in zip(todo, tqdm(futures, desc="collect worlds", unit="world", disable=None)):
             try:
@@ -144,6 +145,20 @@ def _play(todo: list[CollectJob], dask_address: str | None, workers: int) -> lis
                 rows.append({"world_id": job.world_id, "seed": job.seed, "error": f"{type(e).__name__}: {e}",
                              "events": 0, "bytes": 0, "seconds": None})
     return rows
+
+
+def _no_inferred_edges() -> None:
+    """Forget Prefect's links from result objects to the tasks that returned them, before a task is submitted.
+
+    Prefect draws an edge to a task whose result object a new task's parameters hold, found by ``id``; for a
+    plain dict result (a stage's record, a world's row) CPython recycles that id once the dict is freed, so a
+    new object drew edges to tasks it never read (train_l4 -> evaluate; PrefectHQ/prefect#20558). The
+    flow's edges are the stages each task waits for (``wait_for``), and nothing else."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None:
+        ctx.run_results.clear()
 
 
 def _error(state: Any) -> str:
@@ -162,6 +177,7 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
     task_ = stage_task.with_options(name=call.stage, task_run_name=call.stage, result_storage=results,
                                     refresh_cache=force or refresh)
     # quote: the graph's edges are the stages waited for, not Prefect's guesses from objects in the call
+    _no_inferred_edges()
     state = task_(quote(call), return_state=True, wait_for=after or None)
     if not state.is_completed():
         raise StageFailed(call.stage, _error(state))
@@ -173,6 +189,7 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
         if not changed:
             return record, "cached", time.perf_counter() - start, state
         call = replace(call, rebuild=f"{', '.join(changed)} changed since the cached run")
+        _no_inferred_edges()
         state = task_.with_options(refresh_cache=True)(quote(call), return_state=True, wait_for=after or None)
         if not state.is_completed():
             raise StageFailed(call.stage, _error(state))
@@ -206,6 +223,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     if missing:
         os.environ.setdefault("PYTHONHASHSEED", "0")  # worlds iterate over sets of ids: the same seed, the same world
         with _task_runner(dask_address, max(1, min(plan.workers, len(missing)))) as runner:
+            _no_inferred_edges()
             futures = [runner.submit(play_paired_unit, {"unit": u}) for u in missing]
             for unit, future in zip(missing, tqdm(futures, desc="evaluation units", unit="unit", disable=None)):
                 try:

@@ -367,6 +367,12 @@ def test_make_serve_registers_the_deployments_and_full_pipeline_completes(data):
         # the graph the UI draws: each stage's edges are exactly the stages it reads from
         assert edges["train_l3"] == edges["train_l4"] == ["backfill", "events", "tables"], edges
         assert edges["evaluate"] == ["bundle", "bundle_rules", "finetune"] and edges["finetune"] == [], edges
+        from flows.stages import STAGES as PLANNED, upstream
+
+        # and no other edge: every stage's are its upstream stages, the world and evaluation units have none
+        # (Prefect's inference by object id would draw stale ones: flows.pipeline._no_inferred_edges)
+        assert {s.name: edges[s.name] for s in PLANNED} == {s.name: upstream(s, list(PLANNED)) for s in PLANNED}, edges
+        assert not any(e for name, e in edges.items() if name not in {s.name for s in PLANNED}), edges
         _screenshot(f"http://127.0.0.1:{port}/runs/flow-run/{flow_run}", ROOT / "tests" / "artifacts" / "prefect-dag.png")
     finally:
         os.killpg(serve.pid, signal.SIGINT)  # the worker stops, then make stops the server

@@ -94,6 +94,18 @@ def test_l3_rows_memory_mapped_world_by_world_are_the_rows_in_memory(lake, train
         assert (trained["models"] / stage / "metrics.json").exists() and not (trained["models"] / stage / ".arrays").exists()
 
 
+def test_bench_loading_loads_copies_of_the_worlds_under_their_own_run_ids(lake, trained):
+    """`hrlxf bench loading`: 2x the lake is twice its batches for L4, in memory and memory-mapped alike."""
+    from tasks.bench_loading import Config, render, run_bench
+    from tasks.train_l4 import load_l4
+
+    batches = len(load_l4(lake, L4Config())[2])
+    doc = run_bench(Config(lake=str(lake), scales=(2,), loaders=("l4",)))
+    assert [(r["mode"], r["rows"]) for r in doc["results"]] == [("memory", 2 * batches), ("mapped", 2 * batches)]
+    assert all(r["anon_mb"] > 0 and r["peak_mb"] >= r["anon_mb"] for r in doc["results"])
+    assert "| l4 | 2x | mapped |" in render(doc)
+
+
 def test_l4_metrics_in_chunks_are_the_one_pass_figures(lake, trained):  # trained: the goal_hat backfill
     """alpha_metrics runs the coordinator a chunk of batches at a time (one pass over the official
     profile's 1 M batches took 17.6 GB): the figures are those of one pass."""
