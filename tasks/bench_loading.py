@@ -85,8 +85,9 @@ def scaled_lake(src: Path, dst: Path, copies: int) -> None:
 
 
 def _child(loader: str, lake: Path, mode: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", _CHILD, loader, str(lake), mode], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "-c", _CHILD, loader, str(lake), mode], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"loader {loader} ({mode}) on {lake} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -12,6 +12,7 @@ reason (``<lake>/events/quarantine.parquet``); the others go on.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from hrlxf_agent.tracker import EVENTS_SCHEMA_VERSION
 from schemas import arrow
 from tasks.collect import DONE
-from tasks.parallel import map_units
+from tasks.parallel import map_units, peak_mb
 
 
 
@@ -177,12 +178,14 @@ def convert_world(job: WorldJob) -> dict[str, Any]:
         write_world(Path(job.out), tables)
     except BadWorld as e:
         return {"run_id": job.run_id, "world_id": job.world_id, "error": str(e), "bad": True, "rows": {},
-                "cpu_seconds": time.process_time() - cpu}
+                "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb()}
     except Exception as e:  # noqa: BLE001 - this world's, not the stage's: it is converted again next run
+        logging.getLogger(__name__).exception("events of %s/%s failed", job.run_id, job.world_id)
         return {"run_id": job.run_id, "world_id": job.world_id, "error": f"{type(e).__name__}: {e}", "bad": False,
-                "rows": {}, "cpu_seconds": time.process_time() - cpu}
+                "rows": {}, "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb()}
     return {"run_id": job.run_id, "world_id": job.world_id, "error": None, "bad": False,
-            "rows": {name: t.num_rows for name, t in tables.items()}, "cpu_seconds": time.process_time() - cpu}
+            "rows": {name: t.num_rows for name, t in tables.items()}, "cpu_seconds": time.process_time() - cpu,
+            "peak_mb": peak_mb()}
 
 
 def _died(job: WorldJob) -> dict[str, Any]:
@@ -210,7 +213,8 @@ def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None
     return {"converted": sum(r["error"] is None for r in results), "skipped": skipped, "quarantined": quarantined,
             "failed": [f"{r['run_id']}/{r['world_id']}: {r['error']}" for r in results if r["error"] and not r["bad"]],
             "rows": rows_written, "cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 2),
-            "workers": sorted({r["worker"] for r in results if "worker" in r})}
+            "workers": sorted({r["worker"] for r in results if "worker" in r}),
+            "unit_peak_mb": round(max((r.get("peak_mb", 0.0) for r in results), default=0.0))}
 
 
 def _update_quarantine(root: Path, new: list[dict[str, Any]]) -> None:

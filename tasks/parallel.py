@@ -240,6 +240,14 @@ def _run_and_write(result: str, fn: Callable, args: tuple, threads: int | None =
     os.replace(tmp, result)
 
 
+def peak_mb() -> float:
+    """This process's most resident memory so far, MB (``ru_maxrss``; a forked unit counts the pages it shares
+    with the fork server)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def shared_threads(concurrent: int) -> int:
     """Math threads for each of ``concurrent`` processes sharing this machine's cores."""
     return max(1, (os.cpu_count() or 1) // max(1, concurrent))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import logging
 import os
 import time
 from collections import defaultdict
@@ -38,6 +39,7 @@ from hrlxf_agent.shield import Bounds, SafetyShield
 from hrlxf_agent.snapshot import Snapshot
 from hrlxf_agent.state import FeatureSpec, StateBuilder
 from tasks.events import converted
+from tasks.parallel import peak_mb
 from tasks.labels import Trade, goal_label, potential
 
 MACRO_VERSION = 2  # 2: H = 10, buckets [0,1] [2,4] [5,7] [8,H]; rule_goal (the planner's base)
@@ -325,9 +327,10 @@ def build_world(job: WorldTablesJob) -> dict[str, Any]:
             rows[name] = data.num_rows
         error = None
     except Exception as e:  # noqa: BLE001 - this world's, not the build's
+        logging.getLogger(__name__).exception("tables of %s failed", world)
         error = f"{type(e).__name__}: {e}"
     return {"world": f"{world.parent.name}/{world.name}", "rows": rows, "error": error,
-            "cpu_seconds": time.process_time() - cpu}
+            "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb()}
 
 
 def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str, ...] = tuple(TABLE_MODULES),
@@ -360,6 +363,7 @@ def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str,
     summary["failed"] = sorted(f"{r['world']}: {r['error']}" for r in results if r["error"])
     summary["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in results), 2)
     summary["workers"] = sorted({r["worker"] for r in results if "worker" in r})
+    summary["unit_peak_mb"] = round(max((r.get("peak_mb", 0.0) for r in results), default=0.0))
     return summary
 
 

@@ -16,7 +16,6 @@ the test worlds get the bundle's planner, which never saw them either.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,9 @@ from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.tables import MACRO_VERSION, macro_schema
 from tasks.training import (
-    Batches, FitConfig, RowStore, Split, check_schema, expert_agents, expert_worlds, fit_module, list_array, load_best,
-    loss_module, require_rows, split_counts, table_files, world_position, world_split, write_stage_output,
+    Batches, FitConfig, RowStore, Split, check_schema, expert_agents, expert_worlds, fit_module, list_array,
+    load_best, loss_module, require_rows, row_files, split_counts, table_files, world_position, world_split,
+    write_stage_output,
 )
 
 Q_COLUMNS = np.array([b * 4 + c for b in range(4) for c in (0, 2)])  # Q_buy, Q_sell of each bucket
@@ -169,9 +169,12 @@ def _fit_folds(data: MacroData, config: L2Config, out: Path) -> tuple[dict[str, 
 
 def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> dict[str, Any]:
     """macro table -> ``out/planner.pt`` + ``out/metrics.json``; returns the metrics."""
+    with row_files(out) as store:
+        return _train_l2(Path(lake), Path(out), config, progress, store)
+
+
+def _train_l2(lake: Path, out: Path, config: L2Config, progress: bool, store: Path) -> dict[str, Any]:
     spec = FeatureSpec(horizon=config.planner.horizon)
-    store = Path(out) / ".arrays"  # the agent-days' arrays, memory-mapped (`load_macro`); deleted once trained
-    shutil.rmtree(store, ignore_errors=True)
     data = load_macro(Path(lake), spec, config.fit, config.min_relative_score, store)
     tr, va, te = data.split.train, data.split.val, data.split.test
     require_rows("L2 (macro agent-days)", int(tr.sum()), int(va.sum()), config.fit)
@@ -199,6 +202,5 @@ def train_l2(lake: Path, out: Path, config: L2Config, progress: bool = True) -> 
                                                 data.goal[va], data.mask[va], data.n_lines[va])
     metrics["split"] = split_counts(data.split, data.keys)
     fold_states, metrics["crossfit"] = _fit_folds(data, config, Path(out))
-    shutil.rmtree(store)
     write_stage_output(Path(out), {"planner": planner.state_dict(), **fold_states}, metrics)
     return metrics

@@ -19,7 +19,6 @@ on the same inputs) and R is the thread's deal value against the spot price
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ from hrlxf_models.executor import Executor, ExecutorConfig
 from tasks.goal_inputs import alpha_with_goal, broadcast_with_goal
 from tasks.micro import HISTORY, MICRO_VERSION, micro_schema
 from tasks.training import (
-    Batches, FitConfig, RowStore, Split, check_schema, expert_agents, expert_worlds, fit_module, list_array, load_best,
-    loss_module, require_rows, split_counts, table_files, world_split, write_stage_output,
+    Batches, FitConfig, RowStore, Split, check_schema, expert_agents, expert_worlds, fit_module, list_array,
+    load_best, loss_module, require_rows, row_files, split_counts, table_files, world_split, write_stage_output,
 )
 
 #: tensor order of one L3 batch
@@ -293,10 +292,13 @@ def floors(a: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, float]:
 def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> dict[str, Any]:
     """micro + goal_hat -> ``out/executor.pt`` (BC, then AWR if enabled), ``out/executor_bc.pt`` (BC alone,
     for the ablation) + ``out/metrics.json``."""
+    with row_files(out) as store:
+        return _train_l3(Path(lake), Path(out), config, progress, store)
+
+
+def _train_l3(lake: Path, out: Path, config: L3Config, progress: bool, store: Path) -> dict[str, Any]:
     out = Path(out)
     spec = FeatureSpec(horizon=config.executor.horizon)
-    store = out / ".arrays"  # the rows' arrays, memory-mapped (`load_micro`); deleted once trained
-    shutil.rmtree(store, ignore_errors=True)
     a, split, keys = load_micro(Path(lake), spec, config, store)
     tr, val, test = split.train, split.val, split.test
     require_rows(f"L3 ({config.mode}, micro rows)", int(tr.sum()), int(val.sum()), config.fit)
@@ -342,6 +344,5 @@ def train_l3(lake: Path, out: Path, config: L3Config, progress: bool = True) -> 
     stage = metrics["awr"] if config.awr else metrics["bc"]
     metrics["final"] = stage["val"]
     metrics["final_test"] = stage["test"]  # no checkpoint selection saw these worlds
-    shutil.rmtree(store)
     write_stage_output(out, {"executor": executor.state_dict(), "executor_bc": bc_state}, metrics)
     return metrics

@@ -12,7 +12,6 @@ how closely); one epoch checks the data path. Online learning trains the residua
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from hrlxf_models.coordinator import THREAD_FEATURES, Coordinator, CoordinatorCo
 from tasks.goal_inputs import l4_with_goal
 from tasks.training import (
     Batches, FitConfig, RowStore, Split, TrainingDataError, expert_agents, expert_worlds, fit_module, list_array,
-    load_best, loss_module, read_schema, require_rows, split_counts, table_files, world_split, write_stage_output,
+    load_best, loss_module, read_schema, require_rows, row_files, split_counts, table_files, world_split,
+    write_stage_output,
 )
 
 
@@ -146,8 +146,11 @@ def _rank_counts(pred: np.ndarray, alpha: np.ndarray, keep: np.ndarray, counts: 
 
 def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> dict[str, Any]:
     """l4_distill -> ``out/coordinator.pt`` + ``out/metrics.json``; returns the metrics."""
-    store = Path(out) / ".arrays"  # the batches' arrays, memory-mapped (`load_l4`); deleted once trained
-    shutil.rmtree(store, ignore_errors=True)
+    with row_files(out) as store:
+        return _train_l4(Path(lake), Path(out), config, progress, store)
+
+
+def _train_l4(lake: Path, out: Path, config: L4Config, progress: bool, store: Path) -> dict[str, Any]:
     arrays, split, keys = load_l4(Path(lake), config, store)
     tr, val, test = split.train, split.val, split.test
     require_rows("L4 (l4_distill batches)", int(tr.sum()), int(val.sum()), config.fit)
@@ -159,6 +162,5 @@ def train_l4(lake: Path, out: Path, config: L4Config, progress: bool = True) -> 
                "history": result.history, "train": alpha_metrics(coordinator, arrays, tr),
                "val": alpha_metrics(coordinator, arrays, val),
                "test": alpha_metrics(coordinator, arrays, test) if test.any() else None, "split": split_counts(split, keys)}
-    shutil.rmtree(store)
     write_stage_output(Path(out), {"coordinator": coordinator.state_dict()}, metrics)
     return metrics

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -236,45 +237,68 @@ def list_array(df: pl.DataFrame, column: str, width: int) -> np.ndarray:
 
 class RowStore:
     """Arrays of many worlds' rows, added world by world and then joined end to end: in memory, or (with a
-    ``directory``) saved there and memory-mapped, so that memory holds one world's rows at a time and the
-    joined arrays are ``.npy`` files the kernel pages in and out (the reference's 18 M micro rows are 14 GB)."""
+    ``directory``) saved there and joined into memory-mapped ``.npy`` files, so that memory holds one world's
+    rows at a time and the joined arrays are files the kernel pages in and out (the reference's 18 M micro
+    rows are 14 GB). A saved world is kept as its files, not as open maps: a lake of thousands of worlds
+    would otherwise hold an open file per array and world (the usual limit is 1,024)."""
 
     def __init__(self, directory: Path | None = None):
         self.directory = None if directory is None else Path(directory)
-        self.parts: list[dict[str, np.ndarray]] = []
+        self.parts: list[dict[str, np.ndarray]] = []  # in memory
+        self.saved: list[tuple[Path, int]] = []  # in the directory: (the world's folder, its rows)
+        self.layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # dtype and row shape of each array
 
     def add(self, arrays: dict[str, np.ndarray]) -> None:
-        """One world's arrays (every one with the same rows)."""
-        if self.directory is not None:
-            part = self.directory / f"part-{len(self.parts):06d}"
-            part.mkdir(parents=True, exist_ok=True)
-            for k, v in arrays.items():
-                np.save(part / f"{k}.npy", v)
-            arrays = {k: np.load(part / f"{k}.npy", mmap_mode="r") for k in arrays}
-        self.parts.append(arrays)
+        """One world's arrays (every one with the same rows, and the same row shapes as the other worlds';
+        a dtype that differs from the first world's is cast to it, in memory as in files)."""
+        first = next(iter(arrays.values()))
+        if not self.layout:
+            self.layout = {k: (v.dtype, v.shape[1:]) for k, v in arrays.items()}
+        shapes = {k: v.shape[1:] for k, v in arrays.items()}
+        if shapes != {k: shape for k, (_, shape) in self.layout.items()}:
+            raise ValueError(f"a world's arrays differ in shape from the first world's: {shapes}")
+        arrays = {k: v.astype(self.layout[k][0], copy=False) for k, v in arrays.items()}
+        if self.directory is None:
+            self.parts.append(arrays)
+            return
+        part = self.directory / f"part-{len(self.saved):06d}"
+        part.mkdir(parents=True, exist_ok=True)
+        for k, v in arrays.items():
+            np.save(part / f"{k}.npy", v)
+        self.saved.append((part, len(first)))
 
     def joined(self) -> dict[str, np.ndarray]:
-        """Every world's rows in the order added; in a directory, one ``<name>.npy`` per array (the worlds'
-        files are deleted as they are copied in)."""
-        if not self.parts:
+        """Every world's rows in the order added; in a directory, one ``<name>.npy`` per array (each world's
+        files are opened one at a time and deleted once copied in)."""
+        if not self.layout:
             raise ValueError("no rows were added")
-        first = self.parts[0]
         if self.directory is None:
-            return {k: np.concatenate([p[k] for p in self.parts]) for k in first}
-        n = sum(len(p[next(iter(first))]) for p in self.parts)
-        out = {k: np.lib.format.open_memmap(self.directory / f"{k}.npy", mode="w+", dtype=v.dtype,
-                                            shape=(n, *v.shape[1:])) for k, v in first.items()}
+            return {k: np.concatenate([p[k] for p in self.parts]) for k in self.layout}
+        n = sum(rows for _, rows in self.saved)
+        out = {k: np.lib.format.open_memmap(self.directory / f"{k}.npy", mode="w+", dtype=dtype, shape=(n, *shape))
+               for k, (dtype, shape) in self.layout.items()}
         at = 0
-        for i, p in enumerate(self.parts):
-            m = len(p[next(iter(first))])
+        for part, rows in self.saved:
             for k in out:
-                out[k][at:at + m] = p[k]
-            at += m
-            self.parts[i] = {}
-            shutil.rmtree(self.directory / f"part-{i:06d}")
+                out[k][at:at + rows] = np.load(part / f"{k}.npy")
+            at += rows
+            shutil.rmtree(part)
+        self.saved = []
         for v in out.values():
             v.flush()
         return out
+
+
+@contextmanager
+def row_files(out: Path) -> Iterator[Path]:
+    """``out/.arrays``, where a training memory-maps its rows (`RowStore`): emptied first, deleted when the
+    training ends, however it ends (a failed training would otherwise leave gigabytes in its partial output)."""
+    store = Path(out) / ".arrays"
+    shutil.rmtree(store, ignore_errors=True)
+    try:
+        yield store
+    finally:
+        shutil.rmtree(store, ignore_errors=True)  # mapped files stay readable until unmapped
 
 
 class Batches(torch.utils.data.Dataset):

@@ -295,3 +295,28 @@ def test_split_holds_whole_worlds_out():
     for part in (split.train, split.val, split.test):
         assert not set(world[part]) & set(world[~part])  # whole worlds
     assert 5 < len(set(world[split.test])) < 40 and 20 < len(set(world[split.val])) < 60
+
+
+def test_row_store_holds_no_open_file_per_world(tmp_path):
+    """A lake of many worlds memory-mapped under a low open-file limit: each world's arrays are files, not
+    open maps, until they are joined (the usual limit of 1,024 would stop a 43-world L3 lake otherwise);
+    a dtype that differs from the first world's is cast to it, as in memory."""
+    import resource
+
+    from tasks.training import RowStore
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        stores = RowStore(tmp_path / "store"), RowStore()
+        for w in range(40):  # 40 worlds x 3 arrays = 120 files, above the limit of 64
+            dtype = np.float64 if w == 7 else np.float32
+            for store in stores:
+                store.add({"x": np.full((w + 1, 2), w, dtype), "y": np.arange(w + 1), "ok": np.ones(w + 1, bool)})
+        mapped, memory = (s.joined() for s in stores)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    for k in ("x", "y", "ok"):
+        assert mapped[k].dtype == memory[k].dtype and np.array_equal(mapped[k], memory[k]), k
+    assert mapped["x"].dtype == np.float32 and len(mapped["y"]) == sum(range(1, 41))
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["ok.npy", "x.npy", "y.npy"]
