@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 from hrlxf_agent.tracker import EVENTS_SCHEMA_VERSION
 from schemas import arrow
 from tasks.collect import DONE
-from tasks.parallel import map_units, peak_mb
+from tasks.parallel import map_units, unit_figures
 
 
 
@@ -172,25 +171,21 @@ def convert_world(job: WorldJob) -> dict[str, Any]:
     """One raw world's event tables, written atomically; a world that cannot be trusted comes back with its
     reason (``error``, ``bad``: quarantined), one that failed otherwise (a full disk) with its error, and
     either writes nothing."""
-    cpu = time.process_time()
     try:
         tables = world_columns(job.run_id, job.world_id, Path(job.raw))
         write_world(Path(job.out), tables)
     except BadWorld as e:
-        return {"run_id": job.run_id, "world_id": job.world_id, "error": str(e), "bad": True, "rows": {},
-                "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb()}
+        return {"run_id": job.run_id, "world_id": job.world_id, "error": str(e), "bad": True, "rows": {}}
     except Exception as e:  # noqa: BLE001 - this world's, not the stage's: it is converted again next run
         logging.getLogger(__name__).exception("events of %s/%s failed", job.run_id, job.world_id)
         return {"run_id": job.run_id, "world_id": job.world_id, "error": f"{type(e).__name__}: {e}", "bad": False,
-                "rows": {}, "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb()}
+                "rows": {}}
     return {"run_id": job.run_id, "world_id": job.world_id, "error": None, "bad": False,
-            "rows": {name: t.num_rows for name, t in tables.items()}, "cpu_seconds": time.process_time() - cpu,
-            "peak_mb": peak_mb()}
+            "rows": {name: t.num_rows for name, t in tables.items()}}
 
 
 def _died(job: WorldJob) -> dict[str, Any]:
-    return {"run_id": job.run_id, "world_id": job.world_id, "error": "its process died",
-            "bad": False, "rows": {}, "cpu_seconds": 0.0}
+    return {"run_id": job.run_id, "world_id": job.world_id, "error": "its process died", "bad": False, "rows": {}}
 
 
 def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None = None) -> dict[str, Any]:
@@ -212,9 +207,7 @@ def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None
     _update_quarantine(root, quarantined)
     return {"converted": sum(r["error"] is None for r in results), "skipped": skipped, "quarantined": quarantined,
             "failed": [f"{r['run_id']}/{r['world_id']}: {r['error']}" for r in results if r["error"] and not r["bad"]],
-            "rows": rows_written, "cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 2),
-            "workers": sorted({r["worker"] for r in results if "worker" in r}),
-            "unit_peak_mb": round(max((r.get("peak_mb", 0.0) for r in results), default=0.0))}
+            "rows": rows_written, **unit_figures(results)}
 
 
 def _update_quarantine(root: Path, new: list[dict[str, Any]]) -> None:

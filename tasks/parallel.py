@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -74,25 +75,36 @@ def map_units(fn: Callable[[J], dict], jobs: Sequence[J], workers: int, died: Ca
               desc: str = "units", dask_address: str | None = None) -> list[dict]:
     """Pure per-world work (a world's events or tables) with a progress bar: `run_jobs` on the Dask cluster
     at ``dask_address`` or, when ``workers`` > 1, on that many local processes; otherwise in this process,
-    one after another (exceptions raised here). Each row gets the ``host:pid`` of the process that ran it or,
-    in a process of its own, that started it (``worker``: the Dask worker, the local fork server)."""
+    one after another (exceptions raised here). Each row gets what `_measured` adds (`unit_figures` sums them)."""
     from tqdm import tqdm
 
     with tqdm(total=len(jobs), desc=desc, unit="world", disable=None) as bar:
         if dask_address or workers > 1:
-            return run_jobs(functools.partial(_where, fn, started=True), jobs, workers, died,
+            return run_jobs(functools.partial(_measured, fn, started=True), jobs, workers, died,
                             progress=lambda _: bar.update(), dask_address=dask_address)
         rows = []
         for job in jobs:
-            rows.append(_where(fn, job, started=False))
+            rows.append(_measured(fn, job, started=False))
             bar.update()
         return rows
 
 
-def _where(fn: Callable[[J], dict], job: J, started: bool) -> dict:
-    """``fn(job)``'s row with the ``host:pid`` of this process, or of its parent when it was ``started`` for
-    this unit (a unit of `map_units`)."""
-    return {**fn(job), "worker": f"{socket.gethostname()}:{os.getppid() if started else os.getpid()}"}
+def _measured(fn: Callable[[J], dict], job: J, started: bool) -> dict:
+    """``fn(job)``'s row with its CPU seconds, the peak memory of the process that ran it, and the ``host:pid``
+    of that process or, when it was ``started`` for this unit, of its parent (the Dask worker, the local fork
+    server): a unit of `map_units`."""
+    cpu = time.process_time()
+    row = fn(job)
+    return {**row, "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb(),
+            "worker": f"{socket.gethostname()}:{os.getppid() if started else os.getpid()}"}
+
+
+def unit_figures(rows: Sequence[dict]) -> dict[str, Any]:
+    """What the units of `map_units` cost: their CPU seconds, the workers (host:pid) that ran them, and the
+    largest peak memory of those processes (MB); a unit whose process died counts nothing."""
+    return {"cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in rows), 2),
+            "workers": sorted({r["worker"] for r in rows if "worker" in r}),
+            "unit_peak_mb": round(max((r.get("peak_mb", 0.0) for r in rows), default=0.0))}
 
 
 def fresh(fn: Callable[[J], dict], job: J, died: Callable[[J], dict]) -> dict:

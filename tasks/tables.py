@@ -24,7 +24,6 @@ import importlib
 import json
 import logging
 import os
-import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from hrlxf_agent.shield import Bounds, SafetyShield
 from hrlxf_agent.snapshot import Snapshot
 from hrlxf_agent.state import FeatureSpec, StateBuilder
 from tasks.events import converted
-from tasks.parallel import peak_mb
+from tasks.parallel import map_units, unit_figures
 from tasks.labels import Trade, goal_label, potential
 
 MACRO_VERSION = 2  # 2: H = 10, buckets [0,1] [2,4] [5,7] [8,H]; rule_goal (the planner's base)
@@ -304,9 +303,8 @@ def _stale(lake: Path, world: Path, schemas: dict[str, pa.Schema]) -> tuple[str,
 
 def build_world(job: WorldTablesJob) -> dict[str, Any]:
     """``job.tables`` of one world from one reading of its events (`WorldLog`), each written atomically; returns
-    the rows written per table and the CPU seconds it took, or the error that stopped it (named with the
-    world; what it wrote before stays, being complete)."""
-    cpu = time.process_time()
+    the rows written per table, or the error that stopped it (named with the world; what it wrote before
+    stays, being complete)."""
     world = Path(job.world)
     rows: dict[str, int] = {}
     try:
@@ -329,8 +327,7 @@ def build_world(job: WorldTablesJob) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - this world's, not the build's
         logging.getLogger(__name__).exception("tables of %s failed", world)
         error = f"{type(e).__name__}: {e}"
-    return {"world": f"{world.parent.name}/{world.name}", "rows": rows, "error": error,
-            "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb()}
+    return {"world": f"{world.parent.name}/{world.name}", "rows": rows, "error": error}
 
 
 def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str, ...] = tuple(TABLE_MODULES),
@@ -340,10 +337,8 @@ def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str,
     processes). A world whose process died is named in ``failed`` and built by the next run; the others
     are kept.
 
-    Returns ``{table: {"built", "skipped", "rows"}}``, ``failed``, the units' ``cpu_seconds`` and the
-    ``workers`` (host:pid) that built them."""
-    from tasks.parallel import map_units
-
+    Returns ``{table: {"built", "skipped", "rows"}}``, ``failed`` and the units' figures
+    (`tasks.parallel.unit_figures`)."""
     spec = spec or FeatureSpec()
     for name in tables:
         importlib.import_module(TABLE_MODULES[name])
@@ -353,18 +348,14 @@ def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str,
 
     def died(job: WorldTablesJob) -> dict[str, Any]:
         world = Path(job.world)
-        return {"world": f"{world.parent.name}/{world.name}", "rows": {}, "error": "its process died",
-                "cpu_seconds": 0.0}
+        return {"world": f"{world.parent.name}/{world.name}", "rows": {}, "error": "its process died"}
 
     results = map_units(build_world, jobs, workers, died, desc="tables", dask_address=dask_address)
     summary: dict[str, Any] = {name: {"built": sum(name in r["rows"] for r in results),
                                       "skipped": len(worlds) - sum(name in j.tables for j in jobs),
                                       "rows": sum(r["rows"].get(name, 0) for r in results)} for name in tables}
     summary["failed"] = sorted(f"{r['world']}: {r['error']}" for r in results if r["error"])
-    summary["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in results), 2)
-    summary["workers"] = sorted({r["worker"] for r in results if "worker" in r})
-    summary["unit_peak_mb"] = round(max((r.get("peak_mb", 0.0) for r in results), default=0.0))
-    return summary
+    return summary | unit_figures(results)
 
 
 def build_per_world(lake: Path, table: str, spec: FeatureSpec | None = None) -> dict[str, Any]:
