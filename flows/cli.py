@@ -326,7 +326,8 @@ def run_flow(command: str, profile: str, only: list[str] | None = None, **params
         print(f"hrlxf {command}: {e}", file=sys.stderr)
         return 2, None
     Path(os.environ.get("PREFECT_HOME", data / "prefect" / "home")).mkdir(parents=True, exist_ok=True)
-    from flows.pipeline import DataRootBusy, hrlxf, prefect_api  # imports Prefect (which reads PREFECT_HOME)
+    from flows.pipeline import DataRootBusy, hrlxf  # imports Prefect (which reads PREFECT_HOME)
+    from tasks.parallel import prefect_api
     from tasks.report import md_table
 
     try:

@@ -19,11 +19,12 @@ JSON under ``<data>/prefect/results``, so a cache hit holds across flow runs and
 processes. A cached record is used only if its outputs still have the
 fingerprints it recorded; otherwise the stage runs again, from scratch.
 
-The worlds of collect are mapped as ``play-world`` tasks on a task runner:
-local threads (Prefect's ThreadPoolTaskRunner) by default, or a Dask cluster
-(prefect-dask's DaskTaskRunner) given its scheduler address; either way each
-world plays in a fresh process of its own (`tasks.parallel.in_fresh_process`). Finished
-worlds (``DONE``) are never submitted again, which is how a killed run resumes.
+The worlds of collect, events and tables and the evaluation's units are mapped as tasks of their own
+(``world-<id>``, ``events-<run>/<world>``, ``evaluate-w<world>-<candidate>``, ...) by the project's one
+mapper, `tasks.parallel.run_jobs`: on a task runner, local threads (Prefect's ThreadPoolTaskRunner) by
+default or a Dask cluster (prefect-dask's DaskTaskRunner) given its scheduler address; either way each
+unit runs in a fresh process of its own. Finished worlds (``DONE``) are never submitted again, which is
+how a killed run resumes.
 
 The three flows share the flow name ``hrlxf`` so that their deployments in
 ``prefect.yaml`` are ``hrlxf/full-pipeline``, ``hrlxf/nightly-collect`` and
@@ -47,7 +48,6 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 from tqdm import tqdm
 
@@ -55,32 +55,17 @@ from flows.stages import (
     ARTIFACTS, BUNDLES, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, Stage, StageCall, StageFailed,
     execute_stage, make_plan, overlapping, upstream,
 )
-from tasks.collect import DONE, FAILED, CollectJob, collect_world, jobs_for
-from tasks.evaluate import EvalUnit, pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
+from tasks.collect import DONE, CollectJob, collect_world, jobs_for, world_died
+from tasks.evaluate import died as unit_died
+from tasks.evaluate import pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
-from tasks.parallel import in_fresh_process, peak_memory, shared_threads
+from tasks.parallel import no_inferred_edges, peak_memory, run_jobs, shared_threads
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 
 
 # ------------------------------------------------------------------------------- tasks
-
-
-@task(name="play-world", cache_policy=NO_CACHE, persist_result=False, task_run_name="world-{job.world_id}")
-def play_world(job: CollectJob) -> dict[str, Any]:
-    """One collect world (never raises: a failing world comes back with its error and is marked FAILED)."""
-    row = in_fresh_process(collect_world, job)  # a fresh process: its seeds, its timeout, nothing left by others
-    return {**row, "pid": os.getpid(), "host": socket.gethostname()}
-
-
-@task(name="play-paired", cache_policy=NO_CACHE, persist_result=False,
-      task_run_name="evaluate-w{unit.job.world}-{unit.job.candidate}")
-def play_paired_unit(unit: EvalUnit) -> dict[str, Any]:
-    """One (world, candidate) of the paired evaluation (never raises: a crash is its row, written to its file)."""
-    row = in_fresh_process(play_unit, unit)
-    return {"world": row["world"], "candidate": row["agent"], "error": row["error"], "pid": os.getpid(),
-            "host": socket.gethostname()}
 
 
 @task(name="stage", cache_policy=StageInputsPolicy(), persist_result=True, result_serializer="json",
@@ -92,73 +77,12 @@ def stage_task(call: StageCall) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def prefect_api() -> Iterator[str]:
-    """The API this process and its world processes report to: PREFECT_API_URL if set, else Prefect's
-    ephemeral API started once here (otherwise every worker process would start one of its own)."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield PREFECT_API_URL.value()
-        return
-    server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ.get("HRLXF_PREFECT_STARTUP_TIMEOUT", "120")))
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-    finally:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-
-        for worker in (APILogWorker, EventsWorker):  # deliver what is queued before the API goes away
-            worker.drain_all(timeout=10)
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
-
-
-def _task_runner(dask_address: str | None, workers: int) -> Any:
-    if dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        return DaskTaskRunner(address=dask_address)
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner(max_workers=workers)  # each world task waits on a fresh process of its own
-
-
 def _play(todo: list[CollectJob], dask_address: str | None, workers: int) -> list[dict]:
-    """Map the worlds on the task runner; a world whose process died is marked FAILED (retried next run)."""
-    os.environ.setdefault("PYTHONHASHSEED", "0")  # worlds iterate over sets of ids: the same seed, the same world
-    rows = []
-    with _task_runner(dask_address, max(1, min(workers, len(todo)))) as runner:
-        _no_inferred_edges()
-        futures = [runner.submit(play_world, {"job": job}) for job in todo]
-        for job, future in zip(todo, tqdm(futures, desc="collect worlds", unit="world", disable=None)):
-            try:
-                rows.append(future.result())
-            except Exception as e:  # the worker process died or the task was lost
-                out = Path(job.out_dir)
-                out.mkdir(parents=True, exist_ok=True)
-                (out / FAILED).write_text(f"the world's process died: {type(e).__name__}: {e}\n")
-                rows.append({"world_id": job.world_id, "seed": job.seed, "error": f"{type(e).__name__}: {e}",
-                             "events": 0, "bytes": 0, "seconds": None})
-    return rows
-
-
-def _no_inferred_edges() -> None:
-    """Forget Prefect's links from result objects to the tasks that returned them, before a task is submitted.
-
-    Prefect draws an edge to a task whose result object a new task's parameters hold, found by ``id``; for a
-    plain dict result (a stage's record, a world's row) CPython recycles that id once the dict is freed, so a
-    new object drew edges to tasks it never read (train_l4 -> evaluate; PrefectHQ/prefect#20558). The
-    flow's edges are the stages each task waits for (``wait_for``), and nothing else."""
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    if ctx is not None:
-        ctx.run_results.clear()
+    """Map the worlds as tasks (`tasks.parallel.run_jobs`); a world whose process died is marked FAILED
+    (played again next run)."""
+    with tqdm(total=len(todo), desc="collect worlds", unit="world", disable=None) as bar:
+        return run_jobs(collect_world, todo, workers, world_died, progress=lambda _: bar.update(),
+                        dask_address=dask_address, name=lambda job: f"world-{job.world_id}")
 
 
 def _error(state: Any) -> str:
@@ -177,7 +101,7 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
     task_ = stage_task.with_options(name=call.stage, task_run_name=call.stage, result_storage=results,
                                     refresh_cache=force or refresh)
     # quote: the graph's edges are the stages waited for, not Prefect's guesses from objects in the call
-    _no_inferred_edges()
+    no_inferred_edges()
     state = task_(quote(call), return_state=True, wait_for=after or None)
     if not state.is_completed():
         raise StageFailed(call.stage, _error(state))
@@ -189,7 +113,7 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
         if not changed:
             return record, "cached", time.perf_counter() - start, state
         call = replace(call, rebuild=f"{', '.join(changed)} changed since the cached run")
-        _no_inferred_edges()
+        no_inferred_edges()
         state = task_.with_options(refresh_cache=True)(quote(call), return_state=True, wait_for=after or None)
         if not state.is_completed():
             raise StageFailed(call.stage, _error(state))
@@ -219,21 +143,13 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     if "evaluate" in plan.force and worlds_dir.exists():
         shutil.rmtree(worlds_dir)  # forced: play every unit again
     missing = todo(units(config, candidates, worlds_dir))
-    rows = []
-    if missing:
-        os.environ.setdefault("PYTHONHASHSEED", "0")  # worlds iterate over sets of ids: the same seed, the same world
-        with _task_runner(dask_address, max(1, min(plan.workers, len(missing)))) as runner:
-            _no_inferred_edges()
-            futures = [runner.submit(play_paired_unit, {"unit": u}) for u in missing]
-            for unit, future in zip(missing, tqdm(futures, desc="evaluation units", unit="unit", disable=None)):
-                try:
-                    rows.append(future.result())
-                except Exception as e:  # the process died: no row on disk, the summary counts it as failed
-                    rows.append({"world": unit.job.world, "candidate": unit.job.candidate,
-                                 "error": f"{type(e).__name__}: {e}"})
+    with tqdm(total=len(missing), desc="evaluation units", unit="unit", disable=None) as bar:
+        rows = run_jobs(play_unit, missing, plan.workers, unit_died, progress=lambda _: bar.update(),
+                        dask_address=dask_address, name=lambda u: f"evaluate-w{u.job.world}-{u.job.candidate}")
     info = {"played": len(rows), "skipped": config.worlds * len(candidates) - len(rows), "dir": str(worlds_dir),
-            "candidates": [c.label for c in candidates], "failed": [r for r in rows if r["error"]],
-            "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows if "pid" in r})}
+            "candidates": [c.label for c in candidates],
+            "failed": [{"world": r["world"], "candidate": r["agent"], "error": r["error"]} for r in rows if r["error"]],
+            "workers": sorted({r["worker"] for r in rows if "worker" in r})}
     return worlds_dir, info
 
 
@@ -392,7 +308,7 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
                     "played": len(rows), "skipped": len(jobs) - len(missing),
                     "failed": [{"world_id": r["world_id"], "error": r["error"]} for r in rows if r["error"]],
                     "seconds": round(time.perf_counter() - t0, 2), "peak_mb": memory["peak_mb"],
-                    "workers": sorted({f"{r['host']}:{r['pid']}" for r in rows if "pid" in r})}
+                    "workers": sorted({r["worker"] for r in rows if "worker" in r})}
             call = _call(plan, "collect", now, {"rows": rows, "skipped": len(jobs) - len(missing),
                                                 "seconds": time.perf_counter() - t0, "run_id": plan.run_id})
             return run_stage(call, forced, results, refresh=bool(rows), after=waited)  # worlds played: a new summary

@@ -90,7 +90,7 @@ def died(job: PairedJob) -> dict:
 
 def run_jobs(jobs: list[PairedJob], workers: int, progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Every audited world on ``workers`` processes, sorted by world and agent."""
-    rows = parallel.run_jobs(play_paired, jobs, workers, died, progress)
+    rows = parallel.run_jobs(play_paired, jobs, workers, died, progress, name=lambda j: f"audit-w{j.world}-{j.candidate}")
     return sorted(rows, key=lambda r: (r["world"], r["agent"]))
 
 

@@ -192,6 +192,15 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
     return row
 
 
+def world_died(job: CollectJob) -> dict:
+    """The row of a world whose process died (or whose Dask worker was lost): marked FAILED, played again by
+    the next run."""
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(job.out_dir) / FAILED).write_text("the worker process died while playing this world\n")
+    return {"world_id": job.world_id, "seed": job.seed, "error": "worker process died", "events": 0, "bytes": 0,
+            "seconds": None}
+
+
 def run_collect(
     profile: CollectProfile,
     raw: Path,
@@ -206,13 +215,9 @@ def run_collect(
     todo = [j for j in jobs if not (Path(j.out_dir) / DONE).exists()]
     skipped = len(jobs) - len(todo)
 
-    def died(job: CollectJob) -> dict:
-        Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(job.out_dir) / FAILED).write_text("the worker process died while playing this world\n")
-        return {"world_id": job.world_id, "seed": job.seed, "error": "worker process died", "events": 0, "bytes": 0, "seconds": None}
-
     start = time.perf_counter()
-    rows = parallel.run_jobs(collect_world, todo, profile.workers, died, progress, dask_address)
+    rows = parallel.run_jobs(collect_world, todo, profile.workers, world_died, progress, dask_address,
+                             name=lambda job: f"world-{job.world_id}")
     return summarize(profile, raw, run_id, rows, skipped, time.perf_counter() - start)
 
 

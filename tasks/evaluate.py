@@ -135,6 +135,11 @@ def died(unit: EvalUnit) -> dict[str, Any]:
             "error": "the worker process died while playing this world"}
 
 
+def unit_name(unit: EvalUnit) -> str:
+    """The name of a unit's task (in the Prefect UI)."""
+    return f"evaluate-w{unit.job.world}-{unit.job.candidate}"
+
+
 def todo(all_units: Sequence[EvalUnit]) -> list[EvalUnit]:
     return [u for u in all_units if not Path(u.path).is_file()]
 
@@ -414,7 +419,7 @@ def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), 
     every = units(config, candidates, worlds_dir)
     missing = todo(every)
     if play and missing:
-        parallel.run_jobs(play_unit, missing, config.workers, died, progress, dask_address)
+        parallel.run_jobs(play_unit, missing, config.workers, died, progress, dask_address, name=unit_name)
     doc = summarize(read_rows(every), candidates, config, extra_pairs)
     doc["worlds_dir"] = os.path.relpath(worlds_dir, out) if worlds_dir.is_absolute() == out.is_absolute() else str(worlds_dir)
     if latest is not None:

@@ -200,7 +200,8 @@ def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None
             skipped += 1
         else:
             jobs.append(WorldJob(run_id, world_id, str(world), str(out)))
-    results = sorted(map_units(convert_world, jobs, workers, _died, desc="events", dask_address=dask_address),
+    results = sorted(map_units(convert_world, jobs, workers, _died, desc="events", dask_address=dask_address,
+                               name=lambda j: f"events-{j.run_id}/{j.world_id}"),
                      key=lambda r: (r["run_id"], r["world_id"]))
     rows_written = {name: sum(r["rows"].get(name, 0) for r in results) for name in arrow.TABLES}
     quarantined = [{"run_id": r["run_id"], "world_id": r["world_id"], "reason": r["error"]} for r in results if r["bad"]]

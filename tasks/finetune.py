@@ -341,7 +341,7 @@ def iterate(learner: Learner, config: FinetuneConfig, run: Path, iteration: int,
     torch.save(learner.noise.state_dict(), run / "noise.pt")
     start = time.perf_counter()
     rows = parallel.run_jobs(play_rollout, rollout_jobs(config, iteration, learner, run, explore), config.workers, died,
-                             progress, dask_address)
+                             progress, dask_address, name=lambda j: f"rollout-i{j.iteration}-w{j.index}")
     played = time.perf_counter() - start
     good = [r for r in rows if r["error"] is None and r.get("factories")]
     factories = [f for r in good for f in r["factories"]]
@@ -390,7 +390,7 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     from hrlxf_rl import search
     from tasks import parallel
     from tasks.candidates import parse_candidates
-    from tasks.evaluate import EvalConfig, complete_cases, died, play_unit, read_rows, todo, units
+    from tasks.evaluate import EvalConfig, complete_cases, died, play_unit, read_rows, todo, unit_name, units
     from tasks.stats import excludes_zero, mean_interval, paired_difference
 
     s, state = config.search, learner.search
@@ -414,7 +414,7 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     cands = parse_candidates([str(p) for p in paths] + [str(start)])
     every = units(eval_config, cands, here / "worlds")
     t0 = time.perf_counter()
-    parallel.run_jobs(play_unit, todo(every), config.workers, died, progress, dask_address)
+    parallel.run_jobs(play_unit, todo(every), config.workers, died, progress, dask_address, name=unit_name)
     played = time.perf_counter() - t0
     rows = read_rows(every)
     names = [c.label for c in cands]

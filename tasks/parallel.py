@@ -1,14 +1,17 @@
-"""Parallel units of work, each in a fresh process of its own, on local threads or a Dask cluster.
+"""Parallel units of work, each in a fresh process of its own, mapped as Prefect tasks on a task runner.
 
-collect, the evaluation, the audit and the fine-tuning all map their worlds through `run_jobs`, and the
-pipeline's world tasks call `in_fresh_process` the same way. A fresh process per unit, not a reused pool
-worker, because a world's result must not depend on what ran before it: scml worlds replayed in a reused
-worker process diverged (the same bundle in the same world configuration scored 0.621 and 0.726 in two
-workers of one pool) while three fresh processes gave 0.7410 three times (docs/evaluation.md). It also
-means a unit whose process dies loses only itself, on one machine as on a cluster. Locally a unit's
-process is forked from a fork server that has imported what units need (`in_fresh_process`: ~2 s a
-unit instead of 6 s of imports); on a Dask worker, a daemonic process, it is a subprocess
-(`in_own_process`, which also runs a pipeline stage that overlaps others).
+`run_jobs` is the project's one mapper: collect's worlds, the lake's (events, tables), the evaluation's
+units, the audit's worlds and the fine-tuning's rollouts are each a Prefect task on Prefect's
+ThreadPoolTaskRunner here or prefect-dask's DaskTaskRunner on a cluster, and each task runs its unit in
+a fresh process. A fresh process per unit, not a reused pool worker, because a world's result must not
+depend on what ran before it: scml worlds replayed in a reused worker process diverged (the same bundle in
+the same world configuration scored 0.621 and 0.726 in two workers of one pool) while three fresh
+processes gave 0.7410 three times (docs/evaluation.md). It also means a unit whose process dies loses only
+itself, on one machine as on a cluster, and that units on a Dask worker with several threads share no
+seeds, environment or signal handlers. Locally a unit's process is forked from a fork server that has
+imported what units need (`in_fresh_process`: ~2 s a unit instead of 6 s of imports); on a Dask worker, a
+daemonic process, it is a subprocess (`in_own_process`, which also runs a pipeline stage that overlaps
+others).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -48,60 +50,145 @@ def run_jobs(
     died: Callable[[J], dict],
     progress: Callable[[dict], None] | None = None,
     dask_address: str | None = None,
+    name: Callable[[J], str] | None = None,
 ) -> list[dict]:
-    """``fn(job)`` for every job, each in a fresh process (`fresh`), ``workers`` at a time (or on the Dask
-    cluster whose scheduler is at ``dask_address``); rows in completion order.
+    """``fn(job)`` for every job as a Prefect task (``name(job)`` its run's name) on a task runner: ``workers``
+    local threads (Prefect's ThreadPoolTaskRunner) or the Dask cluster whose scheduler is at ``dask_address``
+    (prefect-dask's DaskTaskRunner); each task runs its job in a fresh process (`fresh`). Rows in completion
+    order, each with the ``worker`` (host:pid) whose task ran it.
 
-    ``fn`` must not raise (it returns its error in the row); a job whose process dies (or that raises)
-    gets the row ``died(job)`` and the others go on.
+    The one mapper of the project: the pipeline's worlds, the lake's, the evaluation's, the audit's and the
+    fine-tuning's rollouts. Inside a flow the tasks are the run's (the stage's children in the UI); outside
+    one they report to the API of `prefect_api`. ``fn`` must not raise (it returns its error in the row);
+    a job whose process dies (or whose task or Dask worker is lost) gets the row ``died(job)`` and the others
+    go on.
     """
+    from prefect.futures import as_completed
+
     rows: list[dict] = []
-
-    def done(row: dict) -> None:
-        rows.append(row)
-        if progress:
-            progress(row)
-
-    if dask_address:
-        run_on_dask(fn, jobs, dask_address, died, done)
+    if not jobs:
         return rows
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="unit") as pool:
-        for future in as_completed([pool.submit(fresh, fn, job, died) for job in jobs]):
-            done(future.result())
+    with prefect_api(), _runner(max(1, min(workers, len(jobs))), dask_address) as runner:
+        futures = {}
+        for job in jobs:
+            label = name(job) if name else f"{getattr(fn, '__name__', 'unit')}-{len(futures)}"
+            no_inferred_edges()  # (not quoted: DaskTaskRunner hands a quoted value over as a plain tuple)
+            futures[runner.submit(_unit_task(), {"fn": fn, "job": job, "died": died, "name": label})] = job
+        for future in as_completed(list(futures)):
+            try:
+                row = future.result()
+            except Exception:  # noqa: BLE001 - the task or its Dask worker was lost: the job only
+                row = died(futures[future])
+            rows.append(row)
+            if progress:
+                progress(row)
     return rows
 
 
+def no_inferred_edges() -> None:
+    """Forget Prefect's links from result objects to the tasks that returned them, before a task is submitted.
+
+    Prefect draws an edge to a task whose result object a new task's parameters hold, found by ``id``; for a
+    plain dict result (a stage's record, a world's row) CPython recycles that id once the dict is freed, so a
+    new object drew edges to tasks it never read (train_l4 -> evaluate; PrefectHQ/prefect#20558). The
+    flow's edges are the stages each task waits for (``wait_for``), and nothing else."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None:
+        ctx.run_results.clear()
+
+
+@functools.cache
+def _unit_task() -> Any:
+    """The Prefect task of one unit (made on first use: importing this module does not import Prefect, which
+    the fork server's units and a stage's own process do not need)."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    def unit(fn: Callable[[J], dict], job: J, died: Callable[[J], dict], name: str) -> dict:
+        return {**fresh(fn, job, died), "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+    return task(unit, name="unit", task_run_name="{name}", cache_policy=NO_CACHE, persist_result=False)
+
+
+def _runner(workers: int, dask_address: str | None) -> Any:
+    """A task runner: ``workers`` threads here (each waits on the fresh process of its unit), or the Dask
+    cluster at ``dask_address``."""
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """The Prefect API the tasks of this process report to: PREFECT_API_URL if set, else Prefect's server
+    started here for the block, in a process of its own (otherwise every worker process would start one).
+    Tasks outside a flow (the audit's worlds) log to the console only."""
+    from prefect.settings import (
+        PREFECT_API_URL, PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings,
+    )
+
+    quiet = {PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}
+    if PREFECT_API_URL.value():
+        with temporary_settings(quiet):
+            yield PREFECT_API_URL.value()
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a temporary server
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("HRLXF_PREFECT_STARTUP_TIMEOUT", "120")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url, **quiet}):
+            yield server.api_url
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):  # deliver what is queued before the API goes away
+            worker.drain_all(timeout=10)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 def map_units(fn: Callable[[J], dict], jobs: Sequence[J], workers: int, died: Callable[[J], dict],
-              desc: str = "units", dask_address: str | None = None) -> list[dict]:
+              desc: str = "units", dask_address: str | None = None,
+              name: Callable[[J], str] | None = None) -> list[dict]:
     """Pure per-world work (a world's events or tables) with a progress bar: `run_jobs` on the Dask cluster
     at ``dask_address`` or, when ``workers`` > 1, on that many local processes; otherwise in this process,
-    one after another (exceptions raised here). Each row gets what `_measured` adds (`unit_figures` sums them)."""
+    one after another (exceptions raised here). Each row gets what `_measured` adds (`unit_figures` sums them)
+    and ``name(job)`` names its task."""
     from tqdm import tqdm
 
     with tqdm(total=len(jobs), desc=desc, unit="world", disable=None) as bar:
         if dask_address or workers > 1:
-            return run_jobs(functools.partial(_measured, fn, started=True), jobs, workers, died,
-                            progress=lambda _: bar.update(), dask_address=dask_address)
+            return run_jobs(functools.partial(_measured, fn), jobs, workers, died,
+                            progress=lambda _: bar.update(), dask_address=dask_address, name=name)
         rows = []
         for job in jobs:
-            rows.append(_measured(fn, job, started=False))
+            rows.append({**_measured(fn, job), "worker": f"{socket.gethostname()}:{os.getpid()}"})
             bar.update()
         return rows
 
 
-def _measured(fn: Callable[[J], dict], job: J, started: bool) -> dict:
-    """``fn(job)``'s row with its CPU seconds, the peak memory of the process that ran it, and the ``host:pid``
-    of that process or, when it was ``started`` for this unit, of its parent (the Dask worker, the local fork
-    server): a unit of `map_units`."""
+def _measured(fn: Callable[[J], dict], job: J) -> dict:
+    """``fn(job)``'s row with its CPU seconds and the peak memory of the process that ran it: a unit of
+    `map_units`."""
     cpu = time.process_time()
     row = fn(job)
-    return {**row, "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb(),
-            "worker": f"{socket.gethostname()}:{os.getppid() if started else os.getpid()}"}
+    return {**row, "cpu_seconds": time.process_time() - cpu, "peak_mb": peak_mb()}
 
 
 def unit_figures(rows: Sequence[dict]) -> dict[str, Any]:
-    """What the units of `map_units` cost: their CPU seconds, the workers (host:pid) that ran them, and the
-    largest peak memory of those processes (MB); a unit whose process died counts nothing."""
+    """What the units of `map_units` cost: their CPU seconds, the workers (host:pid of the processes whose
+    tasks ran them), and the largest peak memory of the units' processes (MB); a unit whose process died
+    counts nothing."""
     return {"cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in rows), 2),
             "workers": sorted({r["worker"] for r in rows if "worker" in r}),
             "unit_peak_mb": round(max((r.get("peak_mb", 0.0) for r in rows), default=0.0))}
@@ -140,22 +227,6 @@ def in_fresh_process(fn: Callable[..., R], *args: Any) -> R:
         proc.start()  # not one of _OWN_PROCESSES: a unit's memory is its caller's (the stage that maps units)
         proc.join()
         return _result(out, fn, proc.exitcode)
-
-
-def run_on_dask(fn: Callable[[J], dict], jobs: Sequence[J], address: str, died: Callable[[J], dict],
-                done: Callable[[dict], None]) -> None:
-    """The same units of work on a Dask cluster, each in a fresh process on its worker (`fresh`), each row to
-    ``done``; a lost worker fails its units only (``died(job)``)."""
-    from distributed import Client, as_completed as dask_completed
-
-    with Client(address) as client:
-        futures = {client.submit(fresh, fn, job, died, pure=False): job for job in jobs}
-        for fut in dask_completed(futures):
-            try:
-                row = fut.result()
-            except Exception:  # the worker died or the task was lost
-                row = died(futures[fut])
-            done(row)
 
 
 def in_own_process(fn: Callable[..., R], *args: Any, threads: int | None = None) -> R:

@@ -350,7 +350,8 @@ def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str,
         world = Path(job.world)
         return {"world": f"{world.parent.name}/{world.name}", "rows": {}, "error": "its process died"}
 
-    results = map_units(build_world, jobs, workers, died, desc="tables", dask_address=dask_address)
+    results = map_units(build_world, jobs, workers, died, desc="tables", dask_address=dask_address,
+                        name=lambda j: f"tables-{Path(j.world).parent.name}/{Path(j.world).name}")
     summary: dict[str, Any] = {name: {"built": sum(name in r["rows"] for r in results),
                                       "skipped": len(worlds) - sum(name in j.tables for j in jobs),
                                       "rows": sum(r["rows"].get(name, 0) for r in results)} for name in tables}

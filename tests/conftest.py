@@ -55,6 +55,16 @@ def per_day(h: int = 10, **values: float) -> tuple[float, ...]:
     return tuple(out)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api_for_the_session():
+    """One Prefect API for every mapped unit of the suite (`tasks.parallel.run_jobs`), instead of a temporary
+    server started by each call (~8 s). Pipeline tests run their flows in processes of their own, on theirs."""
+    from tasks.parallel import prefect_api
+
+    with prefect_api() as url:
+        yield url
+
+
 @pytest.fixture
 def base_snapshot() -> Snapshot:
     return snap()
