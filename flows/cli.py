@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scales", default="1,4,16", help="multiples of the run's worlds to time (default 1,4,16)")
     b.add_argument("--baseline", default=None, help="a checkout of older code to time beside this one")
     b.add_argument("--baseline-scales", default="1", help="the scales the baseline is timed at (default 1)")
+    b.add_argument("--baseline-mapped", action="store_true",
+                   help="the baseline maps its worlds on --workers too (a checkout whose stages map them)")
     b.add_argument("--workers", type=int, default=2, help="worker processes of this code's events and tables (default 2)")
     b.add_argument("--out", default=None, help="where to write bench_tables.json (default: DATA/reports/bench)")
     b.set_defaults(func=_bench, bench="tables")
@@ -212,7 +214,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.bench == "tables":
         scales = [tuple(int(x) for x in text.split(",")) for text in (args.scales, args.baseline_scales)]
         config = module.Config(raw=str(data_root() / "raw"), run_id=args.run_id, scales=scales[0],
-                               baseline=args.baseline, baseline_scales=scales[1], workers=args.workers)
+                               baseline=args.baseline, baseline_scales=scales[1], workers=args.workers,
+                               baseline_mapped=args.baseline_mapped)
     elif args.bench == "loading":
         config = module.Config(lake=args.lake or str(data_root() / "lake"),
                                scales=tuple(int(x) for x in args.scales.split(",")),

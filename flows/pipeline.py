@@ -101,7 +101,6 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
     task_ = stage_task.with_options(name=call.stage, task_run_name=call.stage, result_storage=results,
                                     refresh_cache=force or refresh)
     # quote: the graph's edges are the stages waited for, not Prefect's guesses from objects in the call
-    no_inferred_edges()
     state = task_(quote(call), return_state=True, wait_for=after or None)
     if not state.is_completed():
         raise StageFailed(call.stage, _error(state))
@@ -113,7 +112,6 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
         if not changed:
             return record, "cached", time.perf_counter() - start, state
         call = replace(call, rebuild=f"{', '.join(changed)} changed since the cached run")
-        no_inferred_edges()
         state = task_.with_options(refresh_cache=True)(quote(call), return_state=True, wait_for=after or None)
         if not state.is_completed():
             raise StageFailed(call.stage, _error(state))
@@ -270,6 +268,7 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
     that do not depend on one another (the trainings, the fine-tuning) run at once and the flow's graph in
     the Prefect UI is the pipeline's DAG."""
     logger = get_run_logger()
+    no_inferred_edges()  # the graph's edges are the stages each waits for
     results = plan.data / "prefect" / "results"
     started = datetime.now(timezone.utc)
     report: dict[str, Any] = {

@@ -14,7 +14,10 @@ seconds add the workers' (each world's unit reports its CPU time).
 ``baseline``: a checkout of older code (``git worktree add /tmp/base <commit>``) whose
 tables stages are timed the same way, in the same run, at ``baseline_scales`` (the old
 code may be too slow for 16x); each of its rows comes right after this code's at the
-same scale, and ``speedup`` is its seconds over this code's.
+same scale, and ``speedup`` is its seconds over this code's. The baseline runs in one process
+(the stages' API before they were mapped) unless ``baseline_mapped``: then it runs this code's script
+on ``workers`` (a checkout that maps its worlds, e.g. the mapper before `tasks.parallel.run_jobs` made
+every unit a Prefect task). CPU seconds count the helper processes too (the Prefect API's server).
 """
 
 from __future__ import annotations
@@ -34,15 +37,26 @@ from tasks.report import md_table
 #: this code: events and tables mapped on ``workers`` processes; CPU seconds are this process's and, when the
 #: worlds ran in worker processes, theirs (each unit reports its own CPU time and peak memory)
 _CHILD = """
-import json, resource, sys, time
+import contextlib, json, resource, sys, time
 from pathlib import Path
+import psutil
 from tasks.events import run_events
 from tasks.tables import build_tables
+try:
+    from tasks.parallel import prefect_api  # the units' tasks report to it, as in the pipeline (started untimed)
+except ImportError:  # code from before the one mapper
+    prefect_api = contextlib.nullcontext
 raw, lake, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-t, c = time.perf_counter(), time.process_time()
-units = [run_events(raw, lake, workers), build_tables(lake, workers=workers)]
-cpu = time.process_time() - c + (sum(u["cpu_seconds"] for u in units) if workers > 1 else 0.0)
-print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": cpu,
+
+def helpers():  # CPU seconds of the processes that outlive the units: the API's server, the fork server
+    return sum(sum(p.cpu_times()[:2]) for p in psutil.Process().children(recursive=True))
+
+with prefect_api():
+    t, c, h = time.perf_counter(), time.process_time(), helpers()
+    units = [run_events(raw, lake, workers), build_tables(lake, workers=workers)]
+    seconds = time.perf_counter() - t
+    cpu = time.process_time() - c + helpers() - h + (sum(u["cpu_seconds"] for u in units) if workers > 1 else 0.0)
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "unit_peak_mb": max(u["unit_peak_mb"] for u in units)}))
 """
@@ -70,7 +84,8 @@ class Config:
     scales: tuple[int, ...] = (1, 4, 16)
     baseline: str | None = None  # a checkout of older code to time beside this one
     baseline_scales: tuple[int, ...] = (1,)
-    workers: int = 2  # this code's worker processes (the baseline has one)
+    workers: int = 2  # this code's worker processes (the baseline has one unless baseline_mapped)
+    baseline_mapped: bool = False  # the baseline maps its worlds on ``workers`` too (this code's script)
 
 
 def _link(worlds: list[Path], copies: int, raw: Path) -> None:
@@ -82,10 +97,12 @@ def _link(worlds: list[Path], copies: int, raw: Path) -> None:
             (raw / name).symlink_to(w.resolve(), target_is_directory=True)
 
 
-def _child(code: Path | None, raw: Path, lake: Path, workers: int) -> dict[str, Any]:
-    """The tables stages from scratch in a fresh process, with this code or the checkout at ``code``."""
+def _child(code: Path | None, raw: Path, lake: Path, workers: int, mapped: bool = False) -> dict[str, Any]:
+    """The tables stages from scratch in a fresh process, with this code or the checkout at ``code`` (in one
+    process, or ``mapped`` on ``workers`` with this code's script)."""
     env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
-    argv = ["-c", _CHILD, str(raw), str(lake), str(workers)] if code is None else ["-c", _BASELINE_CHILD, str(raw), str(lake)]
+    one = code is not None and not mapped
+    argv = ["-c", _BASELINE_CHILD, str(raw), str(lake)] if one else ["-c", _CHILD, str(raw), str(lake), str(workers)]
     out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True,
                          cwd=str(code) if code is not None else None, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -107,9 +124,10 @@ def run_bench(config: Config) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 _link(worlds, scale, Path(tmp) / "raw" / "bench")
                 t = time.perf_counter()
-                child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake", config.workers)
+                child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake", config.workers, config.baseline_mapped)
                 n = len(worlds) * scale
-                results.append({"code": name, "scale": f"{scale}x", "workers": 1 if code else config.workers,
+                one = code is not None and not config.baseline_mapped
+                results.append({"code": name, "scale": f"{scale}x", "workers": 1 if one else config.workers,
                                 "worlds": n, "events": events_1x * scale,
                                 "seconds": round(child["seconds"], 2), "cpu_seconds": round(child["cpu_seconds"], 2),
                                 "events_per_second": round(events_1x * scale / child["seconds"]),

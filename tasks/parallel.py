@@ -68,11 +68,16 @@ def run_jobs(
     rows: list[dict] = []
     if not jobs:
         return rows
-    with prefect_api(), _runner(max(1, min(workers, len(jobs))), dask_address) as runner:
+    no_inferred_edges()  # the parameters are not quoted: DaskTaskRunner hands a quoted value over as a tuple
+    from prefect.context import SyncClientContext
+
+    # one API client for the tasks of this call (the runner's threads inherit it): without one, each task
+    # made its own, ~30 ms of CPU a task (most of it loading the TLS certificates)
+    with prefect_api(), SyncClientContext.get_or_create(), \
+            _runner(max(1, min(workers, len(jobs))), dask_address) as runner:
         futures = {}
         for job in jobs:
             label = name(job) if name else f"{getattr(fn, '__name__', 'unit')}-{len(futures)}"
-            no_inferred_edges()  # (not quoted: DaskTaskRunner hands a quoted value over as a plain tuple)
             futures[runner.submit(_unit_task(), {"fn": fn, "job": job, "died": died, "name": label})] = job
         for future in as_completed(list(futures)):
             try:
@@ -85,18 +90,27 @@ def run_jobs(
     return rows
 
 
+class _NoLinks(dict):
+    """A flow run's ``run_results`` that keeps nothing (`no_inferred_edges`)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
 def no_inferred_edges() -> None:
-    """Forget Prefect's links from result objects to the tasks that returned them, before a task is submitted.
+    """Stop Prefect from linking result objects to the tasks that returned them in the current flow run.
 
     Prefect draws an edge to a task whose result object a new task's parameters hold, found by ``id``; for a
     plain dict result (a stage's record, a world's row) CPython recycles that id once the dict is freed, so a
-    new object drew edges to tasks it never read (train_l4 -> evaluate; PrefectHQ/prefect#20558). The
-    flow's edges are the stages each task waits for (``wait_for``), and nothing else."""
+    new object drew edges to tasks it never read (train_l4 -> evaluate; PrefectHQ/prefect#20558). Those
+    links (``FlowRunContext.run_results``) serve nothing else, so the run keeps none, and its edges are the
+    stages each task waits for (``wait_for``). Clearing them before each submission left a window in which
+    another stage's thread could link a result."""
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
-    if ctx is not None:
-        ctx.run_results.clear()
+    if ctx is not None and not isinstance(ctx.run_results, _NoLinks):
+        ctx.run_results = _NoLinks()
 
 
 @functools.cache
