@@ -571,7 +571,8 @@ def execute_stage(call: StageCall) -> dict[str, Any]:
     if BY_NAME[call.stage].isolated:
         from tasks.parallel import in_own_process
 
-        return in_own_process(execute, call, threads=call.threads)
+        # the caller's flow and task run go along: what the stage maps (rollouts) is this run's
+        return in_own_process(execute, call, threads=call.threads, prefect_context=True)
     return execute(call)
 
 

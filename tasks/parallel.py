@@ -63,14 +63,13 @@ def run_jobs(
     a job whose process dies (or whose task or Dask worker is lost) gets the row ``died(job)`` and the others
     go on.
     """
+    from prefect.context import SyncClientContext
     from prefect.futures import as_completed
 
     rows: list[dict] = []
     if not jobs:
         return rows
     no_inferred_edges()  # the parameters are not quoted: DaskTaskRunner hands a quoted value over as a tuple
-    from prefect.context import SyncClientContext
-
     # one API client for the tasks of this call (the runner's threads inherit it): without one, each task
     # made its own, ~30 ms of CPU a task (most of it loading the TLS certificates)
     with prefect_api(), SyncClientContext.get_or_create(), \
@@ -243,10 +242,12 @@ def in_fresh_process(fn: Callable[..., R], *args: Any) -> R:
         return _result(out, fn, proc.exitcode)
 
 
-def in_own_process(fn: Callable[..., R], *args: Any, threads: int | None = None) -> R:
+def in_own_process(fn: Callable[..., R], *args: Any, threads: int | None = None, prefect_context: bool = False) -> R:
     """``fn(*args)`` in a fresh Python process, its exception raised here: what it seeds (random, numpy,
     torch), its environment and its signal handlers (a world's SIGALRM timeout) are its own, so two calls
-    from two threads cannot mix them. ``threads`` caps its math threads (torch, OpenMP).
+    from two threads cannot mix them. ``threads`` caps its math threads (torch, OpenMP). With
+    ``prefect_context``, the caller's flow and task run go with it (`prefect_context_of_caller`): tasks it
+    maps (the fine-tuning's rollouts) are that run's, children of the calling stage in the UI.
 
     A plain subprocess (``python -m tasks.parallel``, arguments and result pickled), not a multiprocessing
     pool: a Dask worker is a daemonic process, which multiprocessing forbids to have children."""
@@ -260,7 +261,7 @@ def in_own_process(fn: Callable[..., R], *args: Any, threads: int | None = None)
                               env=env) as proc:
             _OWN_PROCESSES.add(proc.pid)
             try:
-                proc.communicate(pickle.dumps((fn, args)))
+                proc.communicate(pickle.dumps((fn, args, prefect_context_of_caller() if prefect_context else None)))
             finally:
                 _OWN_PROCESSES.discard(proc.pid)
         return _result(out, fn, proc.returncode)
@@ -313,10 +314,44 @@ def peak_memory(interval: float = 0.25) -> Iterator[dict[str, float]]:
         result["peak_mb"] = round(max(result["peak_mb"], _tree_rss(me) / 2**20), 1)
 
 
+def prefect_context_of_caller() -> bytes | None:
+    """The Prefect flow and task run this thread is in, serialized for another process (Prefect's own
+    ``serialize_context``, as its Dask task runner ships it; cloudpickle, for the flow object), or None."""
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.context import FlowRunContext, serialize_context
+
+    if FlowRunContext.get() is None:
+        return None
+    import cloudpickle
+
+    return cloudpickle.dumps(serialize_context())
+
+
 def _child(result: str) -> None:
-    """The other end of `in_own_process`: read (fn, args) from stdin, then `_run_and_write`."""
-    fn, args = pickle.loads(sys.stdin.buffer.read())
-    _run_and_write(result, fn, args)
+    """The other end of `in_own_process`: read (fn, args, Prefect context) from stdin, then `_run_and_write`
+    (inside the caller's flow and task run when given, whose queued events and logs are sent before exit)."""
+    fn, args, context = pickle.loads(sys.stdin.buffer.read())
+    if context is None:
+        _run_and_write(result, fn, args)
+        return
+    from contextlib import ExitStack
+
+    from prefect.context import hydrated_context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hydrated_context(pickle.loads(context)))
+        except Exception as e:  # noqa: BLE001 - the work matters more than where the UI shows its tasks
+            print(f"{getattr(fn, '__qualname__', fn)}: outside the caller's flow run ({type(e).__name__}: {e})",
+                  file=sys.stderr)
+        try:
+            _run_and_write(result, fn, args)
+        finally:
+            for worker in (APILogWorker, EventsWorker):
+                worker.drain_all(timeout=10)
 
 
 def _run_and_write(result: str, fn: Callable, args: tuple, threads: int | None = None) -> None:
