@@ -119,13 +119,22 @@ def _module(config: L2Config) -> Any:
 
 
 def predict_goals(planner: Planner, x_static: np.ndarray, x_temporal: np.ndarray, x_role: np.ndarray,
-                  rule_goal: np.ndarray, batch: int = 2048) -> np.ndarray:
+                  rule_goal: np.ndarray, rows: np.ndarray | None = None, batch: int = 2048) -> np.ndarray:
+    """The planner's goals for ``rows`` (a boolean mask or indices; default all), gathered a batch at a time:
+    a split of memory-mapped arrays is read, not copied whole."""
     planner.eval()
+    if rows is None:
+        pick = None
+    else:
+        rows = np.asarray(rows)
+        pick = np.flatnonzero(rows) if rows.dtype == bool else rows
+    n = len(x_static) if pick is None else len(pick)
     out = []
     with torch.inference_mode():
-        for i in range(0, len(x_static), batch):
-            g, _ = planner(torch.from_numpy(x_static[i:i + batch]), torch.from_numpy(x_temporal[i:i + batch]),
-                           torch.from_numpy(x_role[i:i + batch]), torch.from_numpy(rule_goal[i:i + batch]))
+        for i in range(0, n, batch):
+            sel = slice(i, i + batch) if pick is None else pick[i:i + batch]
+            g, _ = planner(*(torch.from_numpy(np.ascontiguousarray(a[sel])) for a in (x_static, x_temporal, x_role,
+                                                                                      rule_goal)))
             out.append(g.numpy())
     return np.concatenate(out) if out else np.zeros((0, GOAL_DIM), np.float32)
 
@@ -158,8 +167,7 @@ def _fit_folds(data: MacroData, config: L2Config, out: Path) -> tuple[dict[str, 
         result = fit_module(module, Batches.of(arrays, tr), Batches.of(arrays, va), config.fit, out / f"fold{f}", False)
         load_best(module, result)
         states[f"planner_fold{f}"] = module.net.eval().state_dict()
-        preds[held] = predict_goals(module.net, data.x_static[held], data.x_temporal[held], data.x_role[held],
-                                    data.rule_goal[held])
+        preds[held] = predict_goals(module.net, data.x_static, data.x_temporal, data.x_role, data.rule_goal, held)
     done = ~np.isnan(preds[:, 0])
     info = {"folds": config.crossfit_folds, "seed": config.fit.seed, "test_fraction": config.fit.test_fraction,
             "trained": sorted(int(k.removeprefix("planner_fold")) for k in states), "skipped_too_few_worlds": skipped,
@@ -190,7 +198,7 @@ def _train_l2(lake: Path, out: Path, config: L2Config, progress: bool, store: Pa
         if not rows.any():
             metrics[name] = None  # too few worlds for a test split
             continue
-        pred = predict_goals(planner, data.x_static[rows], data.x_temporal[rows], data.x_role[rows], data.rule_goal[rows])
+        pred = predict_goals(planner, data.x_static, data.x_temporal, data.x_role, data.rule_goal, rows)
         metrics[name] = goal_metrics(pred, data.goal[rows], data.mask[rows], data.n_lines[rows])
     # the floor that means something: the rule goal (the planner's base, what an untrained planner plans)
     held = te if te.any() else va
