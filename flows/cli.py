@@ -190,7 +190,10 @@ def _finetune(args: argparse.Namespace) -> int:
         config.validate()
         start = start_bundle(config.start, data_root())
         run = Path(args.run_dir) if args.run_dir else data_root() / "finetune" / f"{start.name}-{run_key(config, start)}"
-        summary = finetune(config, run, data_root(), dask_address=args.dask_address)
+        from tasks.parallel import prefect_api
+
+        with prefect_api():  # one API for every iteration's rollouts (else each would start a server, ~8 s)
+            summary = finetune(config, run, data_root(), dask_address=args.dask_address)
     except (ParameterError, FinetuneError, ValueError) as e:
         print(f"hrlxf finetune: {e}", file=sys.stderr)
         return 2
