@@ -23,7 +23,8 @@ The worlds of collect, events and tables and the evaluation's units are mapped a
 (``world-<id>``, ``events-<run>/<world>``, ``evaluate-w<world>-<candidate>``, ...) by the project's one
 mapper, `tasks.parallel.run_jobs`: on a task runner, local threads (Prefect's ThreadPoolTaskRunner) by
 default or a Dask cluster (prefect-dask's DaskTaskRunner) given its scheduler address; either way each
-unit runs in a fresh process of its own. Finished worlds (``DONE``) are never submitted again, which is
+unit runs in a fresh process of its own (with one worker and no cluster, the lake's worlds run in the
+stage's process, one after another). Finished worlds (``DONE``) are never submitted again, which is
 how a killed run resumes.
 
 The three flows share the flow name ``hrlxf`` so that their deployments in

@@ -17,6 +17,7 @@ others).
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import os
 import pickle
@@ -58,8 +59,9 @@ def run_jobs(
     order, each with the ``worker`` (host:pid) whose task ran it.
 
     The one mapper of the project: the pipeline's worlds, the lake's, the evaluation's, the audit's and the
-    fine-tuning's rollouts. Inside a flow the tasks are the run's (the stage's children in the UI); outside
-    one they report to the API of `prefect_api`. ``fn`` must not raise (it returns its error in the row);
+    fine-tuning's rollouts. Inside a flow the tasks are the run's (mapped from inside a stage's task, the
+    lake's worlds and the rollouts, they are that task's children in the UI); outside one they report to
+    the API of `prefect_api`. ``fn`` must not raise (it returns its error in the row);
     a job whose process dies (or whose task or Dask worker is lost) gets the row ``died(job)`` and the others
     go on.
     """
@@ -81,7 +83,8 @@ def run_jobs(
         for future in as_completed(list(futures)):
             try:
                 row = future.result()
-            except Exception:  # noqa: BLE001 - the task or its Dask worker was lost: the job only
+            except Exception as e:  # noqa: BLE001 - the task or its Dask worker was lost: the job only
+                logging.getLogger(__name__).warning("%r lost: %s: %s", futures[future], type(e).__name__, e)
                 row = died(futures[future])
             rows.append(row)
             if progress:
@@ -115,7 +118,7 @@ def no_inferred_edges() -> None:
 @functools.cache
 def _unit_task() -> Any:
     """The Prefect task of one unit (made on first use: importing this module does not import Prefect, which
-    the fork server's units and a stage's own process do not need)."""
+    the fork server's units do not need)."""
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
@@ -137,37 +140,56 @@ def _runner(workers: int, dask_address: str | None) -> Any:
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
+#: the temporary API server `prefect_api` started, and how many blocks use it now
+_API_LOCK = threading.Lock()
+_API: dict[str, Any] = {"server": None, "users": 0}
+
+
 @contextmanager
 def prefect_api() -> Iterator[str]:
     """The Prefect API the tasks of this process report to: PREFECT_API_URL if set, else Prefect's server
-    started here for the block, in a process of its own (otherwise every worker process would start one).
+    started here, in a process of its own (otherwise every worker process would start one), and stopped when
+    the last block using it ends; a server this process already ran (a flow's own) is used, never stopped.
     Tasks outside a flow (the audit's worlds) log to the console only."""
+    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import (
         PREFECT_API_URL, PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings,
     )
 
     quiet = {PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}
-    if PREFECT_API_URL.value():
-        with temporary_settings(quiet):
-            yield PREFECT_API_URL.value()
-        return
-    from prefect.server.api.server import SubprocessASGIServer
 
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from a temporary server
-    server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ.get("HRLXF_PREFECT_STARTUP_TIMEOUT", "120")))
-    os.environ["PREFECT_API_URL"] = server.api_url
+    with _API_LOCK:
+        server = _API["server"]  # ours, still in use (another thread's block): one more user
+        if server is None and PREFECT_API_URL.value():
+            url = PREFECT_API_URL.value()  # a server someone else runs
+        else:
+            if server is None:
+                server = SubprocessASGIServer()  # Prefect's one instance per process
+                if not server.running:
+                    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry
+                    server.start(timeout=int(os.environ.get("HRLXF_PREFECT_STARTUP_TIMEOUT", "120")))
+                    os.environ["PREFECT_API_URL"] = server.api_url  # for the processes it starts (a stage's own)
+                    _API["server"] = server
+            url = server.api_url
+        ours = server is not None and _API["server"] is server
+        _API["users"] += ours
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url, **quiet}):
-            yield server.api_url
+        with temporary_settings({PREFECT_API_URL: url, **quiet}):
+            yield url
     finally:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
+        with _API_LOCK:
+            _API["users"] -= ours
+            last = ours and _API["users"] == 0
+            if last:
+                _API["server"] = None
+        if last:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
 
-        for worker in (APILogWorker, EventsWorker):  # deliver what is queued before the API goes away
-            worker.drain_all(timeout=10)
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+            for worker in (APILogWorker, EventsWorker):  # deliver what is queued before the API goes away
+                worker.drain_all(timeout=10)
+            os.environ.pop("PREFECT_API_URL", None)
+            server.stop()
 
 
 def map_units(fn: Callable[[J], dict], jobs: Sequence[J], workers: int, died: Callable[[J], dict],
@@ -211,7 +233,8 @@ def fresh(fn: Callable[[J], dict], job: J, died: Callable[[J], dict]) -> dict:
     """``fn(job)`` in a fresh process (`in_fresh_process`); ``died(job)`` if that process dies or raises."""
     try:
         return in_fresh_process(fn, job)
-    except Exception:  # noqa: BLE001 - the unit is lost, not the run
+    except Exception as e:  # noqa: BLE001 - the unit is lost, not the run
+        logging.getLogger(__name__).warning("%r lost: %s: %s", job, type(e).__name__, e)
         return died(job)
 
 
@@ -325,7 +348,11 @@ def prefect_context_of_caller() -> bytes | None:
         return None
     import cloudpickle
 
-    return cloudpickle.dumps(serialize_context())
+    try:
+        return cloudpickle.dumps(serialize_context())
+    except Exception as e:  # noqa: BLE001 - the work matters more than where the UI shows its tasks
+        logging.getLogger(__name__).warning("the child runs outside the flow run: %s: %s", type(e).__name__, e)
+        return None
 
 
 def _child(result: str) -> None:

@@ -73,3 +73,39 @@ def test_tasks_mapped_in_a_stage_process_are_the_callers_flow_runs():
     assert sorted(r.name for r in units) == ["square-2", "square-3"], [r.name for r in runs]
     assert all(str(r.flow_run_id) == flow_run for r in units)
     assert all(str(r.task_inputs.get("__parents__", [None])[0].id) == stage_id for r in units), units
+
+
+NESTED_API = """
+import threading
+from prefect.server.api.server import SubprocessASGIServer
+from tasks.parallel import prefect_api
+entered, leave, urls = threading.Event(), threading.Event(), []
+
+def second_user():  # another stage's units, in a thread of its own (it sees the URL in the environment only)
+    with prefect_api() as url:
+        urls.append(url)
+        entered.set()
+        leave.wait(60)
+
+with prefect_api() as first:
+    other = threading.Thread(target=second_user)
+    other.start()
+    assert entered.wait(60)
+assert urls == [first] and SubprocessASGIServer().running, "the first user stopped the server the second uses"
+leave.set()
+other.join()
+assert not SubprocessASGIServer().running, "the last user left the server running"
+print("ok")
+"""
+
+
+def test_a_temporary_api_lives_until_its_last_user_leaves():
+    """With no PREFECT_API_URL, blocks of `prefect_api` share one temporary server, stopped by the last."""
+    import os
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", NESTED_API], cwd=root, env={**env, "PYTHONPATH": str(root)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
