@@ -56,9 +56,9 @@ from flows.stages import (
     ARTIFACTS, BUNDLES, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, Stage, StageCall, StageFailed,
     execute_stage, make_plan, overlapping, upstream,
 )
-from tasks.collect import DONE, CollectJob, collect_world, jobs_for, world_died
+from tasks.collect import DONE, CollectJob, collect_world, jobs_for, world_died, world_name
 from tasks.evaluate import died as unit_died
-from tasks.evaluate import pipeline_candidates, play_unit, resolve_candidates, todo, units, units_dir
+from tasks.evaluate import pipeline_candidates, play_unit, resolve_candidates, todo, unit_name, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
 from tasks.parallel import no_inferred_edges, peak_memory, run_jobs, shared_threads
 
@@ -83,7 +83,7 @@ def _play(todo: list[CollectJob], dask_address: str | None, workers: int) -> lis
     (played again next run)."""
     with tqdm(total=len(todo), desc="collect worlds", unit="world", disable=None) as bar:
         return run_jobs(collect_world, todo, workers, world_died, progress=lambda _: bar.update(),
-                        dask_address=dask_address, name=lambda job: f"world-{job.world_id}")
+                        dask_address=dask_address, name=world_name)
 
 
 def _error(state: Any) -> str:
@@ -144,7 +144,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     missing = todo(units(config, candidates, worlds_dir))
     with tqdm(total=len(missing), desc="evaluation units", unit="unit", disable=None) as bar:
         rows = run_jobs(play_unit, missing, plan.workers, unit_died, progress=lambda _: bar.update(),
-                        dask_address=dask_address, name=lambda u: f"evaluate-w{u.job.world}-{u.job.candidate}")
+                        dask_address=dask_address, name=unit_name)
     info = {"played": len(rows), "skipped": config.worlds * len(candidates) - len(rows), "dir": str(worlds_dir),
             "candidates": [c.label for c in candidates],
             "failed": [{"world": r["world"], "candidate": r["agent"], "error": r["error"]} for r in rows if r["error"]],

@@ -97,11 +97,10 @@ def _link(worlds: list[Path], copies: int, raw: Path) -> None:
             (raw / name).symlink_to(w.resolve(), target_is_directory=True)
 
 
-def _child(code: Path | None, raw: Path, lake: Path, workers: int, mapped: bool = False) -> dict[str, Any]:
-    """The tables stages from scratch in a fresh process, with this code or the checkout at ``code`` (in one
-    process, or ``mapped`` on ``workers`` with this code's script)."""
+def _child(code: Path | None, raw: Path, lake: Path, workers: int, one: bool) -> dict[str, Any]:
+    """The tables stages from scratch in a fresh process, with this code or the checkout at ``code``: in
+    ``one`` process (the baseline's old API), or mapped on ``workers`` with this code's script."""
     env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
-    one = code is not None and not mapped
     argv = ["-c", _BASELINE_CHILD, str(raw), str(lake)] if one else ["-c", _CHILD, str(raw), str(lake), str(workers)]
     out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True,
                          cwd=str(code) if code is not None else None, env=env)
@@ -124,9 +123,9 @@ def run_bench(config: Config) -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 _link(worlds, scale, Path(tmp) / "raw" / "bench")
                 t = time.perf_counter()
-                child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake", config.workers, config.baseline_mapped)
-                n = len(worlds) * scale
                 one = code is not None and not config.baseline_mapped
+                child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake", config.workers, one)
+                n = len(worlds) * scale
                 results.append({"code": name, "scale": f"{scale}x", "workers": 1 if one else config.workers,
                                 "worlds": n, "events": events_1x * scale,
                                 "seconds": round(child["seconds"], 2), "cpu_seconds": round(child["cpu_seconds"], 2),

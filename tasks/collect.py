@@ -192,6 +192,11 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
     return row
 
 
+def world_name(job: CollectJob) -> str:
+    """The name of a world's task (in the Prefect UI)."""
+    return f"world-{job.world_id}"
+
+
 def world_died(job: CollectJob) -> dict:
     """The row of a world whose process died (or whose Dask worker was lost): marked FAILED, played again by
     the next run."""
@@ -216,8 +221,7 @@ def run_collect(
     skipped = len(jobs) - len(todo)
 
     start = time.perf_counter()
-    rows = parallel.run_jobs(collect_world, todo, profile.workers, world_died, progress, dask_address,
-                             name=lambda job: f"world-{job.world_id}")
+    rows = parallel.run_jobs(collect_world, todo, profile.workers, world_died, progress, dask_address, name=world_name)
     return summarize(profile, raw, run_id, rows, skipped, time.perf_counter() - start)
 
 

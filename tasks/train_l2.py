@@ -120,21 +120,15 @@ def _module(config: L2Config) -> Any:
 
 def predict_goals(planner: Planner, x_static: np.ndarray, x_temporal: np.ndarray, x_role: np.ndarray,
                   rule_goal: np.ndarray, rows: np.ndarray | None = None, batch: int = 2048) -> np.ndarray:
-    """The planner's goals for ``rows`` (a boolean mask or indices; default all), gathered a batch at a time:
-    a split of memory-mapped arrays is read, not copied whole."""
+    """The planner's goals for ``rows`` (a boolean mask or indices; default all), gathered a batch at a time
+    (`training.Batches`): a split of memory-mapped arrays is read, not copied whole."""
     planner.eval()
-    if rows is None:
-        pick = None
-    else:
-        rows = np.asarray(rows)
-        pick = np.flatnonzero(rows) if rows.dtype == bool else rows
-    n = len(x_static) if pick is None else len(pick)
+    arrays = (x_static, x_temporal, x_role, rule_goal)
+    data = Batches(*arrays) if rows is None else Batches.of(arrays, rows)
     out = []
     with torch.inference_mode():
-        for i in range(0, n, batch):
-            sel = slice(i, i + batch) if pick is None else pick[i:i + batch]
-            g, _ = planner(*(torch.from_numpy(np.ascontiguousarray(a[sel])) for a in (x_static, x_temporal, x_role,
-                                                                                      rule_goal)))
+        for i in range(0, len(data), batch):
+            g, _ = planner(*data[i:i + batch])
             out.append(g.numpy())
     return np.concatenate(out) if out else np.zeros((0, GOAL_DIM), np.float32)
 
