@@ -53,7 +53,7 @@ from prefect.utilities.annotations import quote
 from tqdm import tqdm
 
 from flows.stages import (
-    ARTIFACTS, BUNDLES, BY_NAME, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, Stage, StageCall, StageFailed,
+    ARTIFACTS, BUNDLES, BY_NAME, FORCED, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, Stage, StageCall, StageFailed,
     execute_stage, make_plan, overlapping, upstream,
 )
 from tasks.collect import DONE, CollectJob, collect_world, jobs_for, world_died, world_name
@@ -98,7 +98,7 @@ def run_stage(call: StageCall, force: bool, results: Path, refresh: bool = False
     ``after``: the states of the stages it waited for (the edges of the flow's graph in the UI)."""
     start = time.perf_counter()
     if force:
-        call = replace(call, rebuild="forced")
+        call = replace(call, rebuild=FORCED)
     task_ = stage_task.with_options(name=call.stage, task_run_name=call.stage, result_storage=results,
                                     refresh_cache=force or refresh)
     # quote: the graph's edges are the stages waited for, not Prefect's guesses from objects in the call

@@ -10,10 +10,11 @@ How a stage writes its outputs (``mode``):
 - ``collect``: one unit of work per world (``DONE`` last); the flow maps the
   missing worlds as tasks, this stage only summarizes.
 - ``units``: the stage function updates its output tables in place, one
-  atomic file or directory per input unit (world). Before it runs, the outputs
-  of input units that changed or disappeared since the last run are deleted,
-  so the function rebuilds exactly those; a changed recipe (config or code), a
-  forced run or outputs changed outside the pipeline delete everything first.
+  atomic file or directory per input unit (world), each with its unit record
+  (`tasks.unit_cache`: keyed by the unit's code, config and input content), so
+  it rebuilds exactly the units whose record is missing or whose files are not
+  the ones recorded, and deletes the outputs of input units that are gone; a
+  forced run deletes everything first.
 - ``fresh``: the function writes one directory, handed to it as
   ``.<name>.partial-<cache key>`` and renamed into place when it returns. A run
   killed in the middle resumes from that directory (training checkpoints) only
@@ -37,9 +38,11 @@ from typing import Any, Callable
 
 from tasks.collect import DONE, PROFILES as COLLECT_PROFILES, CollectProfile
 from tasks.code_version import code_version
-from tasks.fingerprint import MARKER, WHOLE, Layout, canonical, fingerprint, stage_key, units
+from tasks.events import RAW_WORLDS
+from tasks.fingerprint import MARKER, WHOLE, Layout, canonical, fingerprint, stage_key
 
 PROFILE_NAMES = ("smoke", "default", "official")
+FORCED = "forced"  # a stage's outputs deleted and rebuilt whatever the caches say (`--force`)
 PER_WORLD = Layout(depth=2, suffix=".parquet")
 MODEL = Layout(skip=("checkpoints",))
 
@@ -68,7 +71,7 @@ class Artifact:
 
 
 ARTIFACTS: dict[str, Artifact] = {
-    "raw": Artifact("raw", Layout(depth=2, marker=DONE)),  # every complete world of every run (nightly ones too)
+    "raw": Artifact("raw", RAW_WORLDS),  # every complete world of every run (nightly ones too)
     "raw_run": Artifact("raw/{run_id}", Layout(depth=1, marker=DONE)),  # the worlds this pipeline collects
     "events": Artifact("lake/events", Layout(depth=2, extra=("quarantine.parquet",))),  # a world directory: converted
     "macro": Artifact("lake/macro", PER_WORLD),
@@ -114,7 +117,7 @@ def _events(p: dict[str, Path], config: Any, workers: int, dask_address: str | N
 
 
 def _tables(p: dict[str, Path], spec: Any, workers: int, dask_address: str | None) -> dict:
-    from tasks.tables import build_tables
+    from tasks.world_tables import build_tables
 
     summary = build_tables(p["lake"], spec, workers=workers, dask_address=dask_address)
     _raise_if_failed("tables", summary["failed"])
@@ -256,7 +259,7 @@ STAGES: tuple[Stage, ...] = (
           mode="collect"),
     Stage("events", ("tasks.events",), ("raw",), ("events",), None, _events, unit_input="raw",
           unit_outputs=_per_world("lake/events"), mapped=True),
-    Stage("tables", ("tasks.tables", "tasks.micro", "tasks.l4_distill"), ("events",), ("macro", "micro", "l4_distill"),
+    Stage("tables", ("tasks.world_tables",), ("events",), ("macro", "micro", "l4_distill"),
           _feature_spec, _tables, unit_input="events", unit_outputs=_per_world("lake/macro", "lake/micro", "lake/l4_distill"),
           mapped=True),
     Stage("train_l2", ("tasks.train_l2",), ("macro", "events"), ("l2",), _preset("tasks.train_l2", "L2Config"), _train_l2,
@@ -501,7 +504,9 @@ class StageCall:
     inputs: dict[str, tuple[str, Layout]]  # name -> (absolute path, layout)
     outputs: dict[str, tuple[str, Layout]]
     paths: dict[str, str] = field(default_factory=dict)  # lake, raw, bundles, ... (absolute)
-    rebuild: str | None = None  # why every output is rebuilt from scratch ("forced", ...), else None
+    # why the outputs are rebuilt: FORCED deletes them first; another reason (outputs changed since the cached
+    # run) rebuilds a fresh or publish stage from scratch and a units stage's changed units (their records)
+    rebuild: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # collect: the rows of the worlds played now
     threads: int | None = None  # an isolated stage's math threads (the flow's share of the cores)
     # a mapped stage's worker processes, or the Dask cluster of the run (not in the cache key: the outputs
@@ -541,31 +546,6 @@ def _swap(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _prepare_units(stage: Stage, call: StageCall, data: Path) -> tuple[str | None, dict[str, str], list[str]]:
-    """Before a units stage runs: delete everything (returns why) or the outputs of changed input units."""
-    outs = [Path(p) for p, _ in call.outputs.values()]
-    markers = [json.loads((o / MARKER).read_text()) if (o / MARKER).exists() else None for o in outs]
-    path, layout = call.inputs[stage.unit_input]
-    now = units(Path(path), layout)
-    reason = call.rebuild
-    if reason is None:
-        for o, m in zip(outs, markers):
-            if m is None and o.exists() and any(o.iterdir()):
-                reason = f"{_rel(o, data)} was not written by this pipeline"
-            elif m is not None and m.get("recipe") != call.recipe:
-                reason = "config or code changed"
-    if reason:
-        for o in outs:
-            _remove(o)
-        return reason, now, []
-    before = next((m for m in markers if m), {}).get("units", {})
-    stale = sorted(u for u, d in before.items() if now.get(u) != d)
-    for u in stale:
-        for rel in stage.unit_outputs(u):
-            _remove(data / rel)
-    return None, now, stale
-
-
 def execute_stage(call: StageCall) -> dict[str, Any]:
     """`execute`, in a process of its own for an isolated stage (it may overlap others)."""
     if BY_NAME[call.stage].isolated:
@@ -597,7 +577,7 @@ def _execute(call: StageCall) -> dict[str, Any]:
     paths = {name: Path(p) for name, (p, _) in call.inputs.items()}
     paths.update({name: Path(p) for name, (p, _) in call.outputs.items()})
     paths.update({name: Path(p) for name, p in call.paths.items()})
-    rebuilt, stale = call.rebuild, []
+    rebuilt = call.rebuild
     outputs = {name: Path(p) for name, (p, _) in call.outputs.items()}
     if stage.mode == "collect":
         profile, run_id = call.config, call.extra["run_id"]
@@ -610,11 +590,11 @@ def _execute(call: StageCall) -> dict[str, Any]:
         summary = {k: summary[k] for k in ("worlds_done", "worlds_failed", "worlds_skipped", "failed", "events", "bytes",
                                            "seconds", "worlds_per_hour")} | {"worlds_complete": complete}
     elif stage.mode == "units":
-        rebuilt, now, stale = _prepare_units(stage, call, data)
+        if call.rebuild == FORCED:  # otherwise each unit's record says what to rebuild (`tasks.unit_cache`)
+            for out in outputs.values():
+                _remove(out)
         summary = (stage.run(paths, call.config, call.workers, call.dask_address) if stage.mapped
                    else stage.run(paths, call.config))
-        for out in outputs.values():
-            _write_marker(out, {"stage": stage.name, "recipe": call.recipe, "units": now})
     elif stage.mode == "fresh":
         (name, final), = outputs.items()
         partial = final.parent / f".{final.name}.partial-{key[:16]}"
@@ -635,6 +615,6 @@ def _execute(call: StageCall) -> dict[str, Any]:
         "stage": stage.name, "key": key, "recipe": call.recipe, "inputs": inputs,
         "outputs": {name: _rel(p, data) for name, p in outputs.items()},
         "fingerprints": {name: fingerprint(p, ARTIFACTS[name].layout) for name, p in outputs.items()},
-        "rebuilt": rebuilt, "stale_units": stale, "summary": json.loads(canonical(summary)),
+        "rebuilt": rebuilt, "summary": json.loads(canonical(summary)),
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -6,7 +6,9 @@ morning, from a planner that never saw the world: each world's goal_hat comes
 from the fold planner of its cross-fitting fold (`train_l2.crossfit_fold`), the
 test worlds' (and those of a fold too small to fit) from the bundle's planner. Written as ``<lake>/goal_hat/<run_id>/<world_id>.parquet`` (run_id,
 world_id, agent_id, step, goal_hat[16]) with the planner's weight digest in the
-metadata: a world is recomputed only when the planner changed or it is new.
+metadata. Each world is a unit with its record (`tasks.unit_cache`: this code and config, the macro file's
+content and the planners' weights): it is recomputed only when one of them changed, it is new or its file is
+not the one recorded; a goal_hat file whose macro file is gone is deleted.
 The L3 stage joins it onto micro's ``goal`` column (``goal_filled`` true).
 """
 
@@ -25,9 +27,10 @@ import torch
 from hrlxf_agent.state import FeatureSpec
 from hrlxf_models.planner import GOAL_DIM, Planner, PlannerConfig
 from tasks.fingerprint import file_digest
-from tasks.tables import current, macro_arrays
+from tasks.tables import macro_arrays
 from tasks.train_l2 import crossfit_fold, predict_goals
 from tasks.training import TrainingDataError, table_files, world_position
+from tasks.unit_cache import UnitCache, recipe, sweep, unit_key, written
 
 GOAL_HAT_VERSION = 1
 
@@ -58,7 +61,7 @@ def load_planner(l2_dir: Path, config: PlannerConfig, name: str = "planner.pt") 
 
 
 def backfill(lake: Path, l2_dir: Path, config: BackfillConfig) -> dict[str, Any]:
-    """goal_hat for every macro agent-day whose world or planner is new; returns counts."""
+    """goal_hat for every macro agent-day whose world or planner is new (its unit record); returns counts."""
     lake = Path(lake)
     spec = FeatureSpec(horizon=config.horizon)
     planner = load_planner(l2_dir, PlannerConfig(horizon=config.horizon))
@@ -68,10 +71,13 @@ def backfill(lake: Path, l2_dir: Path, config: BackfillConfig) -> dict[str, Any]
              for f in crossfit["trained"]}
     digest = "+".join(file_digest(p) for p in sorted(Path(l2_dir).glob("planner*.pt")))
     schema = goal_hat_schema(digest)
+    cache, code = UnitCache(lake), recipe("backfill", ["tasks.backfill"], config)
     built = skipped = rows = in_sample = 0
-    for macro in table_files(lake, "macro"):
+    macros = table_files(lake, "macro")
+    for macro in macros:
         out = lake / "goal_hat" / macro.parent.name / macro.name
-        if out.exists() and current(out, schema):  # this planner's, this version's (a corrupt file is rebuilt)
+        record = unit_key(code, f"{macro.parent.name}/{macro.name}", file_digest(macro), digest)
+        if cache.done(record):  # this planner's, this code's, from this macro file (a corrupt file is rebuilt)
             skipped += 1
             continue
         a = macro_arrays(macro, spec)
@@ -93,6 +99,9 @@ def backfill(lake: Path, l2_dir: Path, config: BackfillConfig) -> dict[str, Any]
         tmp = out.with_suffix(".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, out)
+        cache.save(record, written(lake, out), rows=len(goals))
         built += 1
         rows += len(goals)
-    return {"built": built, "skipped": skipped, "rows": rows, "in_sample_rows": in_sample, "planner_digest": digest}
+    swept = sweep(lake / "goal_hat", {f"{m.parent.name}/{m.name.removesuffix('.parquet')}" for m in macros})
+    return {"built": built, "skipped": skipped, "rows": rows, "in_sample_rows": in_sample, "planner_digest": digest,
+            "swept": swept}

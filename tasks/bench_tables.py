@@ -41,7 +41,10 @@ import contextlib, json, resource, sys, time
 from pathlib import Path
 import psutil
 from tasks.events import run_events
-from tasks.tables import build_tables
+try:
+    from tasks.world_tables import build_tables
+except ImportError:  # code from before the unit records
+    from tasks.tables import build_tables
 try:
     from tasks.parallel import prefect_api  # the units' tasks report to it, as in the pipeline (started untimed)
 except ImportError:  # code from before the one mapper

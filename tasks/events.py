@@ -2,9 +2,11 @@
 
 One unit of work is one complete raw world (``DONE``). Its tables are written
 to a temporary directory and renamed into ``<lake>/events/<run_id>/<world_id>/``:
-a world directory under its final name is a converted world (`converted`), so
-a world already converted is never converted again and a rerun never
-duplicates rows. A world whose log is truncated, corrupt,
+a world directory under its final name is a converted world (`converted`), and
+a rerun never duplicates rows. A world is converted again only when its unit
+record (`tasks.unit_cache`: this code's version and the raw world's content)
+is missing or its tables are not the ones recorded; a converted world whose raw
+world is gone is kept (the lake may outlive the raw logs). A world whose log is truncated, corrupt,
 of an unknown schema version or contradicts itself is quarantined with its
 reason (``<lake>/events/quarantine.parquet``); the others go on.
 """
@@ -26,7 +28,9 @@ import pyarrow.parquet as pq
 from hrlxf_agent.tracker import EVENTS_SCHEMA_VERSION
 from schemas import arrow
 from tasks.collect import DONE
+from tasks.fingerprint import Layout, units
 from tasks.parallel import map_units, unit_figures
+from tasks.unit_cache import UnitCache, digest_of, recipe, unit_key
 
 
 
@@ -39,6 +43,10 @@ def converted(events: Path) -> list[Path]:
     all its tables are written (the rename is the commit); temporaries start with a dot."""
     return sorted(p for p in Path(events).glob("*/*") if p.is_dir() and not p.name.startswith(".")
                   and not p.parent.name.startswith("."))
+
+
+#: the units of a raw directory: ``<run_id>/<world_id>`` once it holds ``DONE`` (collect's last write)
+RAW_WORLDS = Layout(depth=2, marker=DONE)
 
 
 def raw_worlds(raw: Path) -> Iterator[tuple[str, str, Path]]:
@@ -165,6 +173,7 @@ class WorldJob:
     world_id: str
     raw: str
     out: str
+    key: str = ""  # its unit record's (`tasks.unit_cache`)
 
 
 def convert_world(job: WorldJob) -> dict[str, Any]:
@@ -174,14 +183,15 @@ def convert_world(job: WorldJob) -> dict[str, Any]:
     try:
         tables = world_columns(job.run_id, job.world_id, Path(job.raw))
         write_world(Path(job.out), tables)
-    except BadWorld as e:
+    except BadWorld as e:  # a conversion of the world's earlier content is no longer its events
+        shutil.rmtree(job.out, ignore_errors=True)
         return {"run_id": job.run_id, "world_id": job.world_id, "error": str(e), "bad": True, "rows": {}}
     except Exception as e:  # noqa: BLE001 - this world's, not the stage's: it is converted again next run
         logging.getLogger(__name__).exception("events of %s/%s failed", job.run_id, job.world_id)
         return {"run_id": job.run_id, "world_id": job.world_id, "error": f"{type(e).__name__}: {e}", "bad": False,
                 "rows": {}}
     return {"run_id": job.run_id, "world_id": job.world_id, "error": None, "bad": False,
-            "rows": {name: t.num_rows for name, t in tables.items()}}
+            "rows": {name: t.num_rows for name, t in tables.items()}, "digest": digest_of(Path(job.out))}
 
 
 def _died(job: WorldJob) -> dict[str, Any]:
@@ -189,20 +199,28 @@ def _died(job: WorldJob) -> dict[str, Any]:
 
 
 def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None = None) -> dict[str, Any]:
-    """Convert every complete raw world not converted yet, ``workers`` worlds at once or on the Dask cluster at
-    ``dask_address`` (`tasks.parallel.map_units`); quarantine the bad ones with their reason. A world that
-    failed otherwise (its process died, a full disk) is named in ``failed`` and converted by the next run."""
+    """Convert every complete raw world not converted yet by this code from its present content (its unit
+    record, `tasks.unit_cache`), ``workers`` worlds at once or on the Dask cluster at ``dask_address``
+    (`tasks.parallel.map_units`); quarantine the bad ones with their reason. A world that failed otherwise
+    (its process died, a full disk) is named in ``failed`` and converted by the next run."""
     root = Path(lake) / "events"
+    cache, code = UnitCache(Path(lake)), recipe("events", ["tasks.events"])
+    content = units(Path(raw), RAW_WORLDS)
     jobs, skipped = [], 0
     for run_id, world_id, world in raw_worlds(raw):
-        out = root / run_id / world_id
-        if out.is_dir():
+        key = unit_key(code, f"{run_id}/{world_id}", content[f"{run_id}/{world_id}"])
+        if cache.done(key):
             skipped += 1
         else:
-            jobs.append(WorldJob(run_id, world_id, str(world), str(out)))
+            jobs.append(WorldJob(run_id, world_id, str(world), str(root / run_id / world_id), key))
     results = sorted(map_units(convert_world, jobs, workers, _died, desc="events", dask_address=dask_address,
                                name=lambda j: f"events-{j.run_id}/{j.world_id}"),
                      key=lambda r: (r["run_id"], r["world_id"]))
+    keys = {(j.run_id, j.world_id): j.key for j in jobs}
+    for r in results:
+        if r["error"] is None:
+            cache.save(keys[(r["run_id"], r["world_id"])], {f"events/{r['run_id']}/{r['world_id']}": r["digest"]},
+                       rows=r["rows"])
     rows_written = {name: sum(r["rows"].get(name, 0) for r in results) for name in arrow.TABLES}
     quarantined = [{"run_id": r["run_id"], "world_id": r["world_id"], "reason": r["error"]} for r in results if r["bad"]]
     _update_quarantine(root, quarantined)

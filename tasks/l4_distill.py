@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from hrlxf_agent.state import THREAD_FEATURES, FeatureSpec, batch_thread_features
 from tasks.micro import teacher_alphas
-from tasks.tables import TABLES, WorldLog, build_per_world, fixed_list
+from tasks.tables import TABLES, WorldLog, fixed_list
 
 L4_DISTILL_VERSION = 2  # 2: H = 10; committed, tradable
 
@@ -97,11 +97,6 @@ def l4_distill_table(world: Path | WorldLog, spec: FeatureSpec | None = None) ->
 def l4_distill_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
     """The l4_distill table of one converted world as rows (`l4_distill_table`)."""
     return l4_distill_table(world, spec).to_pylist()
-
-
-def build_l4_distill(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """The l4_distill table of every converted world not built yet."""
-    return build_per_world(lake, "l4_distill", spec)
 
 
 TABLES["l4_distill"] = (l4_distill_schema, l4_distill_table)  # built beside the others of its world

@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from hrlxf_agent.heuristics import heuristic_action, rule_offer_for, teacher_alpha_from
 from hrlxf_agent.state import ROUND_FEATURES, FeatureSpec, StateBuilder, budget_use, op_of, round_features
-from tasks.tables import TABLES, WorldLog, build_per_world, fixed_list, with_deals  # noqa: F401 (with_deals: for the analyzer)
+from tasks.tables import TABLES, WorldLog, fixed_list, with_deals  # noqa: F401 (with_deals: for the analyzer)
 
 HISTORY = 8
 # 2: static, role, alpha, batch; broadcast with the batch's mean relative time; legal, committed; no WAIT rows;
@@ -243,9 +243,4 @@ def micro_rows(world: Path, spec: FeatureSpec) -> list[dict[str, Any]]:
     return micro_table(world, spec).to_pylist()
 
 
-def build_micro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """The micro table of every converted world not built yet."""
-    return build_per_world(lake, "micro", spec)
-
-
-TABLES["micro"] = (micro_schema, micro_table)  # built beside the others of its world (`tables.build_per_world`)
+TABLES["micro"] = (micro_schema, micro_table)  # built with the others of its world (`tasks.world_tables`)

@@ -8,5 +8,5 @@ modules for code the stage runs: an edit to the evaluation's code does not recom
 """
 
 #: a world of collect, of the evaluation, a rollout, a world's lake tables
-PRELOAD = ("tasks.collect", "tasks.evaluate", "hrlxf_rl.rollout", "tasks.events", "tasks.tables", "tasks.micro",
+PRELOAD = ("tasks.collect", "tasks.evaluate", "hrlxf_rl.rollout", "tasks.events", "tasks.world_tables", "tasks.micro",
            "tasks.l4_distill", "pandas", "pyarrow.compute")

@@ -1,4 +1,4 @@
-"""Stage: event tables -> training tables: ``macro`` here, ``micro`` and ``l4_distill`` beside it.
+"""The macro table, and the reading of a converted world that the three training tables share.
 
 ``macro`` has one row per agent-day: x_static (12), X_temporal ((H+1) x 10,
 flattened row-major) and x_role (2), computed by calling the runtime
@@ -8,22 +8,14 @@ its mask (`tasks.labels`); the L2 reward parts: the day's cash delta, the
 change of the potential Phi (stock at market value) to the next morning, and
 the day's shortfall. ``tasks.micro`` (one row per decision: L3's inputs and
 labels) and ``tasks.l4_distill`` (one row per batch: L4's inputs and the
-teacher's alpha) are built per world by the same `build_per_world`.
-
-A world's three tables come from one reading of its events (`WorldLog`:
-one Snapshot, rule goal and bounds per agent-day and version, shared by the three),
-so the build of one table also writes the world's other tables that are missing or
-out of date; the call for those then counts them as built (see `build_per_world`).
-Worlds are built one at a time: time grows with the worlds, memory does not.
+teacher's alpha) read the same `WorldLog`; `tasks.world_tables` (the stage)
+builds the three per world. This module names neither: the macro table's code
+version (`tasks.code_version`) does not change with theirs.
 """
 
 from __future__ import annotations
 
-import gc
-import importlib
 import json
-import logging
-import os
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,8 +29,6 @@ from hrlxf_agent.heuristics import GlobalMonitor, heuristic_goal, tradable_bucke
 from hrlxf_agent.shield import Bounds, SafetyShield
 from hrlxf_agent.snapshot import Snapshot
 from hrlxf_agent.state import FeatureSpec, StateBuilder
-from tasks.events import converted
-from tasks.parallel import map_units, unit_figures
 from tasks.labels import Trade, goal_label, potential
 
 MACRO_VERSION = 2  # 2: H = 10, buckets [0,1] [2,4] [5,7] [8,H]; rule_goal (the planner's base)
@@ -260,141 +250,12 @@ def macro_rows(world: Path, builder: StateBuilder) -> list[dict[str, Any]]:
     return macro_table(world, builder).to_pylist()
 
 
-def current(path: Path, schema: pa.Schema) -> bool:
-    """A table file written with this schema's metadata (version, feature fingerprint): it need not be rebuilt."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowInvalid):
-        return False
-    return all(meta.get(k) == v for k, v in (schema.metadata or {}).items())
-
-
 #: every table built per world from its events: name -> (schema of a FeatureSpec, table of a WorldLog). tasks.micro
 #: and tasks.l4_distill add theirs when imported (this module does not import them: what reads only the macro
 #: table does not depend on their code)
 TABLES: dict[str, tuple[Callable[[FeatureSpec], pa.Schema], Callable[[WorldLog], pa.Table]]] = {
     "macro": (macro_schema, macro_table),
 }
-#: the module that registers each table in `TABLES` (a world's unit imports them: it may run in a fresh process)
-TABLE_MODULES = {"macro": "tasks.tables", "micro": "tasks.micro", "l4_distill": "tasks.l4_distill"}
-#: table files a build wrote for another table's build in this process, not reported yet: path -> rows
-_BUILT_AHEAD: dict[Path, int] = {}
-
-
-@dataclass(frozen=True)
-class WorldTablesJob:
-    """The tables of one converted world to (re)build: a unit of `build_tables`."""
-
-    world: str  # <lake>/events/<run_id>/<world_id>
-    lake: str
-    spec: FeatureSpec
-    tables: tuple[str, ...]
-
-
-def _out(lake: Path, name: str, world: Path) -> Path:
-    return Path(lake) / name / world.parent.name / f"{world.name}.parquet"
-
-
-def _stale(lake: Path, world: Path, schemas: dict[str, pa.Schema]) -> tuple[str, ...]:
-    """The tables of ``world`` missing or written by an older version of the table or of the features."""
-    return tuple(n for n, schema in schemas.items() if not (_out(lake, n, world).exists()
-                                                            and current(_out(lake, n, world), schema)))
-
-
-def build_world(job: WorldTablesJob) -> dict[str, Any]:
-    """``job.tables`` of one world from one reading of its events (`WorldLog`), each written atomically; returns
-    the rows written per table, or the error that stopped it (named with the world; what it wrote before
-    stays, being complete)."""
-    world = Path(job.world)
-    rows: dict[str, int] = {}
-    try:
-        for name in job.tables:
-            importlib.import_module(TABLE_MODULES[name])
-        log = WorldLog(world, job.spec)
-        for name in job.tables:
-            gc.disable()  # a world's log holds ~10^5 small objects and creates no cycles: no collector passes over them
-            try:
-                data = TABLES[name][1](log)
-            finally:
-                gc.enable()
-            out = _out(Path(job.lake), name, world)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            pq.write_table(data, tmp)
-            os.replace(tmp, out)
-            rows[name] = data.num_rows
-        error = None
-    except Exception as e:  # noqa: BLE001 - this world's, not the build's
-        logging.getLogger(__name__).exception("tables of %s failed", world)
-        error = f"{type(e).__name__}: {e}"
-    return {"world": f"{world.parent.name}/{world.name}", "rows": rows, "error": error}
-
-
-def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str, ...] = tuple(TABLE_MODULES),
-                 workers: int = 1, dask_address: str | None = None) -> dict[str, Any]:
-    """Every table in ``tables`` of every converted world not built yet or out of date, one world per unit,
-    ``workers`` worlds at once or on the Dask cluster at ``dask_address`` (`tasks.parallel.map_units`: fresh
-    processes). A world whose process died is named in ``failed`` and built by the next run; the others
-    are kept.
-
-    Returns ``{table: {"built", "skipped", "rows"}}``, ``failed`` and the units' figures
-    (`tasks.parallel.unit_figures`)."""
-    spec = spec or FeatureSpec()
-    for name in tables:
-        importlib.import_module(TABLE_MODULES[name])
-    schemas = {name: TABLES[name][0](spec) for name in tables}
-    worlds = converted(Path(lake) / "events")
-    jobs = [WorldTablesJob(str(w), str(lake), spec, todo) for w in worlds if (todo := _stale(lake, w, schemas))]
-
-    def died(job: WorldTablesJob) -> dict[str, Any]:
-        world = Path(job.world)
-        return {"world": f"{world.parent.name}/{world.name}", "rows": {}, "error": "its process died"}
-
-    results = map_units(build_world, jobs, workers, died, desc="tables", dask_address=dask_address,
-                        name=lambda j: f"tables-{Path(j.world).parent.name}/{Path(j.world).name}")
-    summary: dict[str, Any] = {name: {"built": sum(name in r["rows"] for r in results),
-                                      "skipped": len(worlds) - sum(name in j.tables for j in jobs),
-                                      "rows": sum(r["rows"].get(name, 0) for r in results)} for name in tables}
-    summary["failed"] = sorted(f"{r['world']}: {r['error']}" for r in results if r["error"])
-    return summary | unit_figures(results)
-
-
-def build_per_world(lake: Path, table: str, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """``<lake>/<table>/<run_id>/<world_id>.parquet`` for every converted world not built yet, or built by an
-    older version of the table or of the features, one world at a time in this process.
-
-    A world read for ``table`` also gets its other registered tables (`TABLES`) that are missing or out of
-    date, from the same `WorldLog`; their own build call in this process then counts them as built (with
-    their rows), so each call reports what it would have built alone."""
-    spec = spec or FeatureSpec()
-    schemas = {name: schema_of(spec) for name, (schema_of, _) in TABLES.items()}
-    built, skipped, total = 0, 0, 0
-    for world in converted(Path(lake) / "events"):
-        out = _out(lake, table, world).absolute()
-        if table not in (todo := _stale(lake, world, schemas)):
-            rows = _BUILT_AHEAD.pop(out, None)
-            skipped += rows is None
-            built += rows is not None
-            total += rows or 0
-            continue
-        result = build_world(WorldTablesJob(str(world), str(lake), spec, todo))
-        if result["error"]:
-            raise RuntimeError(f"{world}: {result['error']}")
-        written = result["rows"]
-        for name, n in written.items():
-            if name != table:
-                _BUILT_AHEAD[_out(lake, name, world).absolute()] = n
-        _BUILT_AHEAD.pop(out, None)
-        built += 1
-        total += written[table]
-    return {"built": built, "skipped": skipped, "rows": total}
-
-
-def build_macro(lake: Path, spec: FeatureSpec | None = None) -> dict[str, Any]:
-    """The macro table of every converted world not built yet."""
-    return build_per_world(lake, "macro", spec)
-
-
 def macro_arrays(path: Path, spec: FeatureSpec | None = None) -> dict[str, np.ndarray]:
     """A macro file back as arrays: x_static (N,12), x_temporal (N,H+1,10), x_role (N,2), rule_goal (N,16)."""
     spec = spec or FeatureSpec()

@@ -123,7 +123,7 @@ def expert_agents(lake: Path, min_relative_score: float = 1.0) -> pl.DataFrame:
     if not files:
         raise TrainingDataError(f"{Path(lake) / 'events'}: no agents tables (run `hrlxf events` first)")
     agents = read_tables(files, ["run_id", "world_id", "agent_id", "agent_class", "n_lines", "score"], "vertical_relaxed",
-                         rebuild="delete its world's directory and `hrlxf events` converts the raw world again")
+                         rebuild="`hrlxf events` converts its raw world again")
     agents = agents.filter(~pl.col("agent_class").is_in(NOT_EXPERTS))
     overall = agents["score"].mean() or 0.0
     by_class = agents.group_by("agent_class").agg(pl.col("score").mean().alias("class_score"))

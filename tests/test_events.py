@@ -62,7 +62,7 @@ def test_tables_are_typed_complete_incremental_and_bad_worlds_quarantined(tmp_pa
 def test_worlds_mapped_on_worker_processes_give_the_same_bytes(tmp_path):
     """events and the three tables built on 2 worker processes equal, file for file, what one process builds;
     a bad world found in a worker is quarantined there and the others are kept; a rerun builds nothing."""
-    from tasks.tables import build_tables
+    from tasks.world_tables import build_tables
 
     raw = tmp_path / "raw"
     run_collect(SMALL, raw, "r")
@@ -119,3 +119,61 @@ def test_bench_tables_times_this_code_and_a_mapped_baseline_at_two_scales(tmp_pa
         assert (two["worlds"], two["events"]) == (2 * one["worlds"], 2 * one["events"]) and one["events"] > 0
         assert one["workers"] == 2 and one["cpu_seconds"] > 0 and one["unit_peak_mb"] > 0
     assert rows[("baseline", "1x")]["speedup"] > 0 and "| baseline | 2x |" in render(doc)
+
+
+def test_unit_records_rebuild_exactly_the_units_whose_inputs_code_or_files_changed(tmp_path, monkeypatch):
+    """Each world's events and each of its tables are done when their unit record (`tasks.unit_cache`) says so
+    and their files are the ones recorded: a file written over, an input world changed, a table's code changed
+    or a world gone upstream each rebuild (or delete) those units and nothing else."""
+    from tasks import code_version as cv
+    from tasks.world_tables import build_tables
+
+    raw, lake = tmp_path / "raw", tmp_path / "lake"
+    run_collect(SMALL, raw, "r")
+    assert run_events(raw, lake)["converted"] == 3
+    first = build_tables(lake)
+    assert {n: first[n]["built"] for n in ("macro", "micro", "l4_distill")} == {"macro": 3, "micro": 3, "l4_distill": 3}
+    original = {p: p.read_bytes() for p in lake.rglob("*.parquet")}
+
+    def built(summary: dict) -> dict[str, int]:
+        return {n: summary[n]["built"] for n in ("macro", "micro", "l4_distill")}
+
+    # a table file written over with another (valid) table: that one file is rebuilt, to the same bytes
+    micro = lake / "micro" / "r" / "w0000.parquet"
+    micro.write_bytes((lake / "micro" / "r" / "w0001.parquet").read_bytes())
+    assert built(build_tables(lake)) == {"macro": 0, "micro": 1, "l4_distill": 0}
+    assert micro.read_bytes() == original[micro]
+
+    # a raw world whose bytes changed (not its meaning) is converted again; its tables read the same events
+    # content, so none is rebuilt (keys are content, not times)
+    meta = raw / "r" / "w0001" / "world.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()), indent=2))
+    again = run_events(raw, lake)
+    assert (again["converted"], again["skipped"]) == (1, 2)
+    assert built(build_tables(lake)) == {"macro": 0, "micro": 0, "l4_distill": 0}
+
+    # the code of tasks.micro changed: micro and l4_distill (which imports it) are rebuilt, macro is not
+    real = cv.code_version
+
+    def edited(modules: list[str]) -> dict:
+        v = real(modules)
+        return {**v, "digest": v["digest"] + "-micro-edited"} if "tasks.micro" in cv.module_closure(modules) else v
+
+    monkeypatch.setattr(cv, "code_version", edited)
+    assert built(build_tables(lake)) == {"macro": 0, "micro": 3, "l4_distill": 3}
+    monkeypatch.undo()
+
+    # a converted world gone (quarantined by hand): its table files are deleted
+    import shutil
+
+    shutil.rmtree(lake / "events" / "r" / "w0002")
+    gone = build_tables(lake)
+    assert gone["swept"] == ["l4_distill/r/w0002", "macro/r/w0002", "micro/r/w0002"]
+    assert not any((lake / n / "r" / "w0002.parquet").exists() for n in ("macro", "micro", "l4_distill"))
+    assert built(gone) == {"macro": 0, "micro": 0, "l4_distill": 0}
+
+    # a raw world that became unreadable: quarantined, and its old conversion no longer counts
+    bad = next((raw / "r" / "w0000" / "events").glob("*.jsonl"))
+    bad.write_text(bad.read_text()[:-40])
+    third = run_events(raw, lake)
+    assert [q["world_id"] for q in third["quarantined"]] == ["w0000"] and not (lake / "events" / "r" / "w0000").exists()

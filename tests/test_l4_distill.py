@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 
 from hrlxf_agent.state import THREAD_FEATURES, FeatureSpec
 from tasks.goal_inputs import l4_with_goal
-from tasks.l4_distill import L4_DISTILL_VERSION, build_l4_distill
-from tasks.micro import build_micro
+from tasks.l4_distill import L4_DISTILL_VERSION
+from tasks.world_tables import build_l4_distill, build_micro
 from test_micro import RuleGoalHRL, run_hrl_world
 
 

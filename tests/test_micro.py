@@ -19,7 +19,8 @@ from hrlxf_agent.tracker import tracked
 from hrlxf_models.planner import Q_BUY, Q_SELL
 from tasks.events import run_events
 from tasks.goal_inputs import alpha_with_goal
-from tasks.micro import HISTORY, MICRO_VERSION, build_micro
+from tasks.micro import HISTORY, MICRO_VERSION
+from tasks.world_tables import build_micro
 
 
 def test_bounds_at_every_decision_match_what_the_agent_faced_online(tmp_path):

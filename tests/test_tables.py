@@ -10,7 +10,8 @@ from hrlxf_agent.bundle import write_untrained_bundle
 from hrlxf_agent.registry import resolve
 from hrlxf_agent.tracker import tracked
 from tasks.events import run_events
-from tasks.tables import build_macro, macro_arrays
+from tasks.tables import macro_arrays
+from tasks.world_tables import build_macro
 
 
 def test_macro_features_rebuilt_from_the_log_equal_the_online_ones(tmp_path):

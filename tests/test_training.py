@@ -22,9 +22,7 @@ from tasks.backfill import BackfillConfig, backfill
 from tasks.bundle import BundleConfig, assemble
 from tasks.collect import CollectProfile, run_collect
 from tasks.events import run_events
-from tasks.l4_distill import build_l4_distill
-from tasks.micro import build_micro
-from tasks.tables import build_macro
+from tasks.world_tables import build_l4_distill, build_macro, build_micro
 from tasks.train_l2 import L2Config, train_l2
 from tasks.train_l3 import L3Config, awr_weights, train_l3
 from tasks.train_l4 import L4Config, train_l4
@@ -228,6 +226,7 @@ def test_a_table_of_another_schema_fails_naming_the_column(lake, tmp_path):
 def test_a_corrupt_table_file_is_named_and_rebuilt(lake, trained, tmp_path):
     broken = tmp_path / "lake"
     shutil.copytree(lake, broken)
+    shutil.copytree(lake.parent / "prefect", tmp_path / "prefect")  # the data root's unit records go with it
     macro = sorted((broken / "macro").glob("*/*.parquet"))[0]
     macro.write_text("this is not Parquet")
     with pytest.raises(TrainingDataError, match=f"{re.escape(str(macro))}: not a readable Parquet file.*hrlxf tables"):
