@@ -128,6 +128,10 @@ def run_bench(config: Config) -> dict[str, Any]:
                 t = time.perf_counter()
                 one = code is not None and not config.baseline_mapped
                 child = _child(code, Path(tmp) / "raw", Path(tmp) / "lake", config.workers, one)
+                wall = time.perf_counter() - t
+                # the same again with nothing new: what deciding that every world is done costs (this code:
+                # a unit record and a stat per file; before: a directory or a Parquet footer per file)
+                rerun = _child(code, Path(tmp) / "raw", Path(tmp) / "lake", config.workers, one)
                 n = len(worlds) * scale
                 results.append({"code": name, "scale": f"{scale}x", "workers": 1 if one else config.workers,
                                 "worlds": n, "events": events_1x * scale,
@@ -135,7 +139,7 @@ def run_bench(config: Config) -> dict[str, Any]:
                                 "events_per_second": round(events_1x * scale / child["seconds"]),
                                 "seconds_per_world": round(child["seconds"] / n, 3),
                                 "peak_mb": round(child["peak_mb"]), "unit_peak_mb": round(child.get("unit_peak_mb", 0)),
-                                "wall_seconds": round(time.perf_counter() - t, 2)})
+                                "rerun_seconds": round(rerun["seconds"], 2), "wall_seconds": round(wall, 2)})
     this = {r["scale"]: r for r in results if r["code"] == "this"}
     for r in results:
         if r["code"] == "baseline":
@@ -146,8 +150,10 @@ def run_bench(config: Config) -> dict[str, Any]:
 
 def render(doc: dict[str, Any]) -> str:
     rows = [[r["code"], r["scale"], r.get("workers", 1), r["worlds"], r["events"], r["seconds"], r["cpu_seconds"], r["events_per_second"],
-             r["seconds_per_world"], r["peak_mb"], r.get("unit_peak_mb") or "", r.get("speedup", "")]
+             r["seconds_per_world"], r["peak_mb"], r.get("unit_peak_mb") or "", r.get("rerun_seconds", ""),
+             r.get("speedup", "")]
             for r in doc["results"]]
-    return "\n".join(["bench tables: events -> macro -> micro -> l4_distill from scratch", ""] + md_table(
+    return "\n".join(["bench tables: events -> macro -> micro -> l4_distill from scratch, then again with nothing new "
+                      "(rerun s)", ""] + md_table(
         ["code", "scale", "workers", "worlds", "events", "seconds", "CPU s", "events / s", "s / world", "peak MB",
-         "worker peak MB", "baseline / this"], rows))
+         "worker peak MB", "rerun s", "baseline / this"], rows))

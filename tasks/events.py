@@ -221,12 +221,40 @@ def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None
         if r["error"] is None:
             cache.save(keys[(r["run_id"], r["world_id"])], {f"events/{r['run_id']}/{r['world_id']}": r["digest"]},
                        rows=r["rows"])
+    results += _quarantine_unreadable_orphans(root, {(run_id, world_id) for run_id, world_id, _ in raw_worlds(raw)})
     rows_written = {name: sum(r["rows"].get(name, 0) for r in results) for name in arrow.TABLES}
     quarantined = [{"run_id": r["run_id"], "world_id": r["world_id"], "reason": r["error"]} for r in results if r["bad"]]
     _update_quarantine(root, quarantined)
     return {"converted": sum(r["error"] is None for r in results), "skipped": skipped, "quarantined": quarantined,
             "failed": [f"{r['run_id']}/{r['world_id']}: {r['error']}" for r in results if r["error"] and not r["bad"]],
             "rows": rows_written, **unit_figures(results)}
+
+
+QUARANTINED = ".quarantined"  # <lake>/events/.quarantined/<run_id>/<world_id>: set aside, not converted
+
+
+def _quarantine_unreadable_orphans(root: Path, raw: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Converted worlds whose raw world is gone cannot be converted again: one with a table that is not
+    readable Parquet (its footer; overwritten, truncated) is moved to ``<root>/.quarantined/`` and
+    quarantined with its reason, so the tables after it no longer read it. Checked only when the events
+    stage runs (its inputs or outputs changed)."""
+    rows = []
+    for world in converted(root):
+        if (world.parent.name, world.name) in raw:
+            continue
+        for f in sorted(world.glob("*.parquet")):
+            try:
+                pq.ParquetFile(f).metadata
+            except (OSError, pa.ArrowInvalid) as e:
+                to = root / QUARANTINED / world.parent.name / world.name
+                shutil.rmtree(to, ignore_errors=True)
+                to.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(world, to)
+                reason = f"{f.name}: not readable Parquet ({e}) and the raw world is gone; set aside in {to}"
+                rows.append({"run_id": world.parent.name, "world_id": world.name, "error": reason, "bad": True,
+                             "rows": {}})
+                break
+    return rows
 
 
 def _update_quarantine(root: Path, new: list[dict[str, Any]]) -> None:

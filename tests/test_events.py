@@ -118,6 +118,7 @@ def test_bench_tables_times_this_code_and_a_mapped_baseline_at_two_scales(tmp_pa
         one, two = rows[(code, "1x")], rows[(code, "2x")]
         assert (two["worlds"], two["events"]) == (2 * one["worlds"], 2 * one["events"]) and one["events"] > 0
         assert one["workers"] == 2 and one["cpu_seconds"] > 0 and one["unit_peak_mb"] > 0
+        assert 0 < one["rerun_seconds"] < one["seconds"]  # nothing new: every world found done
     assert rows[("baseline", "1x")]["speedup"] > 0 and "| baseline | 2x |" in render(doc)
 
 
@@ -171,6 +172,20 @@ def test_unit_records_rebuild_exactly_the_units_whose_inputs_code_or_files_chang
     assert gone["swept"] == ["l4_distill/r/w0002", "macro/r/w0002", "micro/r/w0002"]
     assert not any((lake / n / "r" / "w0002.parquet").exists() for n in ("macro", "micro", "l4_distill"))
     assert built(gone) == {"macro": 0, "micro": 0, "l4_distill": 0}
+
+    # an events file of a converted world written over: converted again from its raw world (as is the world
+    # deleted above, whose raw world is still there)
+    days = lake / "events" / "r" / "w0001" / "days.parquet"
+    days.write_text("not parquet")
+    assert run_events(raw, lake)["converted"] == 2 and days.read_bytes() == original[days]
+
+    # ... and when its raw world is gone, the converted world is set aside and quarantined with the reason
+    shutil.rmtree(raw / "r" / "w0001")
+    days.write_bytes(original[days][:100])
+    orphan = run_events(raw, lake)
+    assert [q["world_id"] for q in orphan["quarantined"]] == ["w0001"] and "raw world is gone" in orphan["quarantined"][0]["reason"]
+    assert not (lake / "events" / "r" / "w0001").exists() and (lake / "events" / ".quarantined" / "r" / "w0001").is_dir()
+    assert build_tables(lake)["swept"] == ["l4_distill/r/w0001", "macro/r/w0001", "micro/r/w0001"]
 
     # a raw world that became unreadable: quarantined, and its old conversion no longer counts
     bad = next((raw / "r" / "w0000" / "events").glob("*.jsonl"))
