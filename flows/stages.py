@@ -99,8 +99,6 @@ class Stage:
     config: Callable[[str], Any] | None  # profile -> config (a dataclass); None: the stage has no settings
     run: Callable[[dict[str, Path], Any], Any]  # (paths by name, config) -> summary (publish: the path written)
     mode: str = "units"
-    unit_input: str | None = None  # units: the input whose units map to output files
-    unit_outputs: Callable[[str], list[str]] | None = None  # units: input unit -> output paths (relative to the data root)
     isolated: bool = False  # runs in a process of its own: it may overlap others, and seeds torch and its threads
     mapped: bool = False  # units: ``run`` takes (workers, dask_address) and maps its worlds on those processes
 
@@ -138,10 +136,10 @@ def _train_l2(p: dict[str, Path], config: Any) -> dict:
     return _headline(train_l2(p["lake"], p["out"], config, progress=False))
 
 
-def _backfill(p: dict[str, Path], config: Any) -> dict:
+def _backfill(p: dict[str, Path], config: Any, workers: int, dask_address: str | None) -> dict:
     from tasks.backfill import backfill
 
-    return backfill(p["lake"], p["l2"], config)
+    return backfill(p["lake"], p["l2"], config, workers, dask_address)
 
 
 def _train_l3(p: dict[str, Path], config: Any) -> dict:
@@ -235,19 +233,6 @@ def _eval_config(profile: str) -> Any:
             "official": EvalConfig(worlds=48, steps=100, candidates=("PenguinAgent", "untrained:rules"))}[profile]
 
 
-def _per_world(*tables: str) -> Callable[[str], list[str]]:
-    """Output files of one input unit ``run/world`` (or ``run/world.parquet``) in per-world tables."""
-
-    def outputs(unit: str) -> list[str]:
-        if "/" not in unit:
-            return []  # a table-wide file (quarantine.parquet)
-        run, world = unit.split("/", 1)
-        world = world.removesuffix(".parquet")
-        return [f"{t}/{run}/{world}" + ("" if t == "lake/events" else ".parquet") for t in tables]
-
-    return outputs
-
-
 #: the bundles one pipeline run makes: L3 residual over L1's baseline and over the rules (offline), and the
 #: fine-tuned one (online, from the untrained residual over the rules). The direct L3 is left to
 #: `hrlxf train --modes direct`: level with the residual in every measurement, it cost 7 of the main
@@ -257,15 +242,13 @@ BUNDLES = ("bundle", "bundle_rules", "finetuned")
 STAGES: tuple[Stage, ...] = (
     Stage("collect", ("tasks.collect",), (), ("raw_run",), lambda profile: COLLECT_PROFILES[profile], run=lambda p, c: {},
           mode="collect"),
-    Stage("events", ("tasks.events",), ("raw",), ("events",), None, _events, unit_input="raw",
-          unit_outputs=_per_world("lake/events"), mapped=True),
+    Stage("events", ("tasks.events",), ("raw",), ("events",), None, _events, mapped=True),
     Stage("tables", ("tasks.world_tables",), ("events",), ("macro", "micro", "l4_distill"),
-          _feature_spec, _tables, unit_input="events", unit_outputs=_per_world("lake/macro", "lake/micro", "lake/l4_distill"),
-          mapped=True),
+          _feature_spec, _tables, mapped=True),
     Stage("train_l2", ("tasks.train_l2",), ("macro", "events"), ("l2",), _preset("tasks.train_l2", "L2Config"), _train_l2,
           mode="fresh", isolated=True),
     Stage("backfill", ("tasks.backfill",), ("macro", "l2"), ("goal_hat",), _preset("tasks.backfill", "BackfillConfig"),
-          _backfill, unit_input="macro", unit_outputs=_per_world("lake/goal_hat")),
+          _backfill, mapped=True),
     Stage("train_l3", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3",), _preset("tasks.train_l3", "L3Config"),
           _train_l3, mode="fresh", isolated=True),
     Stage("train_l3_rules", ("tasks.train_l3",), ("micro", "goal_hat", "events"), ("l3_rules",),

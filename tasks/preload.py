@@ -7,6 +7,6 @@ module changes no unit's result. In a module of its own, of literals only, so th
 modules for code the stage runs: an edit to the evaluation's code does not recompute the tables.
 """
 
-#: a world of collect, of the evaluation, a rollout, a world's lake tables
+#: a world of collect, of the evaluation, a rollout, a world's lake tables, its goal_hat
 PRELOAD = ("tasks.collect", "tasks.evaluate", "hrlxf_rl.rollout", "tasks.events", "tasks.world_tables", "tasks.micro",
-           "tasks.l4_distill", "pandas", "pyarrow.compute")
+           "tasks.l4_distill", "tasks.backfill", "pandas", "pyarrow.compute")

@@ -167,6 +167,22 @@ def test_backfill_is_the_planners_goal_and_skips_what_is_done(lake, trained):
     assert np.isfinite(np.asarray(goals)).all() and np.asarray(goals).any()
 
 
+def test_backfill_mapped_on_worker_processes_gives_the_same_goals(lake, trained, tmp_path):
+    """Each world's goal_hat is a unit of its own (a Prefect task in a fresh process with two workers): the same
+    goals as the in-process build, the worlds named in the tasks' workers."""
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy, ignore=shutil.ignore_patterns("goal_hat"))
+    mapped = backfill(copy, trained["models"] / "l2", BackfillConfig(), workers=2)
+    files = sorted((lake / "goal_hat").glob("*/*.parquet"))
+    assert mapped["built"] == len(files) > 1 and mapped["skipped"] == 0 and len(mapped["workers"]) == 1
+    for f in files:
+        here, there = pq.read_table(f), pq.read_table(copy / f.relative_to(lake))
+        assert here.drop(["goal_hat"]).equals(there.drop(["goal_hat"]))
+        np.testing.assert_allclose(np.asarray(here.column("goal_hat").to_pylist()),
+                                   np.asarray(there.column("goal_hat").to_pylist()), atol=1e-6)
+    assert backfill(copy, trained["models"] / "l2", BackfillConfig(), workers=2)["built"] == 0
+
+
 def test_trained_bundles_load_and_play_with_no_unsafe_or_illegal_decision(trained):
     models = trained["models"]
     for mode in ("residual", "direct"):
