@@ -97,7 +97,7 @@ class Store:
         with self._lock:
             if spec in self._memo:
                 return self._memo[spec]
-        from tasks.events import BadWorld, world_tables, write_world
+        from tasks.convert import BadWorld, world_tables, write_world
 
         events = self.cache / _key(spec) / "events"
         if not events.is_dir():

@@ -61,7 +61,8 @@ with prefect_api():
     cpu = time.process_time() - c + helpers() - h + (sum(u["cpu_seconds"] for u in units) if workers > 1 else 0.0)
 print(json.dumps({"seconds": seconds, "cpu_seconds": cpu,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "unit_peak_mb": max(u["unit_peak_mb"] for u in units)}))
+                  "unit_peak_mb": max(u["unit_peak_mb"] for u in units),
+                  "built": units[0]["converted"] + sum(units[1][t]["built"] for t in ("macro", "micro", "l4_distill"))}))
 """
 
 #: older code (the baseline): one process, the API it had
@@ -101,7 +102,7 @@ def _link(worlds: list[Path], copies: int, raw: Path) -> None:
 
 
 def _child(code: Path | None, raw: Path, lake: Path, workers: int, one: bool) -> dict[str, Any]:
-    """The tables stages from scratch in a fresh process, with this code or the checkout at ``code``: in
+    """The tables stages on ``lake`` (from scratch the first time) in a fresh process, with this code or the checkout at ``code``: in
     ``one`` process (the baseline's old API), or mapped on ``workers`` with this code's script."""
     env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
     argv = ["-c", _BASELINE_CHILD, str(raw), str(lake)] if one else ["-c", _CHILD, str(raw), str(lake), str(workers)]
@@ -139,7 +140,8 @@ def run_bench(config: Config) -> dict[str, Any]:
                                 "events_per_second": round(events_1x * scale / child["seconds"]),
                                 "seconds_per_world": round(child["seconds"] / n, 3),
                                 "peak_mb": round(child["peak_mb"]), "unit_peak_mb": round(child.get("unit_peak_mb", 0)),
-                                "rerun_seconds": round(rerun["seconds"], 2), "wall_seconds": round(wall, 2)})
+                                "rerun_seconds": round(rerun["seconds"], 3), "rerun_built": rerun.get("built"),
+                                "wall_seconds": round(wall, 2)})
     this = {r["scale"]: r for r in results if r["code"] == "this"}
     for r in results:
         if r["code"] == "baseline":

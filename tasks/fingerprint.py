@@ -98,6 +98,20 @@ def _tree_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
     return h.hexdigest()
 
 
+def digest_of(path: Path) -> str:
+    """The content digest of one file's bytes, or of a directory's files (as a unit of `units`)."""
+    path = Path(path)
+    return _tree_digest(path) if path.is_dir() else file_digest(path)
+
+
+def relative_digests(root: Path, *paths: Path) -> dict[str, str]:
+    """{path relative to ``root``: `digest_of`} of files just written under it (a unit record's outputs);
+    not resolved, so a directory of ``root`` that is a symlink to another disk still counts as under it."""
+    out = {Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix(): digest_of(p) for p in paths}
+    flush_digests()
+    return out
+
+
 def units(root: Path, layout: Layout = WHOLE) -> dict[str, str]:
     """{unit path relative to root: content digest} of an artifact; {} when it does not exist."""
     root = Path(root)

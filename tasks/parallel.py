@@ -194,21 +194,27 @@ def prefect_api() -> Iterator[str]:
 
 def map_units(fn: Callable[[J], dict], jobs: Sequence[J], workers: int, died: Callable[[J], dict],
               desc: str = "units", dask_address: str | None = None,
-              name: Callable[[J], str] | None = None) -> list[dict]:
-    """Pure per-world work (a world's events or tables) with a progress bar: `run_jobs` on the Dask cluster
-    at ``dask_address`` or, when ``workers`` > 1, on that many local processes; otherwise in this process,
-    one after another (exceptions raised here). Each row gets what `_measured` adds (`unit_figures` sums them)
-    and ``name(job)`` names its task."""
+              name: Callable[[J], str] | None = None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Pure per-world work (a world's events, tables or goal_hat) with a progress bar: `run_jobs` on the Dask
+    cluster at ``dask_address`` or, when ``workers`` > 1, on that many local processes; otherwise in this
+    process, one after another (exceptions raised here). Each row gets what `_measured` adds (`unit_figures`
+    sums them) and ``name(job)`` names its task; ``on_row(row)`` runs here as each unit ends (its record is
+    written then, not after the last unit)."""
     from tqdm import tqdm
 
     with tqdm(total=len(jobs), desc=desc, unit="world", disable=None) as bar:
+        def done(row: dict) -> None:
+            if on_row:
+                on_row(row)
+            bar.update()
+
         if dask_address or workers > 1:
-            return run_jobs(functools.partial(_measured, fn), jobs, workers, died,
-                            progress=lambda _: bar.update(), dask_address=dask_address, name=name)
+            return run_jobs(functools.partial(_measured, fn), jobs, workers, died, progress=done,
+                            dask_address=dask_address, name=name)
         rows = []
         for job in jobs:
             rows.append({**_measured(fn, job), "worker": f"{socket.gethostname()}:{os.getpid()}"})
-            bar.update()
+            done(rows[-1])
         return rows
 
 

@@ -9,4 +9,4 @@ modules for code the stage runs: an edit to the evaluation's code does not recom
 
 #: a world of collect, of the evaluation, a rollout, a world's lake tables, its goal_hat
 PRELOAD = ("tasks.collect", "tasks.evaluate", "hrlxf_rl.rollout", "tasks.events", "tasks.world_tables", "tasks.micro",
-           "tasks.l4_distill", "tasks.backfill", "pandas", "pyarrow.compute")
+           "tasks.l4_distill", "tasks.goal_hat", "pandas", "pyarrow.compute")

@@ -3,7 +3,8 @@
 The pipeline's one way of knowing that something is done is a Prefect cache record keyed by what made it:
 a stage's record (`tasks.fingerprint.StageInputsPolicy`) and, inside the stages that work world by world
 (events, each table, backfill), one record per unit of work. A unit's key is the sha256 of its recipe
-(what it is, its config and the version of the code it runs: `recipe`) and the content digests of its
+(what it is, its config and the version of the code that makes its bytes: `recipe`, on modules kept apart
+from the mappers so that an edit to those re-keys nothing) and the content digests of its
 inputs (the raw world, the converted world, the macro file, the planner); its record lists the files it
 wrote with their digests. A unit is skipped only when its record exists and every file it names still has
 that digest; otherwise it runs again and overwrites them. So a changed config or code, a changed input
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from tasks.fingerprint import _tree_digest, canonical, file_digest, flush_digests
+from tasks.fingerprint import canonical, digest_of
 
 
 def recipe(name: str, modules: Iterable[str], config: Any = None) -> str:
@@ -41,28 +43,16 @@ def unit_key(recipe_digest: str, unit: str, *inputs: str) -> str:
     return hashlib.sha256(canonical({"recipe": recipe_digest, "unit": unit, "inputs": list(inputs)}).encode()).hexdigest()
 
 
-def digest_of(path: Path) -> str:
-    """The content digest of an output: a file's bytes, or a directory's files (`tasks.fingerprint`)."""
-    path = Path(path)
-    return _tree_digest(path) if path.is_dir() else file_digest(path)
-
-
-def written(lake: Path, *paths: Path) -> dict[str, str]:
-    """{path relative to the lake: content digest} of the files a unit just wrote (what its record holds)."""
-    out = {Path(p).resolve().relative_to(Path(lake).resolve()).as_posix(): digest_of(p) for p in paths}
-    flush_digests()
-    return out
-
-
 @dataclass(frozen=True)
 class UnitCache:
-    """The unit records of one lake (``<lake>/../prefect/results``)."""
+    """The unit records of one lake (``<lake>/../prefect/results``: ``DATA/prefect/results`` for ``DATA/lake``,
+    even when ``DATA/lake`` is a symlink)."""
 
     lake: Path
 
     @property
     def root(self) -> Path:
-        return Path(self.lake).resolve().parent / "prefect" / "results"
+        return Path(self.lake).absolute().parent / "prefect" / "results"
 
     @functools.cached_property
     def _store(self) -> Any:
@@ -75,9 +65,13 @@ class UnitCache:
 
     def done(self, key: str) -> dict | None:
         """The record of ``key`` if every file it names still has its recorded digest, else None."""
+        if not self._store.exists(key):
+            return None
         try:
             record = self._store.read(key).result
-        except Exception:  # noqa: BLE001 - none (Prefect: "Path ... does not exist") or unreadable: run again
+        except Exception as e:  # noqa: BLE001 - an unreadable record is none: the unit runs again, said once
+            logging.getLogger(__name__).warning("unit record %s unreadable, its unit runs again: %s: %s", key[:16],
+                                                type(e).__name__, e)
             return None
         lake = Path(self.lake)
         try:

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 
 from hrlxf_agent.state import FeatureSpec
 from tasks.events import converted
-from tasks.fingerprint import Layout, units
+from tasks.fingerprint import Layout, relative_digests, units
 from tasks.parallel import map_units, unit_figures
 from tasks.tables import TABLES, WorldLog
-from tasks.unit_cache import UnitCache, recipe, sweep, unit_key, written
+from tasks.unit_cache import UnitCache, recipe, sweep, unit_key
 
 #: the module that registers each table in `TABLES` (a world's unit imports them: it may run in a fresh process)
 TABLE_MODULES = {"macro": "tasks.tables", "micro": "tasks.micro", "l4_distill": "tasks.l4_distill"}
@@ -71,7 +71,7 @@ def build_world(job: WorldTablesJob) -> dict[str, Any]:
             pq.write_table(data, tmp)
             os.replace(tmp, out)
             rows[name] = data.num_rows
-            files[name] = written(Path(job.lake), out)
+            files[name] = relative_digests(Path(job.lake), out)
         error = None
     except Exception as e:  # noqa: BLE001 - this world's, not the build's
         logging.getLogger(__name__).exception("tables of %s failed", world)
@@ -112,12 +112,14 @@ def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str,
         world = Path(job.world)
         return {"world": f"{world.parent.name}/{world.name}", "rows": {}, "files": {}, "error": "its process died"}
 
-    results = map_units(build_world, jobs, workers, died, desc="tables", dask_address=dask_address,
-                        name=lambda j: f"tables-{Path(j.world).parent.name}/{Path(j.world).name}")
     keys_of = {f"{Path(j.world).parent.name}/{Path(j.world).name}": dict(zip(j.tables, j.keys)) for j in jobs}
-    for r in results:
+
+    def record(r: dict[str, Any]) -> None:  # as each world ends: a run stopped midway keeps what it did
         for name, files in r["files"].items():
             cache.save(keys_of[r["world"]][name], files, rows=r["rows"][name])
+
+    results = map_units(build_world, jobs, workers, died, desc="tables", dask_address=dask_address,
+                        name=lambda j: f"tables-{Path(j.world).parent.name}/{Path(j.world).name}", on_row=record)
     present = {f"{w.parent.name}/{w.name}" for w in worlds}
     summary: dict[str, Any] = {name: {"built": sum(name in r["rows"] for r in results),
                                       "skipped": len(worlds) - sum(name in j.tables for j in jobs),

@@ -9,7 +9,7 @@ import pytest
 import schemas
 from flows.cli import main
 from tasks.audit import AuditConfig, run_audit
-from tasks.events import world_tables
+from tasks.convert import world_tables
 
 SHAPE = {"worlds", "decisions", "unsafe_buy", "unsafe_sell", "unsafe_any", "unsafe_rate", "illegal", "score_mean", "score_std"}
 

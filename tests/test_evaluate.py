@@ -13,7 +13,7 @@ import schemas
 from flows.cli import main
 from tasks.candidates import Candidate, CandidateError, parse_candidate
 from tasks.evaluate import EvalConfig, decide_latest, evaluate, summarize, units, units_dir
-from tasks.events import world_tables
+from tasks.convert import world_tables
 from tasks.stats import MIN_SAMPLES, mean_interval, paired_difference
 
 # ---------------------------------------------------------------------------------------- statistics

@@ -133,7 +133,7 @@ def _leaves(doc: dict, prefix: str = "") -> dict[str, float]:
 def test_goal_hat_is_cross_fitted_by_world(lake, trained):
     """Each world's goal_hat comes from the fold planner that did not see it (the bundle's for test worlds)."""
     from hrlxf_models.planner import PlannerConfig
-    from tasks.backfill import load_planner
+    from tasks.goal_hat import load_planner
     from tasks.tables import macro_arrays
     from tasks.train_l2 import crossfit_fold, predict_goals
     from tasks.training import world_position
@@ -167,14 +167,18 @@ def test_backfill_is_the_planners_goal_and_skips_what_is_done(lake, trained):
     assert np.isfinite(np.asarray(goals)).all() and np.asarray(goals).any()
 
 
-def test_backfill_mapped_on_worker_processes_gives_the_same_goals(lake, trained, tmp_path):
+def test_backfill_mapped_on_worker_processes_gives_the_same_goals(lake, trained, tmp_path, monkeypatch):
     """Each world's goal_hat is a unit of its own (a Prefect task in a fresh process with two workers): the same
     goals as the in-process build, the worlds named in the tasks' workers."""
+    from tasks import parallel
+
     copy = tmp_path / "lake"
     shutil.copytree(lake, copy, ignore=shutil.ignore_patterns("goal_hat"))
+    forked, fork = [], parallel.in_fresh_process
+    monkeypatch.setattr(parallel, "in_fresh_process", lambda fn, *a: forked.append(a) or fork(fn, *a))
     mapped = backfill(copy, trained["models"] / "l2", BackfillConfig(), workers=2)
     files = sorted((lake / "goal_hat").glob("*/*.parquet"))
-    assert mapped["built"] == len(files) > 1 and mapped["skipped"] == 0 and len(mapped["workers"]) == 1
+    assert mapped["built"] == len(files) == len(forked) > 1 and mapped["skipped"] == 0
     for f in files:
         here, there = pq.read_table(f), pq.read_table(copy / f.relative_to(lake))
         assert here.drop(["goal_hat"]).equals(there.drop(["goal_hat"]))
