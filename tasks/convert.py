@@ -146,7 +146,6 @@ class WorldJob:
     world_id: str
     raw: str
     out: str
-    key: str = ""  # its unit record's (`tasks.unit_cache`)
 
 
 def convert_world(job: WorldJob) -> dict[str, Any]:

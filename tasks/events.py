@@ -52,15 +52,14 @@ def run_events(raw: Path, lake: Path, workers: int = 1, dask_address: str | None
     root = Path(lake) / "events"
     cache, code = UnitCache(Path(lake)), recipe("events", ["tasks.convert"])
     content = units(Path(raw), RAW_WORLDS)  # {run_id/world_id: digest} of the complete raw worlds
-    jobs, skipped = [], 0
+    jobs, keys = [], {}  # keys: (run_id, world_id) -> its record's key, for the worlds to convert
     for unit, digest in sorted(content.items()):
         key = unit_key(code, unit, digest)
-        if cache.done(key):
-            skipped += 1
-        else:
+        if not cache.done(key):
             run_id, world_id = unit.split("/")
-            jobs.append(WorldJob(run_id, world_id, str(Path(raw) / unit), str(root / unit), key))
-    keys = {(j.run_id, j.world_id): j.key for j in jobs}
+            keys[(run_id, world_id)] = key
+            jobs.append(WorldJob(run_id, world_id, str(Path(raw) / unit), str(root / unit)))
+    skipped = len(content) - len(jobs)
 
     def record(r: dict[str, Any]) -> None:  # as each world ends: a run stopped midway keeps what it did
         if r["error"] is None:

@@ -41,7 +41,6 @@ class WorldTablesJob:
     lake: str
     spec: FeatureSpec
     tables: tuple[str, ...]
-    keys: tuple[str, ...] = ()  # each table's unit record key (`tasks.unit_cache`)
 
 
 def _out(lake: Path, name: str, world: Path) -> Path:
@@ -96,23 +95,20 @@ def build_tables(lake: Path, spec: FeatureSpec | None = None, tables: tuple[str,
     (`tasks.parallel.unit_figures`)."""
     spec = spec or FeatureSpec()
     lake = Path(lake)
-    for name in tables:
-        importlib.import_module(TABLE_MODULES[name])
     cache, recipes = UnitCache(lake), {name: table_recipe(name, spec) for name in tables}
     content = units(lake / "events", Layout(depth=2))
     worlds = converted(lake / "events")
-    jobs = []
+    jobs, keys_of = [], {}  # keys_of: run/world -> {table: its record's key}, for the tables to build
     for w in worlds:
         unit = f"{w.parent.name}/{w.name}"
         keys = {n: unit_key(r, unit, content[unit]) for n, r in recipes.items()}
         if todo := tuple(n for n in tables if not cache.done(keys[n])):
-            jobs.append(WorldTablesJob(str(w), str(lake), spec, todo, tuple(keys[n] for n in todo)))
+            keys_of[unit] = {n: keys[n] for n in todo}
+            jobs.append(WorldTablesJob(str(w), str(lake), spec, todo))
 
     def died(job: WorldTablesJob) -> dict[str, Any]:
         world = Path(job.world)
         return {"world": f"{world.parent.name}/{world.name}", "rows": {}, "files": {}, "error": "its process died"}
-
-    keys_of = {f"{Path(j.world).parent.name}/{Path(j.world).name}": dict(zip(j.tables, j.keys)) for j in jobs}
 
     def record(r: dict[str, Any]) -> None:  # as each world ends: a run stopped midway keeps what it did
         for name, files in r["files"].items():
