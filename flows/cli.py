@@ -89,16 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--run-id", default=None, help="name of the run under DATA/raw (default: the profile name)")
     collect.add_argument("--workers", type=int, default=None, help="parallel world processes (default: the profile's)")
     collect.add_argument("--dask-address", default=None, help="run the worlds on this Dask scheduler (tcp://host:port)")
-    collect.set_defaults(func=_collect)
+    collect.set_defaults(func=_collect, synced=True)
 
     events = sub.add_parser("events", help="raw tracker logs -> typed Parquet event tables (the flow's events stage)")
     events.add_argument("--force", action="store_true", help="convert every world again")
-    events.set_defaults(func=_events)
+    events.set_defaults(func=_events, synced=True)
 
     tables = sub.add_parser("tables", help="raw logs -> event tables -> macro, micro and l4_distill training tables "
                                            "(the flow's events and tables stages, per world incremental)")
     tables.add_argument("--force", action="store_true", help="convert and build every world again")
-    tables.set_defaults(func=_tables)
+    tables.set_defaults(func=_tables, synced=True)
 
     run = sub.add_parser("run", help="the whole pipeline as a cached, resumable Prefect flow: collect -> ... -> evaluate")
     run.add_argument("--profile", default="default", help="smoke, default or official")
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
     run.add_argument("--run-id", default=None, help="the collect run under DATA/raw (default: the profile name)")
     run.add_argument("--workers", type=int, default=None, help="local world processes (default: the profile's)")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, synced=True)
 
     ft = sub.add_parser("finetune", help="online learning in real worlds (L3 MAPPO, L2 PPO, a self-play league) -> a bundle")
     ft.add_argument("--from", dest="start", default=None,
@@ -333,6 +333,7 @@ def run_flow(command: str, profile: str, only: list[str] | None = None, **params
         return 2, None
     Path(os.environ.get("PREFECT_HOME", data / "prefect" / "home")).mkdir(parents=True, exist_ok=True)
     from flows.pipeline import DataRootBusy, hrlxf  # imports Prefect (which reads PREFECT_HOME)
+    from tasks.store import StoreError
     from tasks.parallel import prefect_api
     from tasks.report import md_table
 
@@ -343,7 +344,7 @@ def run_flow(command: str, profile: str, only: list[str] | None = None, **params
         print(f"hrlxf {command}: {e}", file=sys.stderr)
         print(f"earlier stages' outputs and caches are kept; report: {data / 'reports' / 'pipeline' / 'last.json'}", file=sys.stderr)
         return 1, None
-    except DataRootBusy as e:
+    except (DataRootBusy, StoreError) as e:
         print(f"hrlxf {command}: {e}", file=sys.stderr)
         return 2, None
     print("\n".join(md_table(["stage", "state", "seconds", "peak MB", "outputs"],
@@ -377,11 +378,19 @@ def _bundle_untrained(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hrlxf_agent.paths import DataRootError
+    from hrlxf_agent.paths import DataRootError, store_url
 
     args = build_parser().parse_args(argv)
     try:
         data_root()
+        if (url := store_url()) is not None:
+            if not getattr(args, "synced", False):
+                raise DataRootError(f"HRLXF_DATA={url!r} is an object store, which only the pipeline's commands "
+                                    f"(run, collect, events, tables, train, bundle build) sync with; give this "
+                                    f"command a directory (this host's mirror of the store is {data_root()})")
+            from tasks.store import data_store
+
+            data_store().fs  # the protocol is known and its package installed
     except DataRootError as e:
         print(f"hrlxf {args.command}: {e}", file=sys.stderr)
         return 2

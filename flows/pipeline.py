@@ -61,6 +61,7 @@ from tasks.evaluate import died as unit_died
 from tasks.evaluate import pipeline_candidates, play_unit, resolve_candidates, todo, unit_name, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
 from tasks.parallel import no_inferred_edges, peak_memory, run_jobs, shared_threads
+from tasks.store import RUN_LOCK, DataRootBusy, StoreRoot, data_store
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
@@ -127,13 +128,16 @@ def _fields(plan: Plan, paths: dict[str, Path]) -> dict[str, str]:
             **{f"{k}_name": paths[k].name if k in paths else "none" for k in BUNDLES if k != "bundle"}}
 
 
-def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | None) -> tuple[Path, dict]:
+def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | None,
+                       store: StoreRoot | None = None) -> tuple[Path, dict]:
     """Map the evaluation's (world, candidate) units not played yet as tasks; return where their rows are.
 
     The directory is keyed by what makes a world and by the evaluate stage's code version; the rows are
     named by candidate (a bundle by its name, the digest of its weights), so a rerun plays only what is
     missing, other bundles never reuse rows, and more worlds or candidates extend the same directory.
     A unit whose process died writes nothing: it is reported as failed and played on the next run.
+    With an object-store root the bundles go to the store first (a worker fetches the ones it plays), each
+    unit sends its row there, and the rows are pulled back.
     """
     config = plan.configs["evaluate"]
     specs, _, _ = pipeline_candidates(paths, BUNDLES)
@@ -141,10 +145,14 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     worlds_dir = units_dir(plan.data / "reports" / "evaluation-worlds", config, code=plan.code["evaluate"]["digest"])
     if "evaluate" in plan.force and worlds_dir.exists():
         shutil.rmtree(worlds_dir)  # forced: play every unit again
-    missing = todo(units(config, candidates, worlds_dir))
+    missing = [replace(u, store=store) for u in todo(units(config, candidates, worlds_dir))]
+    if store is not None and missing:
+        store.push()
     with tqdm(total=len(missing), desc="evaluation units", unit="unit", disable=None) as bar:
         rows = run_jobs(play_unit, missing, plan.workers, unit_died, progress=lambda _: bar.update(),
                         dask_address=dask_address, name=unit_name)
+    if store is not None and rows:
+        store.pull(store.rel(worlds_dir))
     info = {"played": len(rows), "skipped": config.worlds * len(candidates) - len(rows), "dir": str(worlds_dir),
             "candidates": [c.label for c in candidates],
             "failed": [{"world": r["world"], "candidate": r["agent"], "error": r["error"]} for r in rows if r["error"]],
@@ -214,13 +222,6 @@ def _write_report(plan: Plan, report: dict) -> Path:
     return path
 
 
-RUN_LOCK = ".hrlxf-run.lock"
-
-
-class DataRootBusy(RuntimeError):
-    """Another pipeline run holds the data root."""
-
-
 @contextmanager
 def holding(data: Path, who: dict[str, Any]) -> Iterator[None]:
     """One pipeline run per data root: two would delete each other's outputs (a forced stage, a partial world).
@@ -252,22 +253,50 @@ def holding(data: Path, who: dict[str, Any]) -> Iterator[None]:
 
 def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "hrlxf",
                  bundle: Path | None = None) -> dict[str, Any]:
-    """Run the plan's stages in order inside the current flow, holding the data root; write and return the
-    run report."""
+    """Run the plan's stages in order inside the current flow, holding the data root (and, on an object-store
+    root, the store's lease, with the mirror pulled before and pushed after: `tasks.store`); write and return
+    the run report."""
     who = {"flow": flow_name, "profile": plan.profile, "pid": os.getpid(), "host": socket.gethostname(),
            "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    store = data_store()
+    if store is not None and Path(store.mirror) != plan.data:
+        store = None  # a plan on another root than HRLXF_DATA's
     with holding(plan.data, who):
-        return _run_stages(plan, dask_address, flow_name, bundle)
+        if store is None:
+            return _run_stages(plan, dask_address, flow_name, bundle, None)
+        with store.leased(who):  # first: an unreachable store fails here, before any world starts
+            logger = get_run_logger()
+            pulled = store.pull()
+            logger.info(f"{store.url}: pulled {pulled['pulled']} files ({pulled['bytes']} bytes), "
+                        f"deleted {pulled['deleted']} into {plan.data}")
+            try:
+                report = _run_stages(plan, dask_address, flow_name, bundle, store)
+            except BaseException:  # what finished goes to the store for a rerun on any host; the failure stands
+                try:
+                    _push(store, logger)
+                except Exception as e:
+                    logger.warning(f"{store.url}: not pushed after the failure ({type(e).__name__}: {e}); "
+                                   f"the mirror {plan.data} keeps it for the next run from this host")
+                raise
+            _push(store, logger)
+            return report
+
+
+def _push(store: StoreRoot, logger: Any) -> None:
+    pushed = store.push()
+    logger.info(f"{store.url}: pushed {pushed['pushed']} files ({pushed['bytes']} bytes), deleted {pushed['deleted']}")
 
 
 class UpstreamFailed(RuntimeError):
     """A stage did not start: a stage it reads from failed (that one is the run's failure)."""
 
 
-def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Path | None) -> dict[str, Any]:
+def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Path | None,
+                store: StoreRoot | None) -> dict[str, Any]:
     """Every planned stage in a thread of its own that starts when the stages it reads from end, so stages
     that do not depend on one another (the trainings, the fine-tuning) run at once and the flow's graph in
-    the Prefect UI is the pipeline's DAG."""
+    the Prefect UI is the pipeline's DAG. With an object-store root (``store``) only collect's worlds and the
+    evaluation's units go to a Dask cluster: they sync their own files with the store (`tasks.store`)."""
     logger = get_run_logger()
     no_inferred_edges()  # the graph's edges are the stages each waits for
     results = plan.data / "prefect" / "results"
@@ -276,6 +305,7 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
         "flow": flow_name, "profile": plan.profile, "run_id": plan.run_id, "data": str(plan.data),
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "running", "failed_stage": None, "error": None,
         "task_runner": f"dask {dask_address}" if dask_address else f"processes x{plan.workers}",
+        "store": store.url if store else None,
         "stages": [], "worlds": None, "evaluation_units": None, "bundle": None, "evaluation": None, "latest": None,
     }
     paths: dict[str, Path] = {name: plan.data / a.path for name, a in ARTIFACTS.items() if "{" not in a.path}
@@ -299,10 +329,12 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
             if forced and run_dir.exists():
                 shutil.rmtree(run_dir)
             jobs = jobs_for(plan.configs["collect"], plan.data / "raw", plan.run_id)
-            missing = [j for j in jobs if not (Path(j.out_dir) / DONE).exists()]
+            missing = [replace(j, store=store) for j in jobs if not (Path(j.out_dir) / DONE).exists()]
             t0 = time.perf_counter()
             with peak_memory() as memory:  # the local worker processes' too (not a Dask cluster's)
                 rows = _play(missing, dask_address, plan.workers) if missing else []
+            if store is not None and rows:
+                store.pull(f"raw/{plan.run_id}")  # the worlds the workers sent to the store
             with lock:
                 report["worlds"] = {
                     "played": len(rows), "skipped": len(jobs) - len(missing),
@@ -317,15 +349,16 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
                 now["latest"] = latest_at_start  # played beside the new bundles: LATEST moves only on evidence
             t0 = time.perf_counter()
             with peak_memory() as memory:
-                worlds, units_info = _evaluation_worlds(plan, now, dask_address)
+                worlds, units_info = _evaluation_worlds(plan, now, dask_address, store)
             units_info |= {"seconds": round(time.perf_counter() - t0, 2), "peak_mb": memory["peak_mb"]}
             with lock:
                 report["evaluation_units"] = units_info
             record, how, seconds, state = run_stage(
                 _call(plan, stage.name, now, more_paths={"eval_worlds": worlds}), forced, results, after=waited)
             return record, how, seconds + time.perf_counter() - t0, state
-        return run_stage(_call(plan, stage.name, now, threads=threads, dask_address=dask_address), forced, results,
-                         after=waited)
+        # (with a store, the other stages' units would need the store's files on the workers: they run here)
+        return run_stage(_call(plan, stage.name, now, threads=threads, dask_address=None if store else dask_address),
+                         forced, results, after=waited)
 
     spans: dict[str, tuple[float, float]] = {}  # stage -> (start, end) in seconds after the run started
     t_run = time.perf_counter()

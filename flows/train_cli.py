@@ -192,13 +192,13 @@ def add_parsers(sub: Any, bundle_sub: Any) -> None:
                        help="L3 variants: residual (over L1's baseline), rules (residual over the rules), direct")
     train.add_argument("--smoke", action="store_true", help="the smoke profile: one epoch each, tiny minimum data (tests)")
     train.add_argument("--force", action="store_true", help="retrain even when the cache holds this training")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_train, synced=True)
 
     build = bundle_sub.add_parser("build", help="assemble a bundle from the trained stages (DATA/models)")
     build.add_argument("--mode", choices=MODES, default="residual", help="which L3 to put in")
     build.add_argument("--smoke", action="store_true", help="the smoke profile's bundle settings")
     build.add_argument("--latest", action="store_true", help="point DATA/bundles/LATEST at it")
-    build.set_defaults(func=_bundle_build)
+    build.set_defaults(func=_bundle_build, synced=True)
 
     ev = sub.add_parser("evaluate", help="paired evaluation: candidates in the same slots of the same worlds, "
                                          "differences against PenguinAgent with intervals (or scml's tournament)")

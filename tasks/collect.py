@@ -29,6 +29,7 @@ import numpy as np
 from hrlxf_agent.registry import resolve_all
 from tasks import parallel
 from tasks.report import md_table
+from tasks.store import StoreRoot
 
 DONE, FAILED = "DONE", "FAILED"
 
@@ -73,6 +74,7 @@ class CollectJob:
     agents_per_world: tuple[int, int]
     out_dir: str
     timeout: float = 900.0
+    store: StoreRoot | None = None  # an object-store root: the world is played in this process's mirror and sent
 
 
 def world_dir(raw: Path, run_id: str, world_id: str) -> Path:
@@ -146,7 +148,7 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
 
     from hrlxf_agent.tracker import tracked
 
-    out = Path(job.out_dir)
+    out = job.store.here(job.out_dir) if job.store else Path(job.out_dir)
     start = time.perf_counter()
     row: dict[str, Any] = {"world_id": job.world_id, "seed": job.seed, "error": None, "events": 0, "bytes": 0}
     try:
@@ -181,6 +183,8 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
         row["bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         row["agents"] = {aid: a["class"] for aid, a in agents.items()}
         (out / DONE).write_text(json.dumps({"events": row["events"], "bytes": row["bytes"]}))  # last: the world is complete
+        if job.store is not None:
+            job.store.send_tree(out)  # DONE last: the store, not this host, says the world is done
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,6 +29,7 @@ from tasks.candidates import Candidate, parse_candidates
 from tasks.collect import PROFILES as COLLECT_PROFILES
 from tasks.paired import PairedJob, check_run_size, play_paired, slot_of
 from tasks.stats import excludes_zero, mean_interval, paired_difference
+from tasks.store import StoreRoot
 
 EVALUATION_SCHEMA_VERSION = 2
 WORLD_SEED_BASE = 7_000_000  # evaluation worlds never share a seed with collect (seed*100000+i) or the audit
@@ -76,6 +77,7 @@ class EvalUnit:
 
     job: PairedJob
     path: str
+    store: StoreRoot | None = None  # an object-store root: the bundle is fetched, the row sent (`tasks.store`)
 
 
 def units_dir(root: Path, config: EvalConfig, code: str = "") -> Path:
@@ -119,12 +121,23 @@ def units(config: EvalConfig, candidates: Sequence[Candidate], worlds_dir: Path)
 
 def play_unit(unit: EvalUnit) -> dict[str, Any]:
     """Play one (world, candidate) and write its row atomically (a crash is a row too: it is the result)."""
-    row = play_paired(unit.job)
-    path = Path(unit.path)
+    job, path, store = unit.job, Path(unit.path), unit.store
+    if store is not None:  # in this process's mirror: the bundle from the store if it is not here
+        path = store.here(path)
+        params = dict(job.params)
+        if "bundle" in params:
+            params["bundle"] = str(store.here(params["bundle"]))
+            store.fetch_tree(Path(params["bundle"]))
+        job = replace(job, params=params, log_dir=str(store.here(job.log_dir)) if job.log_dir else None)
+    row = play_paired(job)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(row, default=float))
     os.replace(tmp, path)
+    if store is not None:
+        if job.log_dir and Path(job.log_dir).is_dir():
+            store.send_tree(Path(job.log_dir))
+        store.send([path])
     return row
 
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -65,9 +73,40 @@ def prefect_api_for_the_session():
         yield url
 
 
+@contextmanager
+def dask_processes(home: Path, worker_envs: list[dict[str, str]]) -> Iterator[tuple[str, set[int]]]:
+    """A `dask scheduler` and one `dask worker` process (two threads) per environment, on loopback; yields
+    (the scheduler's address, the workers' pids)."""
+    from distributed import Client
+
+    bin_ = Path(sys.executable).parent
+    file = home / "scheduler.json"
+    procs = [subprocess.Popen([bin_ / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", file], cwd=home, env=worker_envs[0], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 60
+        while not file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        procs += [subprocess.Popen([bin_ / "dask", "worker", "--scheduler-file", file, "--nthreads", "2",
+                                    "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"], cwd=home, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for i, env in enumerate(worker_envs, 1)]
+        address = json.loads(file.read_text())["address"]
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(len(worker_envs), timeout=120)
+            pids = set(client.run(os.getpid).values())
+        yield address, pids
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
 @pytest.fixture
 def base_snapshot() -> Snapshot:
     return snap()
 
 
-__all__ = ["make_world", "agents_of", "snap", "per_day", "replace"]
+__all__ = ["make_world", "agents_of", "snap", "per_day", "replace", "dask_processes"]

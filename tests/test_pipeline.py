@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import dask_processes
 
 from tasks.fingerprint import fingerprint
 
@@ -137,31 +138,9 @@ def test_the_training_commands_are_the_flows_stages_with_its_cache(data):
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A scheduler and two `dask worker` processes (two threads each) on loopback; yields (address, pids)."""
-    from distributed import Client
-
     home = tmp_path_factory.mktemp("dask")
-    file = home / "scheduler.json"
-    env = _env(home)
-    procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", file], cwd=home, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.time() + 60
-        while not file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        procs += [subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", file, "--nthreads", "2",
-                                    "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"], cwd=home, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (1, 2)]
-        address = json.loads(file.read_text())["address"]
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-            pids = set(client.run(os.getpid).values())
-        yield address, pids
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+    with dask_processes(home, [_env(home)] * 2) as cluster:
+        yield cluster
 
 
 def test_collect_and_evaluate_run_on_two_dask_worker_processes_and_only_later_stages_recompute(data, dask_cluster):
@@ -282,14 +261,20 @@ def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing was written
 
 
-def test_an_object_store_data_root_is_refused_by_name(tmp_path, monkeypatch, capsys):
+def test_an_object_store_root_is_refused_by_the_commands_that_do_not_sync_with_it(tmp_path, monkeypatch, capsys):
+    """Only the pipeline's commands sync with an object store (tests/test_store.py); the others say so, and an
+    unknown protocol is named before anything runs."""
     from flows.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HRLXF_MIRROR", str(tmp_path / "mirror"))
     monkeypatch.setenv("HRLXF_DATA", "s3://bucket/hrlxf")
+    assert main(["audit"]) == 2
+    assert "HRLXF_DATA='s3://bucket/hrlxf' is an object store, which only the pipeline's commands" in capsys.readouterr().err
+    monkeypatch.setenv("HRLXF_DATA", "nosuch://bucket/hrlxf")
     assert main(["run", "--profile", "smoke"]) == 2
-    assert "HRLXF_DATA='s3://bucket/hrlxf': a s3:// URL" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []  # no directory called s3:
+    assert "HRLXF_DATA='nosuch://bucket/hrlxf': Protocol not known: nosuch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing was written (no directory called s3:, no mirror)
     monkeypatch.setenv("HRLXF_DATA", f"file://{tmp_path}/root")
     from hrlxf_agent.paths import data_root
 
