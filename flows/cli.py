@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--loaders", default="l2,l3,l4", help="which trainings' loaders (default l2,l3,l4)")
     b.add_argument("--out", default=None, help="where to write bench_loading.json (default: DATA/reports/bench)")
     b.set_defaults(func=_bench, bench="loading")
+    b = bsub.add_parser("store", help="a data root pushed to and pulled from an object store, beside fsspec's copy")
+    b.add_argument("--data", default=None, help="the data root to copy (default: DATA)")
+    b.add_argument("--out", default=None, help="where to write bench_store.json (default: DATA/reports/bench)")
+    b.set_defaults(func=_bench, bench="store")
     return parser
 
 
@@ -225,6 +229,8 @@ def _bench(args: argparse.Namespace) -> int:
                                loaders=tuple(args.loaders.split(",")))
     elif args.bench == "analyzer":
         config = module.Config(data=str(Path(args.data) if args.data else data_root()), runs=args.runs)
+    elif args.bench == "store":
+        config = module.Config(data=str(Path(args.data) if args.data else data_root()))
     else:
         extra = {"bundle": args.bundle} if getattr(args, "bundle", None) else {}
         config = module.Config(worlds=args.worlds, steps=args.steps, seed=args.seed, **extra)

@@ -58,7 +58,7 @@ class StoreError(RuntimeError):
 
 def _local_only(rel: str) -> bool:
     parts = rel.split("/")
-    return (rel in LOCAL_ONLY or rel.startswith("prefect/home/")
+    return (rel in LOCAL_ONLY or rel == "prefect/home" or rel.startswith("prefect/home/")
             or any(p.endswith(".tmp") or ".tmp-" in p for p in parts))
 
 
