@@ -350,7 +350,7 @@ def run_flow(command: str, profile: str, only: list[str] | None = None, **params
         print(f"hrlxf {command}: {e}", file=sys.stderr)
         print(f"earlier stages' outputs and caches are kept; report: {data / 'reports' / 'pipeline' / 'last.json'}", file=sys.stderr)
         return 1, None
-    except (DataRootBusy, StoreError) as e:
+    except (DataRootBusy, StoreError, ParameterError) as e:  # (ParameterError: a store's run of another recipe)
         print(f"hrlxf {command}: {e}", file=sys.stderr)
         return 2, None
     print("\n".join(md_table(["stage", "state", "seconds", "peak MB", "outputs"],

@@ -54,14 +54,14 @@ from tqdm import tqdm
 
 from flows.stages import (
     ARTIFACTS, BUNDLES, BY_NAME, FORCED, PROFILE_NAMES, STAGE_NAMES, ParameterError, Plan, Stage, StageCall, StageFailed,
-    execute_stage, make_plan, overlapping, upstream,
+    check_collect_run, execute_stage, make_plan, overlapping, upstream,
 )
 from tasks.collect import DONE, CollectJob, collect_world, jobs_for, world_died, world_name
 from tasks.evaluate import died as unit_died
 from tasks.evaluate import pipeline_candidates, play_unit, resolve_candidates, todo, unit_name, units, units_dir
 from tasks.fingerprint import StageInputsPolicy, fingerprint
 from tasks.parallel import no_inferred_edges, peak_memory, run_jobs, shared_threads
-from tasks.store import RUN_LOCK, DataRootBusy, StoreRoot, data_store
+from tasks.store import RUN_LOCK, DataRootBusy, StoreError, StoreRoot, data_store
 
 Profile = Literal[PROFILE_NAMES]  # type: ignore[valid-type]
 StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
@@ -252,38 +252,63 @@ def holding(data: Path, who: dict[str, Any]) -> Iterator[None]:
 
 
 def run_pipeline(plan: Plan, dask_address: str | None = None, flow_name: str = "hrlxf",
-                 bundle: Path | None = None) -> dict[str, Any]:
+                 bundle: str | None = None) -> dict[str, Any]:
     """Run the plan's stages in order inside the current flow, holding the data root (and, on an object-store
     root, the store's lease, with the mirror pulled before and pushed after: `tasks.store`); write and return
-    the run report."""
+    the run report. ``bundle``: the bundle to evaluate (a path or ``latest``), resolved once the data is here."""
     who = {"flow": flow_name, "profile": plan.profile, "pid": os.getpid(), "host": socket.gethostname(),
            "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     store = data_store()
     if store is not None and Path(store.mirror) != plan.data:
         store = None  # a plan on another root than HRLXF_DATA's
+    if store is None:
+        path = _bundle(bundle)  # before anything is written
+        with holding(plan.data, who):
+            return _run_stages(plan, dask_address, flow_name, path, None)
     with holding(plan.data, who):
-        if store is None:
-            return _run_stages(plan, dask_address, flow_name, bundle, None)
-        with store.leased(who):  # first: an unreachable store fails here, before any world starts
+        with store.leased(who) as check:  # first: an unreachable store fails here, before any world starts
             logger = get_run_logger()
-            pulled = store.pull()
-            logger.info(f"{store.url}: pulled {pulled['pulled']} files ({pulled['bytes']} bytes), "
-                        f"deleted {pulled['deleted']} into {plan.data}")
+            pulled = _sync(store, "pull", store.pull)
+            logger.info(f"{store.url}: pulled {pulled['pulled']} files ({pulled['bytes']} bytes), deleted "
+                        f"{pulled['deleted']}, {pulled['conflicts']} conflicts into {plan.data}")
+            if "collect" in {s.name for s in plan.stages} and "collect" not in plan.force:
+                check_collect_run(plan.data / "raw" / plan.run_id, plan.configs["collect"])  # the store's run
             try:
-                report = _run_stages(plan, dask_address, flow_name, bundle, store)
+                report = _run_stages(plan, dask_address, flow_name, _bundle(bundle), store)
             except BaseException:  # what finished goes to the store for a rerun on any host; the failure stands
                 try:
-                    _push(store, logger)
+                    _push(store, check, logger)
                 except Exception as e:
                     logger.warning(f"{store.url}: not pushed after the failure ({type(e).__name__}: {e}); "
                                    f"the mirror {plan.data} keeps it for the next run from this host")
                 raise
-            _push(store, logger)
+            _push(store, check, logger)
             return report
 
 
-def _push(store: StoreRoot, logger: Any) -> None:
-    pushed = store.push()
+def _bundle(spec: str | None) -> Path | None:
+    from hrlxf_agent.bundle import BundleError, load_bundle
+
+    if spec is None:
+        return None
+    try:
+        return load_bundle(spec).path.resolve()
+    except BundleError as e:
+        raise ParameterError(str(e)) from None
+
+
+def _sync(store: StoreRoot, what: str, fn: Any) -> dict[str, int]:
+    try:
+        return fn()
+    except StoreError:
+        raise
+    except Exception as e:
+        raise StoreError(f"{store.url}: {what} with the mirror {store.mirror} failed: {type(e).__name__}: {e}") from e
+
+
+def _push(store: StoreRoot, check: Any, logger: Any) -> None:
+    check()  # a run that lost the lease writes nothing into the store
+    pushed = _sync(store, "push", store.push)
     logger.info(f"{store.url}: pushed {pushed['pushed']} files ({pushed['bytes']} bytes), deleted {pushed['deleted']}")
 
 
@@ -328,6 +353,8 @@ def _run_stages(plan: Plan, dask_address: str | None, flow_name: str, bundle: Pa
             run_dir = plan.data / "raw" / plan.run_id
             if forced and run_dir.exists():
                 shutil.rmtree(run_dir)
+            if forced and store is not None:
+                store.forget(f"raw/{plan.run_id}")  # the same worlds played again must not look deleted here
             jobs = jobs_for(plan.configs["collect"], plan.data / "raw", plan.run_id)
             missing = [replace(j, store=store) for j in jobs if not (Path(j.out_dir) / DONE).exists()]
             t0 = time.perf_counter()
@@ -470,11 +497,5 @@ def evaluate(bundle: str = "latest", profile: Profile = "default", overrides: di
              force: bool = False) -> dict[str, Any]:
     """Evaluate a bundle (a path, or 'latest') in paired worlds beside the profile's candidates and the current
     LATEST (which it replaces only if better with an interval that excludes 0); cached on the bundles' content."""
-    from hrlxf_agent.bundle import BundleError, load_bundle
-
     plan = make_plan(profile, overrides=overrides, force=["evaluate"] if force else None, only=["evaluate"])
-    try:
-        path = load_bundle(bundle).path.resolve()
-    except BundleError as e:
-        raise ParameterError(str(e)) from None
-    return run_pipeline(plan, flow_name="evaluate", bundle=path)
+    return run_pipeline(plan, flow_name="evaluate", bundle=bundle)  # resolved once an object store is pulled

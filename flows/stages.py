@@ -396,7 +396,7 @@ def collect_identity(profile: CollectProfile) -> dict:
     return {k: v for k, v in json.loads(canonical(profile)).items() if k not in ("worlds", "__type__", *COLLECT_RUNTIME)}
 
 
-def _check_collect_run(run_dir: Path, profile: CollectProfile) -> None:
+def check_collect_run(run_dir: Path, profile: CollectProfile) -> None:
     """A run id names one recipe: refuse to add worlds of another one to it."""
     want = collect_identity(profile)
     marker = run_dir / MARKER
@@ -452,7 +452,7 @@ def make_plan(profile: str = "default", force: list[str] | tuple[str, ...] | Non
                                  + ", ".join(f"{k} = {v}" for k, v in values.items()))
     data = Path(data or data_root()).resolve()
     if "collect" in {s.name for s in stages} and "collect" not in force:
-        _check_collect_run(data / "raw" / run_id, configs["collect"])
+        check_collect_run(data / "raw" / run_id, configs["collect"])
     code = {s.name: code_version(list(s.modules)) for s in stages}
     recipes = {s.name: recipe(s.name, configs[s.name], code[s.name]["digest"]) for s in stages}
     return Plan(profile, run_id, data, stages, configs, recipes, code, force,

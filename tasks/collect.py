@@ -154,6 +154,8 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
     try:
         if out.exists():
             shutil.rmtree(out)  # a partial or failed world is redone from scratch
+        if job.store is not None:
+            job.store.forget(job.store.rel(out), state=False)  # ... in the store too (the host's sync state is its own)
         events = out / "events"
         events.mkdir(parents=True)
         random.seed(job.seed)
@@ -184,7 +186,11 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
         row["agents"] = {aid: a["class"] for aid, a in agents.items()}
         (out / DONE).write_text(json.dumps({"events": row["events"], "bytes": row["bytes"]}))  # last: the world is complete
         if job.store is not None:
-            job.store.send_tree(out)  # DONE last: the store, not this host, says the world is done
+            try:
+                job.store.send_tree(out)  # DONE last: the store, not this host, says the world is done
+            except Exception:
+                (out / DONE).unlink()  # not in the store: not done (played again next run)
+                raise
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"
         try:

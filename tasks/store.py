@@ -18,16 +18,20 @@ environment): a job names its paths in the submitting host's mirror, and `StoreR
 
 The mirror's sync state is ``.hrlxf-sync.json``: per file, its size and mtime when last synced and the store's
 version of it (ETag) then. A pull takes a file the store changed since; a push sends a file the mirror changed
-since (and deletes in the store what the mirror deleted, if the store still has the version synced). A file with
-no state whose bytes already match the store's ETag (an MD5) is recorded, not copied. Neither the local run lock,
-the sync state, Prefect's local home (``prefect/home``, a SQLite database) nor temporary files are synced.
+since (and deletes in the store what the mirror deleted, if the store still has the version synced). A file both
+changed (or one the mirror never synced that differs from the store's) takes the store's version on a pull, and
+the mirror's is kept beside it as ``.<name>.conflict-<time>``, with a warning. A file with no state whose bytes
+already match the store's ETag (a single-part MD5) is recorded, not copied. Neither the local run lock, the sync
+state, Prefect's local home (``prefect/home``, a SQLite database), conflict copies nor temporary files are synced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -47,6 +51,9 @@ RENEW_SECONDS = 60.0
 #: written after every other file of a push (and deleted before them): a directory with it is complete
 MARKERS = ("DONE",)
 
+log = logging.getLogger(__name__)
+_SYNCING = threading.Lock()  # one pull, push or forget at a time in a process (they rewrite the sync state)
+
 
 class DataRootBusy(RuntimeError):
     """Another pipeline run holds the data root."""
@@ -59,7 +66,20 @@ class StoreError(RuntimeError):
 def _local_only(rel: str) -> bool:
     parts = rel.split("/")
     return (rel in LOCAL_ONLY or rel == "prefect/home" or rel.startswith("prefect/home/")
-            or any(p.endswith(".tmp") or ".tmp-" in p for p in parts))
+            or any(p.endswith(".tmp") or ".tmp-" in p or ".conflict-" in p for p in parts))
+
+
+def _files(root: Path) -> dict[str, Path]:
+    """Every synced file under ``root`` by its path relative to it, through symlinked directories (a mirror's
+    lake may be one) too."""
+    out = {}
+    for top, dirs, names in os.walk(root, followlinks=True):
+        for name in names:
+            path = Path(top) / name
+            rel = path.relative_to(root).as_posix()
+            if not _local_only(rel) and path.is_file():
+                out[rel] = path
+    return out
 
 
 def _md5(path: Path) -> str:
@@ -120,54 +140,79 @@ class StoreRoot:
     # ----------------------------------------------------------------------------- the lease
 
     @contextmanager
-    def leased(self, who: dict[str, Any]) -> Iterator[None]:
-        """Hold the store's lease while the block runs, renewed every `RENEW_SECONDS`."""
+    def leased(self, who: dict[str, Any]) -> Iterator[Any]:
+        """Hold the store's lease while the block runs, renewed every `RENEW_SECONDS` while it is still this run's.
+        Yields ``check()``, which raises `StoreError` once the lease is lost (another run took it over after this
+        one could not renew it for `LEASE_SECONDS`): the caller checks before it writes into the store."""
         fs, path = self.fs, self.remote(LEASE)
         self._take(fs, path, who)
-        stop = threading.Event()
+        stop, lost = threading.Event(), threading.Event()
+
+        def ours() -> bool:
+            held = json.loads(fs.cat(path))
+            return {k: held.get(k) for k in who} == who
 
         def renew() -> None:
+            renewed = time.monotonic()
             while not stop.wait(RENEW_SECONDS):
                 try:
+                    if not ours():
+                        lost.set()
+                        log.error("%s: the lease is another run's now: %s", self.url, fs.cat(path).decode())
+                        return
                     fs.pipe(path, json.dumps({**who, "expires": time.time() + LEASE_SECONDS}).encode())
-                except Exception:  # the next renewal tries again; the lease lasts LEASE_SECONDS
-                    pass
+                    renewed = time.monotonic()
+                except Exception as e:  # the next renewal tries again, while the lease lasts
+                    log.warning("%s: the lease was not renewed (%s: %s)", self.url, type(e).__name__, e)
+                    if time.monotonic() - renewed > LEASE_SECONDS:
+                        lost.set()
+                        return
+
+        def check() -> None:
+            if lost.is_set():
+                raise StoreError(f"{self.url}: this run lost the store's lease (not renewed for {LEASE_SECONDS:.0f} s, "
+                                 f"or taken over); its mirror {self.mirror} keeps what it made")
 
         thread = threading.Thread(target=renew, name="store-lease", daemon=True)
         thread.start()
         try:
-            yield
+            yield check
         finally:
             stop.set()
             thread.join()
             try:
-                fs.rm(path)
+                if not lost.is_set() and ours():
+                    fs.rm(path)
             except Exception:  # (unreachable now: the lease expires by itself)
                 pass
 
     def _take(self, fs: Any, path: str, who: dict[str, Any]) -> None:
         doc = json.dumps({**who, "expires": time.time() + LEASE_SECONDS}).encode()
-        for _ in range(2):
-            try:
-                fs.pipe(path, doc, mode="create")
-                return
-            except FileExistsError:
+        try:
+            for _ in range(2):
+                try:
+                    fs.pipe(path, doc, mode="create")
+                    return
+                except FileExistsError:
+                    pass
                 try:
                     held = json.loads(fs.cat(path))
                 except FileNotFoundError:
                     continue  # released meanwhile
-                except Exception:
-                    held = {"expires": 0}  # an unreadable lease holds nothing
-                if held.get("expires", 0) > time.time():
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    held = {}  # an unreadable lease holds nothing
+                if not isinstance(held, dict):
+                    held = {}
+                if float(held.get("expires", 0)) > time.time():
                     holder = {k: v for k, v in held.items() if k != "expires"}
                     raise DataRootBusy(f"{self.url} is held by another pipeline run: {json.dumps(holder)} (its lease "
                                        f"runs to {time.strftime('%H:%M:%S', time.gmtime(held['expires']))} UTC); wait "
-                                       f"for it to end, or give this run another data root (HRLXF_DATA)") from None
+                                       f"for it to end, or give this run another data root (HRLXF_DATA)")
                 fs.rm(path)  # expired: its run died without releasing it
-            except DataRootError:
-                raise
-            except Exception as e:
-                raise StoreError(f"HRLXF_DATA={self.url!r}: the store cannot be used: {type(e).__name__}: {e}") from None
+        except (DataRootError, DataRootBusy):
+            raise
+        except Exception as e:
+            raise StoreError(f"HRLXF_DATA={self.url!r}: the store cannot be used: {type(e).__name__}: {e}") from None
         raise DataRootBusy(f"{self.url}: another run took the lease at the same time; try again")
 
     # ----------------------------------------------------------------------------- sync
@@ -187,8 +232,9 @@ class StoreRoot:
             return json.loads(path.read_text())
         except FileNotFoundError:
             return {}
-        except (OSError, json.JSONDecodeError):
-            return {}  # unreadable: every file is compared by its bytes again
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("%s: unreadable (%s); every file is compared with the store by its bytes", path, e)
+            return {}
 
     def _save_state(self, state: dict[str, dict[str, Any]]) -> None:
         path = Path(self.mirror) / SYNC_STATE
@@ -217,22 +263,39 @@ class StoreRoot:
 
     def pull(self, under: str = "") -> dict[str, int]:
         """Take into the mirror what the store changed since the last sync (under ``under``, relative)."""
+        with _SYNCING:
+            return self._pull(under)
+
+    def _pull(self, under: str) -> dict[str, int]:
         local = Path(self.mirror)
         remote, state = self._listing(under), self._state()
-        fetch, deleted = [], 0
+        fetch, deleted, conflicts = [], 0, []
         for rel, info in remote.items():
             entry, path = state.get(rel), local / rel
             if entry is not None and entry["version"] == _version(info):
                 continue  # the store has what was synced: the mirror's own change (if any) stands
             if self._same_bytes(path, info):
                 state[rel] = self._entry(path, _version(info))
-            else:
-                fetch.append(rel)
-        for rel in [r for r in state if r not in remote and (not under or r.startswith(under.rstrip("/") + "/"))]:
+                continue
+            if path.is_file() and not self._unchanged(path, entry):  # changed on both sides: the store's wins
+                kept = path.with_name(f".{path.name}.conflict-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(path, kept)
+                conflicts.append(str(kept))
+            fetch.append(rel)
+        if conflicts:
+            log.warning("%s: %d files changed both here and in the store; the store's are taken, this mirror's kept "
+                        "beside them: %s", self.url, len(conflicts), ", ".join(conflicts[:5]))
+        others, markers = _ordered([r for r in state if r not in remote
+                                    and (not under or r.startswith(under.rstrip("/") + "/"))])
+        for rel in markers + others:
             path = local / rel
             if self._unchanged(path, state[rel]):  # deleted in the store, unchanged here: delete it here too
                 path.unlink()
                 deleted += 1
+                for parent in path.parents:  # and the directories it leaves empty
+                    if parent == local or any(parent.iterdir()):
+                        break
+                    parent.rmdir()
             del state[rel]
         others, markers = _ordered(fetch)
         for batch in (others, markers):
@@ -245,19 +308,23 @@ class StoreRoot:
                     os.replace(tmp, local / rel)
                     state[rel] = self._entry(local / rel, _version(remote[rel]))
         self._save_state(state)
-        return {"pulled": len(fetch), "deleted": deleted, "bytes": sum(remote[r].get("size") or 0 for r in fetch)}
+        return {"pulled": len(fetch), "deleted": deleted, "conflicts": len(conflicts),
+                "bytes": sum(remote[r].get("size") or 0 for r in fetch)}
 
     def push(self) -> dict[str, int]:
         """Send the store what the mirror changed since the last sync; delete there what the mirror deleted."""
+        with _SYNCING:
+            return self._push()
+
+    def _push(self) -> dict[str, int]:
         local = Path(self.mirror)
         remote, state = self._listing(), self._state()
-        files = {p.relative_to(local).as_posix(): p for p in local.rglob("*")
-                 if p.is_file() and not _local_only(p.relative_to(local).as_posix())}
+        files = _files(local)
         send = []
         for rel, path in files.items():
             entry, info = state.get(rel), remote.get(rel)
-            if info is not None and self._unchanged(path, entry) and entry["version"] == _version(info):
-                continue
+            if self._unchanged(path, entry):
+                continue  # not changed here since the sync (a newer one in the store is the next pull's)
             if info is not None and self._same_bytes(path, info):
                 state[rel] = self._entry(path, _version(info))
             else:
@@ -287,8 +354,20 @@ class StoreRoot:
                 self.fs.put([str(here / r) for r in batch], [self.remote(r) for r in batch])
 
     def send_tree(self, directory: Path) -> None:
-        self.send([p for p in sorted(Path(directory).rglob("*"))
-                   if p.is_file() and not _local_only(p.relative_to(mirror_of(self.url)).as_posix())])
+        self.send(list(_files(Path(directory)).values()))
+
+    def forget(self, rel: str, state: bool = True) -> None:
+        """Delete a directory of the store (its markers first), and its files' sync state in this mirror (a
+        directory redone from scratch: what the store had of it must not count, even if the new bytes match)."""
+        names = list(self._listing(rel))
+        others, markers = _ordered(names)
+        for batch in (markers, others):
+            if batch:
+                self.fs.rm([self.remote(r) for r in batch])
+        if state and Path(self.mirror).is_dir():
+            prefix = rel.rstrip("/") + "/"
+            with _SYNCING:
+                self._save_state({k: v for k, v in self._state().items() if not k.startswith(prefix)})
 
     def fetch_tree(self, directory: Path) -> None:
         """Download a directory of the store into this process's mirror if it is not there (a worker's input)."""
@@ -303,7 +382,12 @@ class StoreRoot:
         for r in listing:
             (tmp / Path(r).relative_to(rel)).parent.mkdir(parents=True, exist_ok=True)
         self.fs.get([self.remote(r) for r in listing], [str(tmp / Path(r).relative_to(rel)) for r in listing])
-        os.replace(tmp, directory)
+        try:
+            os.replace(tmp, directory)
+        except OSError:
+            if not directory.is_dir():
+                raise
+            shutil.rmtree(tmp)  # another unit of this mirror fetched it meanwhile
 
 
 def data_store() -> StoreRoot | None:

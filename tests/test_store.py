@@ -72,43 +72,103 @@ def states(r: dict) -> dict[str, str]:
     return {s["stage"]: s["state"] for s in r["report"]["stages"]}
 
 
-def test_the_mirror_and_the_store_sync_what_either_changed(s3, tmp_path):
+def _write(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def test_the_mirror_and_the_store_sync_what_either_changed(s3, tmp_path, monkeypatch):
     """Three-way sync: a pull takes what the store changed since the last sync and keeps the mirror's own
     changes; a push sends what the mirror changed and deletes what it deleted; local-only files stay local."""
     from tasks.store import StoreRoot
 
-    os.environ["HRLXF_MIRROR"] = str(tmp_path / "a")
-    try:
-        a = StoreRoot("s3://hrlxf/sync", str(tmp_path / "a"))
-        fs = store_fs()
-        files = {"raw/r/w0/DONE": b"", "raw/r/w0/world.json": b"{}", "lake/macro/r/w0.parquet": b"pq",
-                 "prefect/home/prefect.db": b"sqlite", "lake/x.parquet.tmp": b"partial", "keep.txt": b"1"}
-        for rel, data in files.items():
-            (tmp_path / "a" / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / "a" / rel).write_bytes(data)
-        assert a.push()["pushed"] == 4
-        assert sorted(f.removeprefix("hrlxf/sync/") for f in fs.find("hrlxf/sync")) == [
-            "keep.txt", "lake/macro/r/w0.parquet", "raw/r/w0/DONE", "raw/r/w0/world.json"]
-        assert a.push()["pushed"] == 0 and a.pull()["pulled"] == 0  # nothing changed on either side
+    monkeypatch.setenv("HRLXF_MIRROR", str(tmp_path / "a"))
+    a, fs = StoreRoot("s3://hrlxf/sync", str(tmp_path / "a")), store_fs()
+    _write(tmp_path / "a", {"raw/r/w0/DONE": b"", "raw/r/w0/world.json": b"{}", "lake/macro/r/w0.parquet": b"pq",
+                            "prefect/home/prefect.db": b"sqlite", "lake/x.parquet.tmp": b"partial", "keep.txt": b"1"})
+    assert a.push()["pushed"] == 4
+    assert sorted(f.removeprefix("hrlxf/sync/") for f in fs.find("hrlxf/sync")) == [
+        "keep.txt", "lake/macro/r/w0.parquet", "raw/r/w0/DONE", "raw/r/w0/world.json"]
+    assert a.push()["pushed"] == 0 and a.pull()["pulled"] == 0  # nothing changed on either side
 
-        fs.pipe("hrlxf/sync/raw/r/w0/world.json", b'{"changed": 1}')  # another host's change
-        fs.rm("hrlxf/sync/keep.txt")  # ... and deletion
-        (tmp_path / "a" / "lake/macro/r/w0.parquet").write_bytes(b"rebuilt here")
-        assert a.pull() == {"pulled": 1, "deleted": 1, "bytes": 14}
-        assert (tmp_path / "a" / "raw/r/w0/world.json").read_bytes() == b'{"changed": 1}'
-        assert not (tmp_path / "a" / "keep.txt").exists()
-        assert (tmp_path / "a" / "lake/macro/r/w0.parquet").read_bytes() == b"rebuilt here"  # the mirror's change stands
+    fs.pipe("hrlxf/sync/raw/r/w0/world.json", b'{"changed": 1}')  # another host's change
+    fs.rm("hrlxf/sync/keep.txt")  # ... and deletion
+    (tmp_path / "a" / "lake/macro/r/w0.parquet").write_bytes(b"rebuilt here")
+    assert a.pull() == {"pulled": 1, "deleted": 1, "conflicts": 0, "bytes": 14}
+    assert (tmp_path / "a" / "raw/r/w0/world.json").read_bytes() == b'{"changed": 1}'
+    assert not (tmp_path / "a" / "keep.txt").exists()
+    assert (tmp_path / "a" / "lake/macro/r/w0.parquet").read_bytes() == b"rebuilt here"  # the mirror's change stands
 
-        (tmp_path / "a" / "raw/r/w0/DONE").unlink()
-        assert a.push() == {"pushed": 1, "deleted": 1, "bytes": 12}
-        assert fs.cat("hrlxf/sync/lake/macro/r/w0.parquet") == b"rebuilt here"
-        assert not fs.exists("hrlxf/sync/raw/r/w0/DONE")
+    (tmp_path / "a" / "raw/r/w0/DONE").unlink()
+    assert a.push() == {"pushed": 1, "deleted": 1, "bytes": 12}
+    assert fs.cat("hrlxf/sync/lake/macro/r/w0.parquet") == b"rebuilt here"
+    assert not fs.exists("hrlxf/sync/raw/r/w0/DONE")
 
-        os.environ["HRLXF_MIRROR"] = str(tmp_path / "b")  # a fresh mirror takes everything
-        b = StoreRoot("s3://hrlxf/sync", str(tmp_path / "b"))
-        assert b.pull()["pulled"] == 2 and not (tmp_path / "b" / "prefect").exists()
-    finally:
-        os.environ.pop("HRLXF_MIRROR")
+    monkeypatch.setenv("HRLXF_MIRROR", str(tmp_path / "b"))  # a fresh mirror takes everything
+    b = StoreRoot("s3://hrlxf/sync", str(tmp_path / "b"))
+    assert b.pull()["pulled"] == 2 and not (tmp_path / "b" / "prefect").exists()
+
+
+def test_a_file_changed_on_both_sides_keeps_the_mirrors_copy_and_symlinked_directories_sync(s3, tmp_path, monkeypatch):
+    from tasks.store import StoreRoot
+
+    monkeypatch.setenv("HRLXF_MIRROR", str(tmp_path / "m"))
+    m, fs = StoreRoot("s3://hrlxf/both", str(tmp_path / "m")), store_fs()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "lake").symlink_to(tmp_path / "elsewhere")  # a lake on another disk
+    _write(tmp_path / "m", {"lake/macro/w0.parquet": b"pq", "models/l2/metrics.json": b"mine"})
+    assert m.push()["pushed"] == 2 and fs.cat("hrlxf/both/lake/macro/w0.parquet") == b"pq"
+    assert m.push() == {"pushed": 0, "deleted": 0, "bytes": 0}  # the files behind the symlink are still there
+
+    fs.pipe("hrlxf/both/models/l2/metrics.json", b"theirs")
+    (tmp_path / "m" / "models/l2/metrics.json").write_bytes(b"mine, again")
+    assert m.pull()["conflicts"] == 1
+    assert (tmp_path / "m" / "models/l2/metrics.json").read_bytes() == b"theirs"
+    [kept] = (tmp_path / "m" / "models/l2").glob(".metrics.json.conflict-*")
+    assert kept.read_bytes() == b"mine, again"
+    assert m.push()["pushed"] == 0 and not any("conflict" in f for f in fs.find("hrlxf/both"))  # never synced
+
+
+def test_a_directory_redone_from_scratch_is_pulled_again_even_with_the_same_bytes(s3, tmp_path, monkeypatch):
+    """`--force collect` on a store: the worlds are deleted here and in the store, played again (on workers,
+    byte for byte the same), and must come back into the mirror, not look deleted to the next push."""
+    import shutil
+
+    from tasks.store import StoreRoot
+
+    monkeypatch.setenv("HRLXF_MIRROR", str(tmp_path / "host"))
+    host, fs = StoreRoot("s3://hrlxf/redo", str(tmp_path / "host")), store_fs()
+    world = {"raw/run/w0/world.json": b"{}", "raw/run/w0/DONE": b""}
+    _write(tmp_path / "host", world)
+    host.push()
+    shutil.rmtree(tmp_path / "host" / "raw" / "run")
+    host.forget("raw/run")
+    assert not fs.exists("hrlxf/redo/raw/run/w0/DONE")
+    for rel, data in world.items():  # what a worker sends
+        fs.pipe(f"hrlxf/redo/{rel}", data)
+    assert host.pull("raw/run")["pulled"] == 2 and (tmp_path / "host" / "raw/run/w0/DONE").is_file()
+    assert host.push() == {"pushed": 0, "deleted": 0, "bytes": 0} and fs.exists("hrlxf/redo/raw/run/w0/DONE")
+
+
+def test_a_run_whose_lease_another_run_took_stops_renewing_it_and_leaves_it(s3, monkeypatch):
+    import tasks.store as store
+
+    monkeypatch.setattr(store, "RENEW_SECONDS", 0.2)
+    root, fs = store.StoreRoot("s3://hrlxf/lease", "/nonexistent"), store_fs()
+    who = {"pid": 1, "host": "here"}
+    with root.leased(who) as check:
+        first = json.loads(fs.cat("hrlxf/lease/.hrlxf-run.lease"))
+        time.sleep(0.6)
+        renewed = json.loads(fs.cat("hrlxf/lease/.hrlxf-run.lease"))
+        assert renewed["expires"] > first["expires"]
+        check()  # still this run's
+        fs.pipe("hrlxf/lease/.hrlxf-run.lease", json.dumps({"pid": 2, "host": "there", "expires": 1e12}).encode())
+        time.sleep(0.6)
+        with pytest.raises(store.StoreError, match="this run lost the store's lease"):
+            check()
+    assert json.loads(fs.cat("hrlxf/lease/.hrlxf-run.lease"))["host"] == "there"  # not renewed over, not deleted
 
 
 def _closed_port() -> int:
