@@ -147,7 +147,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
         shutil.rmtree(worlds_dir)  # forced: play every unit again
     missing = [replace(u, store=store) for u in todo(units(config, candidates, worlds_dir))]
     if store is not None and missing:
-        store.push()
+        store.push("bundles")  # what the workers fetch
     with tqdm(total=len(missing), desc="evaluation units", unit="unit", disable=None) as bar:
         rows = run_jobs(play_unit, missing, plan.workers, unit_died, progress=lambda _: bar.update(),
                         dask_address=dask_address, name=unit_name)

@@ -69,11 +69,15 @@ def _local_only(rel: str) -> bool:
             or any(p.endswith(".tmp") or ".tmp-" in p or ".conflict-" in p for p in parts))
 
 
-def _files(root: Path) -> dict[str, Path]:
-    """Every synced file under ``root`` by its path relative to it, through symlinked directories (a mirror's
-    lake may be one) too."""
+def _within(rel: str, under: str) -> bool:
+    return not under or rel.startswith(under.rstrip("/") + "/")
+
+
+def _files(root: Path, under: str = "") -> dict[str, Path]:
+    """Every synced file under ``root / under`` by its path relative to ``root``, through symlinked directories
+    (a mirror's lake may be one) too."""
     out = {}
-    for top, dirs, names in os.walk(root, followlinks=True):
+    for top, dirs, names in os.walk(root / under, followlinks=True):
         for name in names:
             path = Path(top) / name
             rel = path.relative_to(root).as_posix()
@@ -83,11 +87,8 @@ def _files(root: Path) -> dict[str, Path]:
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -285,8 +286,7 @@ class StoreRoot:
         if conflicts:
             log.warning("%s: %d files changed both here and in the store; the store's are taken, this mirror's kept "
                         "beside them: %s", self.url, len(conflicts), ", ".join(conflicts[:5]))
-        others, markers = _ordered([r for r in state if r not in remote
-                                    and (not under or r.startswith(under.rstrip("/") + "/"))])
+        others, markers = _ordered([r for r in state if r not in remote and _within(r, under)])
         for rel in markers + others:
             path = local / rel
             if self._unchanged(path, state[rel]):  # deleted in the store, unchanged here: delete it here too
@@ -311,15 +311,16 @@ class StoreRoot:
         return {"pulled": len(fetch), "deleted": deleted, "conflicts": len(conflicts),
                 "bytes": sum(remote[r].get("size") or 0 for r in fetch)}
 
-    def push(self) -> dict[str, int]:
-        """Send the store what the mirror changed since the last sync; delete there what the mirror deleted."""
+    def push(self, under: str = "") -> dict[str, int]:
+        """Send the store what the mirror changed since the last sync; delete there what the mirror deleted (under
+        ``under``, relative)."""
         with _SYNCING:
-            return self._push()
+            return self._push(under)
 
-    def _push(self) -> dict[str, int]:
+    def _push(self, under: str) -> dict[str, int]:
         local = Path(self.mirror)
-        remote, state = self._listing(), self._state()
-        files = _files(local)
+        remote, state = self._listing(under), self._state()
+        files = _files(local, under)
         send = []
         for rel, path in files.items():
             entry, info = state.get(rel), remote.get(rel)
@@ -329,7 +330,7 @@ class StoreRoot:
                 state[rel] = self._entry(path, _version(info))
             else:
                 send.append(rel)
-        gone = [rel for rel in state if rel not in files]
+        gone = [rel for rel in state if rel not in files and _within(rel, under)]
         drop = [rel for rel in gone if rel in remote and _version(remote[rel]) == state[rel]["version"]]
         others, markers = _ordered(drop)
         for batch in (markers, others):
@@ -337,21 +338,22 @@ class StoreRoot:
                 self.fs.rm([self.remote(r) for r in batch])
         for rel in gone:
             del state[rel]
-        self.send([files[r] for r in send])
-        after = self._listing() if send else remote
+        self._upload(local, send)
+        after = self._listing(under) if send else remote
         for rel in send:
             state[rel] = self._entry(files[rel], _version(after[rel]))
         self._save_state(state)
         return {"pushed": len(send), "deleted": len(drop), "bytes": sum(files[r].stat().st_size for r in send)}
 
-    def send(self, paths: list[Path]) -> None:
-        """Upload files of this process's mirror, markers last (a worker's unit; `push` keeps the sync state)."""
-        here = mirror_of(self.url)
-        rels = [Path(p).absolute().relative_to(here).as_posix() for p in paths]
+    def _upload(self, root: Path, rels: list[str]) -> None:
         others, markers = _ordered(rels)
         for batch in (others, markers):
             if batch:
-                self.fs.put([str(here / r) for r in batch], [self.remote(r) for r in batch])
+                self.fs.put([str(root / r) for r in batch], [self.remote(r) for r in batch])
+
+    def send(self, paths: list[Path]) -> None:
+        """Upload files of this process's mirror, markers last (a worker's unit; `push` keeps the sync state)."""
+        self._upload(mirror_of(self.url), [self.rel(p) for p in paths])
 
     def send_tree(self, directory: Path) -> None:
         self.send(list(_files(Path(directory)).values()))
