@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     untrained.add_argument("--out", default=None, help="bundle directory (default: DATA/bundles/untrained-<mode>)")
     untrained.add_argument("--latest", action="store_true", help="also point DATA/bundles/LATEST at it")
     untrained.set_defaults(func=_bundle_untrained)
+    knobs = bsub.add_parser("knobs", help="a bundle with the search's knobs set (theta in knob units; 0 is the start)")
+    knobs.add_argument("--from", dest="start", default="untrained:rules",
+                       help="the starting bundle: untrained:rules (plays as the rules), latest or a directory")
+    knobs.add_argument("--set", dest="settings", action="append", required=True, metavar="KNOB=THETA",
+                       help="e.g. l2.p_sell@first=-2 (the searched bundle of docs/online-learning.md); repeatable")
+    knobs.add_argument("--out", default=None, help="where the bundle directory goes (default: DATA/bundles)")
+    knobs.set_defaults(func=_bundle_knobs)
     add_train_parsers(sub, bsub)
 
     collect = sub.add_parser("collect", help="forensics tournaments: expert worlds with every agent tracked (the flow's collect stage)")
@@ -380,6 +387,29 @@ def _bundle_untrained(args: argparse.Namespace) -> int:
     if args.latest:
         set_latest(path)
     print(f"wrote {path}" + (" (LATEST)" if args.latest else ""))
+    return 0
+
+
+def _bundle_knobs(args: argparse.Namespace) -> int:
+    from hrlxf_agent.bundle import BundleError
+    from hrlxf_agent.paths import bundles_root
+    from tasks.bundle import knob_bundle
+    from tasks.candidates import CandidateError, parse_candidate
+
+    settings: dict[str, float] = {}
+    try:
+        for text in args.settings:
+            knob, sep, value = text.partition("=")
+            try:
+                settings[knob.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"--set {text!r}: give KNOB=THETA with a number") from None
+        start = parse_candidate(args.start).bundle if args.start.startswith("untrained") else args.start
+        path = knob_bundle(Path(start), settings, Path(args.out) if args.out else bundles_root())
+    except (BundleError, CandidateError, ValueError) as e:
+        print(f"hrlxf bundle knobs: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
     return 0
 
 

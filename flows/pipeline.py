@@ -58,7 +58,8 @@ from flows.stages import (
 )
 from tasks.collect import DONE, CollectJob, collect_world, jobs_for, world_died, world_name
 from tasks.evaluate import died as unit_died
-from tasks.evaluate import pipeline_candidates, play_unit, resolve_candidates, todo, unit_name, units, units_dir
+from tasks.evaluate import (pipeline_candidates, play_unit, record_plan, resolve_candidates, todo, unit_name, units,
+                            units_dir)
 from tasks.fingerprint import StageInputsPolicy, fingerprint
 from tasks.parallel import no_inferred_edges, peak_memory, run_jobs, shared_threads
 from tasks.store import RUN_LOCK, DataRootBusy, StoreError, StoreRoot, data_store
@@ -133,7 +134,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     """Map the evaluation's (world, candidate) units not played yet as tasks; return where their rows are.
 
     The directory is keyed by what makes a world and by the evaluate stage's code version; the rows are
-    named by candidate (a bundle by its name, the digest of its weights), so a rerun plays only what is
+    named by what plays (`tasks.candidates.content_digest`: code, bundle weights, releases), so a rerun plays only what is
     missing, other bundles never reuse rows, and more worlds or candidates extend the same directory.
     A unit whose process died writes nothing: it is reported as failed and played on the next run.
     With an object-store root the bundles go to the store first (a worker fetches the ones it plays), each
@@ -145,7 +146,9 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     worlds_dir = units_dir(plan.data / "reports" / "evaluation-worlds", config, code=plan.code["evaluate"]["digest"])
     if "evaluate" in plan.force and worlds_dir.exists():
         shutil.rmtree(worlds_dir)  # forced: play every unit again
-    missing = [replace(u, store=store) for u in todo(units(config, candidates, worlds_dir))]
+    every = units(config, candidates, worlds_dir)
+    record_plan(worlds_dir, config, candidates)
+    missing = [replace(u, store=store) for u in todo(every)]
     if store is not None and missing:
         store.push("bundles")  # what the workers fetch
     with tqdm(total=len(missing), desc="evaluation units", unit="unit", disable=None) as bar:
@@ -153,7 +156,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
                         dask_address=dask_address, name=unit_name)
     if store is not None and rows:
         store.pull(store.rel(worlds_dir))
-    info = {"played": len(rows), "skipped": config.worlds * len(candidates) - len(rows), "dir": str(worlds_dir),
+    info = {"played": len(rows), "skipped": len(every) - len(rows), "dir": str(worlds_dir),
             "candidates": [c.label for c in candidates],
             "failed": [{"world": r["world"], "candidate": r["agent"], "error": r["error"]} for r in rows if r["error"]],
             "workers": sorted({r["worker"] for r in rows if "worker" in r})}

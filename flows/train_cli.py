@@ -95,56 +95,66 @@ def _bundle_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    if args.mode == "tournament":
-        return _tournament(args)
-    from tqdm import tqdm
+CANDIDATES_DEFAULT = "rules,LitaAgentHS,PenguinAgent"  # paired; league: tasks.tournament.LEAGUE_COMPETITORS
 
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if args.mode in ("tournament", "league"):
+        return _tournament(args)
     from hrlxf_agent.paths import bundles_root
     from hrlxf_agent.registry import UnknownAgentError
     from tasks.candidates import CandidateError, parse_candidate
-    from tasks.evaluate import EvalConfig, apply_latest, evaluate, markdown, resolve_candidates, units_dir
+    from tasks.evaluate import EvalConfig, apply_latest, parse_opponents, parse_sizes, parse_steps, resolve_candidates
 
-    config = EvalConfig(worlds=args.worlds, steps=args.steps, seed=args.seed, reference=args.reference,
-                        workers=args.workers, agents_per_world=_range(args.factories),
-                        candidates=_csv(args.candidates),
-                        **({"opponents": _csv(args.opponents)} if args.opponents else {}))
     bundles = list(args.bundle or [])
     current = _current_latest() if args.promote else None
     out = Path(args.out) if args.out else data_root() / "reports" / "evaluation"
-    try:
-        config.validate()
-        candidates = resolve_candidates(config, bundles + ([current] if current else []))
+    try:  # every bad name, pool, size or length fails here, before any world
+        lengths = parse_steps(args.steps or "50")
+        configs = [EvalConfig(worlds=args.worlds, steps=n, seed=args.seed, reference=args.reference,
+                              workers=args.workers, agents_per_world=parse_sizes(args.sizes), crn=args.crn,
+                              candidates=_csv(args.candidates or CANDIDATES_DEFAULT),
+                              opponents=parse_opponents(args.opponents))
+                   for n in lengths]
+        for config in configs:
+            config.validate()
+        candidates = resolve_candidates(configs[0], bundles + ([current] if current else []))
     except (CandidateError, UnknownAgentError, ValueError) as e:
         print(f"hrlxf evaluate: {e}", file=sys.stderr)
         return 2
-    worlds_dir = units_dir(out / "worlds", config)
     new = [parse_candidate(b).label for b in bundles]
     latest_label = parse_candidate(current).label if current else None
     pairs = [(n, latest_label) for n in new if latest_label and n != latest_label]
-    with tqdm(total=config.worlds * len(candidates), desc="evaluate worlds", unit="world") as bar:
+    for config in configs:  # one report per length; several lengths: out/steps-<n>/
+        here = out if len(configs) == 1 else out / f"steps-{config.steps}"
+        doc = _paired_run(config, candidates, here, bundles + ([current] if current else []), pairs,
+                          (latest_label, new) if args.promote else None)
+        if args.promote and config is configs[-1]:
+            decision = apply_latest(doc, bundles_root())
+            print(f"LATEST {'moved to' if decision['move'] else 'stays at'} {decision['to']}: {decision['reason']}")
+    return 0
+
+
+def _paired_run(config: Any, candidates: list, out: Path, bundles: list[str], pairs: list,
+                latest: tuple | None) -> dict:
+    """One paired evaluation with a progress bar; prints its report."""
+    from tqdm import tqdm
+
+    from tasks.evaluate import evaluate, markdown, todo, units, units_dir
+
+    worlds_dir = units_dir(out / "worlds", config)
+    every = units(config, candidates, worlds_dir)
+    with tqdm(total=len(every), desc=f"evaluate units ({config.steps} steps)", unit="unit") as bar:
 
         def progress(row: dict) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{row['agent']} w{row['world']} " + ("FAILED" if row["error"] else f"{row.get('score', 0):.3f}"))
 
-        bar.update(config.worlds * len(candidates) - len(_missing(config, candidates, worlds_dir)))
-        doc = evaluate(config, out, bundles + ([current] if current else []), worlds_dir=worlds_dir,
-                       progress=progress, extra_pairs=pairs, latest=(latest_label, new) if args.promote else None)
-    if args.promote:
-        decision = apply_latest(doc, bundles_root())
-        print(f"LATEST {'moved to' if decision['move'] else 'stays at'} {decision['to']}: {decision['reason']}")
+        bar.update(len(every) - len(todo(every)))
+        doc = evaluate(config, out, bundles, worlds_dir=worlds_dir, progress=progress, extra_pairs=pairs, latest=latest)
     print(markdown(doc))
     print(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'} and {out / 'forest.png'} (worlds: {worlds_dir})")
-    return 0
-
-
-def _range(text: str) -> tuple[int, int]:
-    lo, _, hi = text.partition("-")
-    try:
-        return int(lo), int(hi or lo)
-    except ValueError:
-        raise SystemExit(f"hrlxf evaluate: --factories takes LO-HI (e.g. 8-12), got {text!r}") from None
+    return doc
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -161,21 +171,31 @@ def _current_latest() -> str | None:
     return str(path) if path is not None and (path / "manifest.json").is_file() else None
 
 
-def _missing(config: Any, candidates: list, worlds_dir: Path) -> list:
-    from tasks.evaluate import todo, units
-
-    return todo(units(config, candidates, worlds_dir))
-
-
 def _tournament(args: argparse.Namespace) -> int:
+    """``--mode tournament`` (scml's anac2024_std, 50 steps, our references and the 2025 winners) or ``--mode league``
+    (the official settings: steps sampled 50-200, scml's sizes and time limits, the competitors given)."""
     from hrlxf_agent.bundle import BundleError
-    from tasks.tournament import TournamentConfig, markdown, run_tournament
+    from hrlxf_agent.registry import UnknownAgentError
+    from tasks.tournament import LEAGUE_COMPETITORS, TournamentConfig, markdown, run_tournament
 
-    config = TournamentConfig(configs=args.configs, steps=args.steps, seed=args.seed)
-    out = Path(args.out) if args.out else data_root() / "reports" / "tournament"
+    text = args.steps or ("sampled" if args.mode == "league" else "50")
     try:
-        doc = run_tournament([Path(b) if b != "latest" else b for b in args.bundle or []], out, config)
-    except (BundleError, ValueError) as e:
+        steps = None if text == "sampled" and args.mode == "league" else int(text)
+    except ValueError:
+        print(f"hrlxf evaluate: --steps {text!r}: give one number (or 'sampled' in league mode)", file=sys.stderr)
+        return 2
+    if args.mode == "league":  # "rules" is LitaAgentHRL on its rule layers, audited, in the league's field
+        field = tuple({"rules": "LitaAgentHRLRules"}.get(n, n) for n in _csv(args.candidates)) if args.candidates \
+            else LEAGUE_COMPETITORS
+        config = TournamentConfig.league(configs=args.configs, competitors=field, seed=args.seed, workers=args.workers,
+                                         steps=steps)
+    else:
+        config = TournamentConfig(configs=args.configs, steps=steps, seed=args.seed)
+    out = Path(args.out) if args.out else data_root() / "reports" / args.mode
+    try:
+        doc = run_tournament([Path(b) if b != "latest" else b for b in args.bundle or []], out, config,
+                             dask_address=args.dask_address)
+    except (BundleError, UnknownAgentError, ValueError) as e:
         print(f"hrlxf evaluate: {e}", file=sys.stderr)
         return 2
     print(markdown(doc))
@@ -202,21 +222,31 @@ def add_parsers(sub: Any, bundle_sub: Any) -> None:
 
     ev = sub.add_parser("evaluate", help="paired evaluation: candidates in the same slots of the same worlds, "
                                          "differences against PenguinAgent with intervals (or scml's tournament)")
-    ev.add_argument("--mode", choices=("paired", "tournament"), default="paired",
-                    help="paired (default) or scml's anac2024_std with real rotations")
+    ev.add_argument("--mode", choices=("paired", "tournament", "league"), default="paired",
+                    help="paired (default); tournament: scml's anac2024_std with real rotations; league: the same at "
+                         "the official settings, scored by scml's total scores with intervals and ranks")
     ev.add_argument("--bundle", action="append", default=None,
                     help="bundle path or 'latest' (repeatable); a candidate, in front of --candidates")
-    ev.add_argument("--candidates", default="rules,LitaAgentHS,PenguinAgent",
+    ev.add_argument("--candidates", default=None,
                     help="comma-separated: agent names, rules, untrained[:direct], bundle paths, latest, "
-                         "VARIANTS:BUNDLE with VARIANTS from bc, nol2, nol4 joined by + (default: rules,LitaAgentHS,PenguinAgent)")
+                         f"VARIANTS:BUNDLE with VARIANTS from bc, nol2, nol4 joined by + (default: {CANDIDATES_DEFAULT}); "
+                         "league: the field beside the bundles (default: rules and the 2025 finalists)")
     ev.add_argument("--reference", default="PenguinAgent", help="paired differences are taken against it")
-    ev.add_argument("--opponents", default=None, help="comma-separated opponents (default: the collection's experts)")
+    ev.add_argument("--opponents", default="collection",
+                    help="paired: a pool (collection: the collection's experts; heldout: the std agents of scml-agents "
+                         "that neither the collection nor the search's league plays; winners) or comma-separated agents")
     ev.add_argument("--worlds", type=int, default=30, help="paired: world configurations (every candidate plays each)")
-    ev.add_argument("--configs", type=int, default=4, help="tournament: configurations (x rotations of the competitors)")
-    ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--factories", default="8-12", help="paired: factories per world, LO-HI (the default collection's)")
+    ev.add_argument("--configs", type=int, default=4, help="tournament, league: configurations (x rotations of the competitors)")
+    ev.add_argument("--steps", default=None, help="steps per world (default 50); paired: several comma-separated "
+                                                  "(50,100,200) give one report each under OUT/steps-N; league: "
+                                                  "'sampled' by default (scml draws 50-200 per configuration)")
+    ev.add_argument("--sizes", default="collection",
+                    help="paired: factories per world: official (scml's own 2-3 processes of 4-8), collection (8-12) or LO-HI")
+    ev.add_argument("--crn", choices=("daily", "once"), default="daily",
+                    help="paired: reseed every generator from (world seed, day) each day (default), or once per world")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--workers", type=int, default=2, help="paired: parallel world processes")
+    ev.add_argument("--workers", type=int, default=2, help="paired: parallel world processes; league: configurations at once")
+    ev.add_argument("--dask-address", default=None, help="league / tournament: play the configurations on this Dask scheduler")
     ev.add_argument("--promote", action="store_true",
                     help="paired: also play the current LATEST and point LATEST at the best --bundle only if it is "
                          "better with an interval that excludes 0")

@@ -410,7 +410,8 @@ def eval_worlds(root: Path, path: Path, doc: dict[str, Any]) -> tuple[Path | Non
     plays = {c["label"]: c.get("agent") for c in doc.get("candidates", [])}
     rows = []
     for r in doc.get("per_world", []):
-        raw = worlds_dir / f"w{r['world']:03d}" / keys.get(r["candidate"], r["candidate"]) if worlds_dir else None
+        unit = r.get("unit") or keys.get(r["candidate"], r["candidate"])  # rows named by content since schema 3
+        raw = worlds_dir / f"w{r['world']:03d}" / unit if worlds_dir else None
         rows.append({"world": r["world"], "seed": r.get("seed"), "candidate": r["candidate"],
                      "agent": plays.get(r["candidate"]), "score": r.get("score"),
                      "error": r.get("error"),

@@ -104,3 +104,26 @@ def metrics_table(bundle: Path) -> str:
     head = manifest["metrics"].get("headline", {})
     rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in head.items()]
     return "\n".join(md_table(["metric", "value"], rows))
+
+
+def knob_bundle(start: Path, settings: dict[str, float], out_root: Path) -> Path:
+    """The bundle ``start`` with the search's knobs (`hrlxf_rl.search.KNOBS`) set to ``settings`` (theta, in knob
+    units; 0 is the start), as the search would publish it: goal knobs switch the rule executor onto L2's goal.
+    Named ``hrlxf-knobs-<variant>-<digest of the weights>`` under ``out_root`` (the searched bundle of
+    docs/online-learning.md is ``--set l2.p_sell@first=-2`` from ``untrained:rules``, digest 915d37adc94d)."""
+    import numpy as np
+
+    from hrlxf_rl import search
+
+    unknown = [k for k in settings if k not in search.KNOBS]
+    if unknown or not settings:
+        raise ValueError(f"knobs: unknown {unknown or 'none given'}: choose from {', '.join(search.KNOBS)}")
+    bundle = load_bundle(start)
+    knobs = tuple(settings)
+    base = search.base_values(bundle, knobs)
+    search.steer(bundle, knobs)
+    search.apply(bundle, knobs, base, np.asarray([settings[k] for k in knobs], dtype=float))
+    name = bundle_name(bundle.executor, tuple(m.state_dict() for m in (bundle.planner, bundle.executor, bundle.coordinator)))
+    return save_bundle(Path(out_root) / f"hrlxf-knobs-{name}", bundle.planner, bundle.executor, bundle.coordinator,
+                       metrics={"trained": False, "knobs": settings, "from": str(Path(start).resolve())},
+                       trained_on={"knobs": settings, "from": str(Path(start).resolve())})

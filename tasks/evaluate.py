@@ -27,12 +27,15 @@ from typing import Any, Callable, Sequence
 
 from tasks.candidates import Candidate, parse_candidates
 from tasks.collect import PROFILES as COLLECT_PROFILES
-from tasks.paired import PairedJob, check_run_size, play_paired, slot_of
+from tasks.paired import CRN_POLICIES, PairedJob, check_run_size, play_paired, slot_of
 from tasks.stats import excludes_zero, mean_interval, paired_difference
 from tasks.store import StoreRoot
 
-EVALUATION_SCHEMA_VERSION = 2
+EVALUATION_SCHEMA_VERSION = 3
 WORLD_SEED_BASE = 7_000_000  # evaluation worlds never share a seed with collect (seed*100000+i) or the audit
+LEVELS = ("first", "middle", "last")
+#: factories per world by name (None: scml's own sizes, 2-3 processes of 4-8 factories, as the league draws them)
+SIZE_PRESETS: dict[str, tuple[int, int] | None] = {"official": None, "collection": COLLECT_PROFILES["default"].agents_per_world}
 #: the thesis' measurements (seed 000 section 6.2-6.3), per world, as `tasks.paired.world_metrics` names them
 METRICS = ("negotiations", "negs_succeeded", "contracts_signed", "contracts_executed", "contracts_nullified",
            "bought", "sold", "trade_volume", "shortfall_quantity", "shortfall_penalty", "storage_cost", "bankruptcies",
@@ -49,18 +52,24 @@ class EvalConfig:
     candidates: tuple[str, ...] = ("PenguinAgent",)  # bundles given are added in front
     reference: str = "PenguinAgent"  # every candidate's paired difference is taken against it (added if missing)
     opponents: tuple[str, ...] = field(default_factory=lambda: COLLECT_PROFILES["default"].experts)
-    agents_per_world: tuple[int, int] = COLLECT_PROFILES["default"].agents_per_world  # factories per world
+    # factories per world, drawn in (lo, hi); None: scml's own sizes (SIZE_PRESETS["official"])
+    agents_per_world: tuple[int, int] | None = COLLECT_PROFILES["default"].agents_per_world
     workers: int = 2
     world_timeout: float = 1800.0
     keep_logs: bool = True  # track each candidate's factories (`tasks.paired.PairedJob.log_dir`) for `hrlxf analyze`
+    crn: str = "daily"  # common random numbers: reseed every generator from (world seed, day) each day, or "once"
 
     def validate(self) -> None:
         check_run_size(self.worlds, self.steps, self.workers)
         if not self.opponents:
             raise ValueError("opponents: give at least one opponent agent")
-        lo, hi = self.agents_per_world
-        if not 2 <= lo <= hi:
-            raise ValueError(f"agents_per_world must be a range (lo, hi) with 2 <= lo <= hi, got {self.agents_per_world}")
+        if self.agents_per_world is not None:
+            lo, hi = self.agents_per_world
+            if not 2 <= lo <= hi:
+                raise ValueError(f"agents_per_world must be a range (lo, hi) with 2 <= lo <= hi, or None for scml's "
+                                 f"own sizes; got {self.agents_per_world}")
+        if self.crn not in CRN_POLICIES:
+            raise ValueError(f"crn must be one of {', '.join(CRN_POLICIES)}, got {self.crn!r}")
         from hrlxf_agent.registry import resolve_all
 
         resolve_all(list(self.opponents))  # an unknown name fails before any world
@@ -71,13 +80,76 @@ class EvalConfig:
                              opponents=("AS0", "XenoSotaAgent", "UltraSuperMiracleSoraFinalAgentZ")), **kwargs})
 
 
+def opponent_pool(name: str) -> tuple[str, ...]:
+    """The opponents a pool name stands for: ``collection`` (the experts every collection and the search's league
+    play), ``heldout`` (the std agents of scml-agents that neither the collection nor the search's league ever
+    plays), ``winners`` (the 2025 winners). A ValueError names an unknown pool."""
+    from hrlxf_agent.registry import WINNERS_2025
+
+    if name == "collection":
+        return tuple(COLLECT_PROFILES["default"].experts)
+    if name == "winners":
+        return tuple(WINNERS_2025)
+    if name == "heldout":
+        from scml_agents import get_agents
+
+        from tasks.finetune import LeagueConfig
+
+        seen = {e for p in COLLECT_PROFILES.values() for e in p.experts} | set(LeagueConfig().experts)
+        every = [c.__name__ for year in (2024, 2025) for c in get_agents(year, track="std", as_class=True)]
+        return tuple(n for n in dict.fromkeys(every) if n not in seen)
+    raise ValueError(f"unknown opponent pool {name!r}: choose collection, heldout or winners, or name the agents")
+
+
+def parse_opponents(text: str) -> tuple[str, ...]:
+    """``--opponents``: a pool name (`opponent_pool`) or comma-separated agent names, resolved now (an unknown
+    name fails before any world)."""
+    from hrlxf_agent.registry import resolve_all
+
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if len(names) == 1 and names[0] in ("collection", "heldout", "winners"):
+        names = opponent_pool(names[0])
+    if not names:
+        raise ValueError(f"--opponents: no opponent in {text!r}")
+    resolve_all(list(names))
+    return names
+
+
+def parse_sizes(text: str) -> tuple[int, int] | None:
+    """``--sizes``: a preset (official: scml's own 8-24 factories; collection: 8-12) or LO-HI factories."""
+    if text in SIZE_PRESETS:
+        return SIZE_PRESETS[text]
+    lo, sep, hi = text.partition("-")
+    try:
+        sizes = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise ValueError(f"--sizes: unknown size preset {text!r}: choose {', '.join(SIZE_PRESETS)} or LO-HI "
+                         "factories (e.g. 8-12)") from None
+    if not 2 <= sizes[0] <= sizes[1]:
+        raise ValueError(f"--sizes: {text!r} is not a range of at least 2 factories (LO-HI with 2 <= LO <= HI)")
+    return sizes
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``--steps``: one length or several, comma-separated (50,100,200); each a whole number of at least 3."""
+    out = []
+    for part in (x.strip() for x in str(text).split(",")):
+        if not part.isdigit() or int(part) < 3:
+            raise ValueError(f"--steps: {part!r} is not a number of steps (a whole number >= 3)")
+        out.append(int(part))
+    if not out:
+        raise ValueError("--steps: give at least one length")
+    return tuple(dict.fromkeys(out))
+
+
 @dataclass(frozen=True)
 class EvalUnit:
-    """One (world, candidate): the job and where its row goes."""
+    """One (world, what plays): the job, where its row goes and the labels that share it (the same content)."""
 
     job: PairedJob
     path: str
     store: StoreRoot | None = None  # an object-store root: the bundle is fetched, the row sent (`tasks.store`)
+    labels: tuple[str, ...] = ()
 
 
 def units_dir(root: Path, config: EvalConfig, code: str = "") -> Path:
@@ -89,8 +161,10 @@ def units_dir(root: Path, config: EvalConfig, code: str = "") -> Path:
     from tasks.fingerprint import canonical
 
     what = {"steps": config.steps, "seed": config.seed, "opponents": list(config.opponents),
-            "sizes": list(config.agents_per_world), "timeout": config.world_timeout, "base": WORLD_SEED_BASE,
-            "code": code}
+            "sizes": list(config.agents_per_world) if config.agents_per_world is not None else "official",
+            "timeout": config.world_timeout, "base": WORLD_SEED_BASE, "code": code}
+    if config.crn != "once":  # worlds seeded once keep the directories they had before daily reseeding
+        what["crn"] = config.crn
     return Path(root) / hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
 
 
@@ -108,15 +182,57 @@ def resolve_candidates(config: EvalConfig, bundles: Sequence[str | Path] = (), b
 
 
 def units(config: EvalConfig, candidates: Sequence[Candidate], worlds_dir: Path) -> list[EvalUnit]:
-    """Every (world, candidate) of the evaluation, world by world."""
-    def unit(w: int, c: Candidate) -> EvalUnit:
-        base = Path(worlds_dir) / f"w{w:03d}" / c.key()
-        return EvalUnit(PairedJob(w, world_seed(config, w), c.label, c.agent, tuple(config.opponents), config.steps,
-                                  dict(c.params), config.world_timeout, tuple(config.agents_per_world),
-                                  str(base) if config.keep_logs else None),
-                        f"{base}.json")
+    """Every (world, what plays) of the evaluation, world by world: candidates with the same content
+    (`Candidate.content`) share one unit, whose row is named by that content."""
+    sizes = tuple(config.agents_per_world) if config.agents_per_world is not None else None
+    out = []
+    for w in range(config.worlds):
+        sharing: dict[str, list[Candidate]] = {}
+        for c in candidates:
+            sharing.setdefault(c.key(), []).append(c)
+        for key, same in sharing.items():
+            c, base = same[0], Path(worlds_dir) / f"w{w:03d}" / key
+            out.append(EvalUnit(PairedJob(w, world_seed(config, w), c.label, c.agent, tuple(config.opponents),
+                                          config.steps, dict(c.params), config.world_timeout, sizes,
+                                          str(base) if config.keep_logs else None, config.crn),
+                                f"{base}.json", labels=tuple(x.label for x in same)))
+    return out
 
-    return [unit(w, c) for w in range(config.worlds) for c in candidates]
+
+PLAN = "plan.json"
+
+
+def seed_policy(config: EvalConfig) -> dict[str, Any]:
+    """How the worlds of a run are seeded (recorded in its plan and its report)."""
+    return {"world_seed": f"{WORLD_SEED_BASE} + 10000 x {config.seed} + world",
+            "crn": config.crn, "meaning": {"daily": "every generator reseeded from (world seed, day) before each day",
+                                           "once": "random and numpy seeded once, when the world is built"}[config.crn]}
+
+
+def record_plan(worlds_dir: Path, config: EvalConfig, candidates: Sequence[Candidate]) -> dict[str, Any]:
+    """The plan of the run in ``worlds_dir``: the worlds planned when it started and when, the seed policy, every
+    extension to more worlds (with when) and which labels have played which content. Written before any world."""
+    from datetime import datetime, timezone
+
+    path = Path(worlds_dir) / PLAN
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        plan = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        plan = {"created": now, "worlds": config.worlds, "seed_policy": seed_policy(config), "extensions": [],
+                "contents": {}}
+    largest = max([plan["worlds"], *(e["to"] for e in plan["extensions"])])
+    if config.worlds > largest:
+        plan["extensions"].append({"at": now, "from": largest, "to": config.worlds})
+    for c in candidates:
+        labels = plan["contents"].setdefault(c.key(), [])
+        if c.label not in labels:
+            labels.append(c.label)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, path)
+    return plan
 
 
 def play_unit(unit: EvalUnit) -> dict[str, Any]:
@@ -148,6 +264,17 @@ def died(unit: EvalUnit) -> dict[str, Any]:
             "error": "the worker process died while playing this world"}
 
 
+def _unit_row(unit: EvalUnit) -> dict[str, Any]:
+    """The row on disk of a unit; one whose process died (none) is a failed row."""
+    p = Path(unit.path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        return died(unit)
+    except (OSError, json.JSONDecodeError) as e:
+        return {**died(unit), "error": f"{p}: unreadable result ({type(e).__name__}: {e})"}
+
+
 def unit_name(unit: EvalUnit) -> str:
     """The name of a unit's task (in the Prefect UI)."""
     return f"evaluate-w{unit.job.world}-{unit.job.candidate}"
@@ -158,16 +285,11 @@ def todo(all_units: Sequence[EvalUnit]) -> list[EvalUnit]:
 
 
 def read_rows(all_units: Sequence[EvalUnit]) -> list[dict[str, Any]]:
-    """The rows on disk; a unit with none (its process died) is a failed row."""
+    """The rows on disk, one per (world, label): a unit shared by several labels gives each its row."""
     rows = []
     for u in all_units:
-        p = Path(u.path)
-        try:
-            rows.append(json.loads(p.read_text()))
-        except FileNotFoundError:
-            rows.append(died(u))
-        except (OSError, json.JSONDecodeError) as e:
-            rows.append({**died(u), "error": f"{p}: unreadable result ({type(e).__name__}: {e})"})
+        row = _unit_row(u)
+        rows += [{**row, "agent": label, "unit": Path(u.path).stem} for label in (u.labels or (u.job.candidate,))]
     return rows
 
 
@@ -187,6 +309,31 @@ def complete_cases(rows: Sequence[dict[str, Any]], labels: Sequence[str]) -> tup
                   for c in labels if (w, c) not in by or by[(w, c)].get("error")]
         (dropped.append({"world": w, "errors": errors}) if errors else worlds.append(w))
     return by, worlds, dropped
+
+
+def level_scores(row: dict[str, Any]) -> dict[str, float]:
+    """A row's score per level its candidate held in the world (the mean of its factories there); {} for rows
+    written before levels were recorded."""
+    out: dict[str, list[float]] = {}
+    for level, score in zip(row.get("levels") or (), row.get("scores") or ()):
+        out.setdefault(level, []).append(float(score))
+    return {level: sum(v) / len(v) for level, v in out.items()}
+
+
+def by_level(by: dict, worlds: list[int], labels: Sequence[str], pairs: Sequence[tuple[str, str]],
+             seed: int) -> dict[str, Any]:
+    """The paired table split by the level the candidates held (every candidate holds the same factories of a
+    world): per level, the worlds where they held one there and each pair's difference over those worlds."""
+    out: dict[str, Any] = {}
+    for level in LEVELS:
+        per = {c: {w: level_scores(by[(w, c)]).get(level) for w in worlds} for c in labels}
+        here = [w for w in worlds if all(per[c][w] is not None for c in labels)]
+        out[level] = {"worlds": len(here),
+                      "paired": [{"a": a, "b": b, **paired_difference([per[a][w] for w in here],
+                                                                       [per[b][w] for w in here], seed)}
+                                 for a, b in pairs],
+                      "score": {c: mean_interval([per[c][w] for w in here], seed) for c in labels}}
+    return out
 
 
 def summarize(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], config: EvalConfig,
@@ -218,23 +365,26 @@ def summarize(rows: Sequence[dict[str, Any]], candidates: Sequence[Candidate], c
         pairs += [(c, best_expert) for c in labels if c not in (best_expert, config.reference)]
     pairs += [p for p in extra_pairs if p not in pairs and p[0] in labels and p[1] in labels]
     paired = [_pair(scores, worlds, a, b, config.seed) for a, b in pairs]
+    levels = by_level(by, worlds, labels, pairs, config.seed)
     vs_ref = [p for p in paired if p["b"] == config.reference]
     widths = [p["half_width"] for p in vs_ref if p["half_width"] is not None]
     mdes = [p["mde80"] for p in vs_ref if p["mde80"] is not None]
     slots = {w: sorted({slot_of(f) for c in labels for f in by[(w, c)].get("factories", [])}) for w in worlds}
     return {
         "schema_version": EVALUATION_SCHEMA_VERSION, "mode": "paired",
-        "config": {**asdict(config), "candidates": list(config.candidates), "opponents": list(config.opponents)},
+        "config": {**asdict(config), "candidates": list(config.candidates), "opponents": list(config.opponents),
+                   "agents_per_world": list(config.agents_per_world) if config.agents_per_world is not None else None},
         "candidates": [asdict(c) for c in candidates], "reference": config.reference, "best_expert": best_expert,
         "worlds": {"planned": len(worlds) + len(dropped), "complete": len(worlds), "dropped": dropped},
-        "agents": agents, "paired": paired,
+        "agents": agents, "paired": paired, "by_level": levels,
         "power": {"worlds": len(worlds), "resolution": max(widths) if widths else None,
                   "mde80": max(mdes) if mdes else None,
                   "note": None if widths else (vs_ref[0]["note"] if vs_ref else "no candidate beside the reference")},
         "same_slots": all(len({tuple(slot_of(f) for f in by[(w, c)].get("factories", [])) for c in labels}) == 1
                           for w in worlds),
         "per_world": [{"world": r["world"], "seed": r["seed"], "candidate": r["agent"], "score": r.get("score"),
-                       "factories": r.get("factories"), "seconds": r.get("seconds"), "error": r.get("error")}
+                       "factories": r.get("factories"), "levels": r.get("levels"), "unit": r.get("unit"),
+                       "seconds": r.get("seconds"), "error": r.get("error")}
                       for r in sorted(rows, key=lambda r: (r["world"], r["agent"]))],
         "slots": {str(w): s for w, s in slots.items()},
     }
@@ -334,10 +484,17 @@ def markdown(doc: dict[str, Any]) -> str:
 
     cfg, ref = doc["config"], doc["reference"]
     w = doc["worlds"]
+    sizes = cfg.get("agents_per_world")
+    size_text = f"{sizes[0]}-{sizes[1]} factories" if sizes else "scml's own sizes (2-3 processes of 4-8 factories)"
     lines = [f"Paired evaluation: {w['complete']} worlds x {cfg['steps']} steps (of {w['planned']} planned), seed "
-             f"{cfg['seed']}; every candidate in the same slots of the same worlds; against "
+             f"{cfg['seed']}, {size_text}; every candidate in the same slots of the same worlds; against "
              f"{', '.join(cfg['opponents'])}. Differences are world by world; 95% intervals: Student t "
              "(bootstrap beside it).", ""]
+    plan = doc.get("plan")
+    if plan:
+        lines += [f"Plan: {plan['worlds']} worlds planned at {plan['created']}; seeds {plan['seed_policy']['world_seed']}, "
+                  f"common random numbers {plan['seed_policy']['crn']} ({plan['seed_policy']['meaning']})."
+                  + "".join(f" Extended from {e['from']} to {e['to']} worlds at {e['at']}." for e in plan["extensions"]), ""]
     order = sorted(doc["agents"], key=lambda n: -(doc["agents"][n]["score"]["mean"] or 0))
     rows = []
     for name in order:
@@ -353,6 +510,14 @@ def markdown(doc: dict[str, Any]) -> str:
         [[f"{p['a']} - {p['b']}", _fmt(p["mean"], sign=True), _ci(p),
           f"[{p['bootstrap_ci95'][0]:+.4f}, {p['bootstrap_ci95'][1]:+.4f}]" if p["bootstrap_ci95"] else "-",
           p["wins"], p["losses"], _fmt(p["mde80"])] for p in doc["paired"]])]
+    if doc.get("by_level"):
+        lines += ["", "By the level the candidates held (a world counts for each level where they held a factory; "
+                      "its score there is the mean of those factories):", "",
+                  *md_table(["paired difference", "level", "worlds", "mean", "95% CI (t)", "wins", "losses"],
+                            [[f"{p['a']} - {p['b']}", level, part["worlds"], _fmt(p["mean"], sign=True), _ci(p),
+                              p["wins"], p["losses"]]
+                             for p0 in doc["paired"] for level, part in doc["by_level"].items()
+                             for p in part["paired"] if (p["a"], p["b"]) == (p0["a"], p0["b"])])]
     short = {"negotiations": "negs", "negs_succeeded": "negs ok", "contracts_signed": "signed", "contracts_executed": "executed",
              "shortfall_quantity": "shortfall q", "shortfall_penalty": "shortfall $", "storage_cost": "storage $",
              "bankruptcies": "bankrupt", "inventory_volatility": "stock sd", "cash_volatility": "cash sd",
@@ -430,10 +595,12 @@ def evaluate(config: EvalConfig, out: Path, bundles: Sequence[str | Path] = (), 
     out = Path(out)
     worlds_dir = Path(worlds_dir) if worlds_dir is not None else units_dir(out / "worlds", config)
     every = units(config, candidates, worlds_dir)
+    plan = record_plan(worlds_dir, config, candidates)
     missing = todo(every)
     if play and missing:
         parallel.run_jobs(play_unit, missing, config.workers, died, progress, dask_address, name=unit_name)
     doc = summarize(read_rows(every), candidates, config, extra_pairs)
+    doc["plan"] = plan
     doc["worlds_dir"] = os.path.relpath(worlds_dir, out) if worlds_dir.is_absolute() == out.is_absolute() else str(worlds_dir)
     if latest is not None:
         doc["latest"] = decide_latest(doc, *latest)

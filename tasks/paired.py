@@ -9,12 +9,20 @@ candidate) pair is one unit of work (`PairedJob`); the audit and the paired
 evaluation both run on it. Each unit returns the candidate's score, its audit
 counts (unsafe / illegal decisions) and the thesis' measurements (seed 000
 section 6.2-6.3), read from the world's own records.
+
+Common random numbers (DESIGN.md section 4): seeding once when the world is built pairs only the
+start of a world; the first extra draw of one candidate shifts every later draw of every opponent.
+So by default (``crn="daily"``) every generator the world and the agents draw from is reseeded
+from (world seed, day) before each day: Python's ``random`` and numpy's global generator (scml
+0.8.4, negmas 0.16 and the std experts of scml-agents 0.5.2 keep no generator of their own: their
+code draws from these two) and torch's when it is loaded (our networks).
 """
 
 from __future__ import annotations
 
 import random
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -40,6 +48,11 @@ class PairedJob:
     timeout: float = 1800.0  # seconds one world may run before it counts as crashed
     agents_per_world: tuple[int, int] | None = None  # factories drawn per world (None: scml's own 8-24)
     log_dir: str | None = None  # if set, the candidate's factories are tracked there as a raw world (`tasks.collect`'s format)
+    crn: str = "daily"  # when the generators are seeded: "daily" (from (seed, day) before each day) or "once"
+
+
+#: how a paired world seeds its generators (`run_world`): the default first
+CRN_POLICIES = ("daily", "once")
 
 
 def check_run_size(worlds: int, steps: int, workers: int) -> None:
@@ -56,27 +69,44 @@ class _Slot:
     """Marks the candidates' slots while a configuration is generated (never played)."""
 
 
+def _draw_config(s: int, marker: type, opponent_types: list[type], steps: int,
+                 agents_per_world: tuple[int, int] | None) -> tuple[dict[str, Any], list[int]]:
+    """One configuration drawn from seed ``s`` and the indices of the marker's slots (maybe none)."""
+    from scml.std import SCML2024StdWorld
+
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    sizes: dict[str, Any] = {}
+    if agents_per_world is not None:
+        n_agents, n_processes = random.randint(*agents_per_world), random.choice((2, 3))
+        sizes = {"n_processes": n_processes, "n_agents_per_process": [
+            n_agents // n_processes + (1 if i < n_agents % n_processes else 0) for i in range(n_processes)]}
+    config = SCML2024StdWorld.generate(agent_types=[marker, *opponent_types], n_steps=steps, **sizes)
+    return config, [i for i, p in enumerate(config["agent_params"]) if p.get("controller_type") is marker]
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The generator seed of ``world_config``'s ``attempt``-th draw for configuration ``seed``."""
+    return seed + 100_003 * attempt
+
+
+def slot_marker() -> type:
+    from scml.std.agents import RandomStdAgent
+
+    return type("CandidateSlot", (RandomStdAgent, _Slot), {})
+
+
 def world_config(seed: int, opponent_types: list[type], steps: int,
                  agents_per_world: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[int]]:
     """A std world configuration and the indices of its candidate slots (at least one).
 
+    scml seats each factory's type at random, so a draw may give the candidates no slot: the next
+    attempt's seed is drawn then (`attempt_seed`), the same sequence for every candidate.
     ``agents_per_world``: the number of factories, drawn in that range and spread over 2 or 3
-    processes as `tasks.collect` does; None keeps scml's own sizes (4-8 per process)."""
-    from scml.std import SCML2024StdWorld
-    from scml.std.agents import RandomStdAgent
-
-    marker = type("CandidateSlot", (RandomStdAgent, _Slot), {})
+    processes as `tasks.collect` does; None keeps scml's own sizes (2-3 processes of 4-8)."""
+    marker = slot_marker()
     for attempt in range(100):
-        s = seed + 100_003 * attempt
-        random.seed(s)
-        np.random.seed(s % (2**32))
-        sizes: dict[str, Any] = {}
-        if agents_per_world is not None:
-            n_agents, n_processes = random.randint(*agents_per_world), random.choice((2, 3))
-            sizes = {"n_processes": n_processes, "n_agents_per_process": [
-                n_agents // n_processes + (1 if i < n_agents % n_processes else 0) for i in range(n_processes)]}
-        config = SCML2024StdWorld.generate(agent_types=[marker, *opponent_types], n_steps=steps, **sizes)
-        slots = [i for i, p in enumerate(config["agent_params"]) if p.get("controller_type") is marker]
+        config, slots = _draw_config(attempt_seed(seed, attempt), marker, opponent_types, steps, agents_per_world)
         if slots:
             return config, slots
     raise RuntimeError(f"no candidate slot in 100 configurations from seed {seed}")
@@ -101,11 +131,48 @@ def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types
     return SCML2024StdWorld(**config, construct_graphs=False, sync_calls=True)
 
 
+def day_seed(seed: int, day: int) -> int:
+    """The seed of day ``day`` of world ``seed`` (independent streams, not ``seed + day``)."""
+    return int(np.random.SeedSequence([int(seed), int(day)]).generate_state(1)[0])
+
+
+def reseed(seed: int) -> None:
+    """Seed every generator a world and its agents draw from (module docstring)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def run_world(world: Any, seed: int, crn: str = "daily") -> None:
+    """``world.run()``, with every generator reseeded from (``seed``, day) before each day under ``crn="daily"``
+    (negmas' own loop: one ``step()`` a day until the world ends or its time limit passes)."""
+    if crn not in CRN_POLICIES:
+        raise ValueError(f"crn must be one of {', '.join(CRN_POLICIES)}, got {crn!r}")
+    if crn == "once":
+        world.run()
+        return
+    for _ in range(world.n_steps):
+        if world.time >= world.time_limit:
+            break
+        reseed(day_seed(seed, world.current_step))
+        if not world.step():
+            break
+
+
+def level_name(level: int, n_processes: int) -> str:
+    """first / middle / last: the role a factory's level gives it (the first buys exogenously, the last sells)."""
+    return "first" if level == 0 else "last" if level == n_processes - 1 else "middle"
+
+
 def slot_of(agent_id: str) -> str:
-    """The factory behind an scml agent id ``<index><type letters>@<level>`` (``03Pe@0`` -> ``03@0``):
-    the same factory has another id when another type plays it."""
+    """The factory behind an scml agent id ``<index><type letters>@<level>`` (``03Pe@0`` -> ``03@0``,
+    ``04AS0@1`` -> ``04@1``): the same factory has another id when another type plays it. The leading
+    digits only: a type's letters may hold digits too (AS0)."""
     head, _, level = str(agent_id).partition("@")
-    return "".join(ch for ch in head if ch.isdigit()) + "@" + level
+    digits = len(head) - len(head.lstrip("0123456789"))
+    return head[:digits] + "@" + level
 
 
 def _happened(contract: dict[str, Any], when: str) -> bool:
@@ -176,7 +243,7 @@ def play_paired(job: PairedJob) -> dict[str, Any]:
         world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps,
                             job.agents_per_world)
         with time_limit(job.timeout):
-            world.run()
+            run_world(world, job.seed, job.crn)
         scores = world.scores()
         counts = AuditCounts()
         aids, negotiations, flagged = [], 0, []
@@ -189,7 +256,10 @@ def play_paired(job: PairedJob) -> dict[str, Any]:
                 flagged += [{"agent_id": aid, **r} for r in hook.records if r["unsafe_buy"] or r["unsafe_sell"] or r["illegal"]]
                 aids.append(aid)
         mine = [float(scores[a]) for a in aids]
-        row.update(scores=mine, score=float(np.mean(mine)), counts=asdict(counts), factories=aids,
+        n_processes = int(world.n_processes)
+        levels = [level_name(int(world.agents[a]._obj.awi.level), n_processes) for a in aids]
+        row.update(scores=mine, score=float(np.mean(mine)), counts=asdict(counts), factories=aids, levels=levels,
+                   n_processes=n_processes,
                    n_agents=len(world.agents) - 2, metrics=world_metrics(world, aids, negotiations), flagged=flagged)
         if log_dir is not None:
             for aid in aids:

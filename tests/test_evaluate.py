@@ -3,6 +3,7 @@
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -12,7 +13,8 @@ import pytest
 import schemas
 from flows.cli import main
 from tasks.candidates import Candidate, CandidateError, parse_candidate
-from tasks.evaluate import EvalConfig, decide_latest, evaluate, summarize, units, units_dir
+from tasks.evaluate import (EvalConfig, decide_latest, evaluate, markdown, parse_opponents, parse_sizes, parse_steps,
+                            read_rows, summarize, units, units_dir)
 from tasks.convert import world_tables
 from tasks.stats import MIN_SAMPLES, mean_interval, paired_difference
 
@@ -88,6 +90,27 @@ def test_a_world_that_crashed_for_one_candidate_counts_for_no_one():
     assert doc["same_slots"] and doc["power"]["resolution"] is not None
 
 
+def test_every_paired_table_is_split_by_the_level_the_candidates_held():
+    # world w: the candidates hold a first-level factory in every world, a last-level one in worlds 0-2
+    rows = []
+    for w in range(5):
+        for cand, first, last in (("mine", 1.0 + 0.1 * w + 0.05, 0.9), ("PenguinAgent", 1.0 + 0.1 * w, 1.0)):
+            levels, scores = ["first"] + (["last"] if w < 3 else []), [first] + ([last] if w < 3 else [])
+            row = _row(w, cand, sum(scores) / len(scores))
+            row.update(scores=scores, levels=levels, factories=[f"0{i}X@{i}" for i in range(len(scores))])
+            rows.append(row)
+    doc = summarize(rows, CANDS[:2], EvalConfig(worlds=5))
+    jsonschema.validate(doc, schemas.load("evaluation"))
+    first = doc["by_level"]["first"]["paired"][0]
+    last = doc["by_level"]["last"]["paired"][0]
+    assert (first["a"], first["b"], first["n"]) == ("mine", "PenguinAgent", 5) and first["mean"] == pytest.approx(0.05)
+    assert last["n"] == 3 and last["mean"] == pytest.approx(-0.1) and last["losses"] == 3
+    assert doc["by_level"]["middle"]["worlds"] == 0 and doc["by_level"]["middle"]["paired"][0]["n"] == 0
+    pooled = doc["paired"][0]["mean"]
+    assert pooled == pytest.approx(np.mean([(0.05 - 0.1) / 2] * 3 + [0.05] * 2))  # the levels mix in the pooled figure
+    assert "| mine - PenguinAgent | last | 3 | -0.1000 |" in markdown(doc)
+
+
 def test_latest_does_not_move_on_a_tie():
     scores = {"new": [1.0, 1.2, 0.8, 1.1, 0.9], "old": [1.01, 1.18, 0.82, 1.09, 0.91], "PenguinAgent": [1.0] * 5}
     cands = [Candidate(n, n, "LitaAgentHRL") for n in ("new", "old")] + [CANDS[1]]
@@ -129,7 +152,80 @@ def test_unknown_candidate_or_bad_bundle_fails_before_any_world(tmp_path, capsys
     assert c.label == "untrained-residual/nol2+nol4" and c.params["ablate"] == ["l2", "l4"] and not c.expert
 
 
+def test_unknown_pool_size_preset_or_length_fails_before_any_world(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HRLXF_DATA", str(tmp_path))
+    out = tmp_path / "ev"
+    for flag, value, message in (("--opponents", "nosuchpool", "unknown agent 'nosuchpool'"),
+                                 ("--sizes", "huge", "unknown size preset 'huge'"),
+                                 ("--sizes", "9-3", "'9-3' is not a range"),
+                                 ("--steps", "50,abc", "'abc' is not a number of steps"),
+                                 ("--steps", "2", "'2' is not a number of steps")):
+        assert main(["evaluate", "--candidates", "rules", flag, value, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    assert parse_sizes("official") is None and parse_sizes("8-12") == (8, 12)
+    assert parse_steps("50,100,200") == (50, 100, 200)
+    held = parse_opponents("heldout")
+    assert held and not set(held) & set(parse_opponents("collection"))  # never met by the collection or the search
+    from tasks.finetune import LeagueConfig
+
+    assert not set(held) & set(LeagueConfig().experts)
+
+
+def test_candidates_that_play_the_same_share_one_row_and_others_do_not(tmp_path):
+    import shutil
+
+    start = parse_candidate("untrained:rules", tmp_path)
+    shutil.copytree(start.bundle, tmp_path / "copy-of-the-start")
+    (tmp_path / "copy-of-the-start" / "manifest.json").write_text(  # notes differ, what plays does not
+        (tmp_path / "copy-of-the-start" / "manifest.json").read_text().replace('"trained": false', '"trained": false, "note": 1'))
+    copy, rules = parse_candidate(str(tmp_path / "copy-of-the-start")), parse_candidate("rules")
+    assert copy.label != start.label and copy.content == start.content and rules.content != start.content
+    config = EvalConfig(worlds=2, steps=10)
+    every = units(config, [start, copy, rules], tmp_path / "worlds")
+    assert len(every) == 4 and sorted(u.labels for u in every if len(u.labels) == 2) == [
+        (start.label, copy.label)] * 2
+    shared = next(u for u in every if len(u.labels) == 2)
+    Path(shared.path).parent.mkdir(parents=True)
+    Path(shared.path).write_text(json.dumps(_row(shared.job.world, start.label, 1.0)))
+    rows = [r for r in read_rows(every) if r["world"] == shared.job.world and not r.get("error")]
+    assert sorted(r["agent"] for r in rows) == sorted([start.label, copy.label])
+
+
 # ---------------------------------------------------------------------------------------- real worlds
+
+
+@pytest.mark.slow
+def test_a_row_of_older_agent_code_is_played_again_and_an_extension_is_recorded(tmp_path):
+    """Rows are keyed by what played: an edit to the agent's code plays its worlds again (the old row is not
+    reused); more worlds than planned are recorded as an extension, with when."""
+    import uuid
+
+    module = f"probe_{uuid.uuid4().hex[:8]}"
+    source = Path(__file__).parent / f"{module}.py"
+    source.write_text("from scml.std.agents import GreedyStdAgent\n\n\nclass Probe(GreedyStdAgent):\n    pass\n")
+    try:
+        spec = f"{module}:Probe"
+        config = EvalConfig(worlds=1, steps=10, candidates=(spec,), reference=spec, opponents=("GreedyStdAgent",),
+                            agents_per_world=(4, 5), keep_logs=False)
+        played: list = []
+        first = evaluate(config, tmp_path, progress=played.append)
+        assert len(played) == 1 and first["worlds"]["complete"] == 1 and not first["plan"]["extensions"]
+        evaluate(config, tmp_path, progress=played.append)
+        assert len(played) == 1  # the same code: the row is reused
+        source.write_text(source.read_text() + "    # an edit\n    step_count = 0\n")
+        again = evaluate(config, tmp_path, progress=played.append)
+        assert len(played) == 2  # older code's row: played again
+        rows = sorted((tmp_path / "worlds").glob("*/w000/*.json"))
+        assert len(rows) == 2  # the old row is still there, but not read
+        assert again["candidates"][0]["content"] != first["candidates"][0]["content"]
+        more = evaluate(replace(config, worlds=2), tmp_path, progress=played.append)
+        assert len(played) == 3 and more["worlds"]["complete"] == 2
+        ext = more["plan"]["extensions"]
+        assert more["plan"]["worlds"] == 1 and [(e["from"], e["to"]) for e in ext] == [(1, 2)] and ext[0]["at"]
+        assert f"Extended from 1 to 2 worlds at {ext[0]['at']}" in (tmp_path / "evaluation.md").read_text()
+        jsonschema.validate(more, schemas.load("evaluation"))
+    finally:
+        source.unlink(missing_ok=True)
 
 
 @pytest.mark.slow
