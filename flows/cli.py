@@ -404,7 +404,9 @@ def _bundle_knobs(args: argparse.Namespace) -> int:
                 settings[knob.strip()] = float(value)
             except ValueError:
                 raise ValueError(f"--set {text!r}: give KNOB=THETA with a number") from None
-        start = parse_candidate(args.start).bundle if args.start.startswith("untrained") else args.start
+        start = parse_candidate(args.start).bundle  # untrained:rules written on first use, latest resolved
+        if start is None:
+            raise ValueError(f"--from {args.start!r} is not a bundle (untrained:rules, latest or a bundle directory)")
         path = knob_bundle(Path(start), settings, Path(args.out) if args.out else bundles_root())
     except (BundleError, CandidateError, ValueError) as e:
         print(f"hrlxf bundle knobs: {e}", file=sys.stderr)

@@ -125,6 +125,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     new = [parse_candidate(b).label for b in bundles]
     latest_label = parse_candidate(current).label if current else None
     pairs = [(n, latest_label) for n in new if latest_label and n != latest_label]
+    pairs += [(n, c.label) for n in new for c in candidates if c.label not in (n, latest_label)]  # the bundle vs each
     for config in configs:  # one report per length; several lengths: out/steps-<n>/
         here = out if len(configs) == 1 else out / f"steps-{config.steps}"
         doc = _paired_run(config, candidates, here, bundles + ([current] if current else []), pairs,
@@ -195,7 +196,7 @@ def _tournament(args: argparse.Namespace) -> int:
     try:
         doc = run_tournament([Path(b) if b != "latest" else b for b in args.bundle or []], out, config,
                              dask_address=args.dask_address)
-    except (BundleError, UnknownAgentError, ValueError) as e:
+    except (BundleError, UnknownAgentError, ValueError, RuntimeError) as e:  # RuntimeError: no scored world
         print(f"hrlxf evaluate: {e}", file=sys.stderr)
         return 2
     print(markdown(doc))

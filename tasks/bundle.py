@@ -124,6 +124,8 @@ def knob_bundle(start: Path, settings: dict[str, float], out_root: Path) -> Path
     search.steer(bundle, knobs)
     search.apply(bundle, knobs, base, np.asarray([settings[k] for k in knobs], dtype=float))
     name = bundle_name(bundle.executor, tuple(m.state_dict() for m in (bundle.planner, bundle.executor, bundle.coordinator)))
+    bc = bundle.manifest.weights.get("executor_bc")  # the ablation `bc:` stays possible
+    executor_bc = torch.load(bundle.path / bc, map_location="cpu", weights_only=True) if bc else None
     return save_bundle(Path(out_root) / f"hrlxf-knobs-{name}", bundle.planner, bundle.executor, bundle.coordinator,
-                       metrics={"trained": False, "knobs": settings, "from": str(Path(start).resolve())},
-                       trained_on={"knobs": settings, "from": str(Path(start).resolve())})
+                       metrics={"trained": False, "knobs": settings, "from": str(bundle.path.resolve())},
+                       trained_on={"knobs": settings, "from": str(bundle.path.resolve())}, executor_bc=executor_bc)

@@ -42,7 +42,7 @@ HRL = "LitaAgentHRL"
 #: our packages whose code decides how our agents play (a change to any of their files re-keys every row of ours)
 OWN_PACKAGES = ("hrlxf_agent", "hrlxf_models")
 #: releases every row depends on
-LIBRARIES = ("scml", "negmas", "scml-agents")
+LIBRARIES = ("scml", "negmas", "scml-agents")  # torch is pinned by pyproject.toml with the project's code
 
 
 class CandidateError(ValueError):
@@ -147,7 +147,10 @@ def content_digest(agent: str, params: dict[str, Any]) -> str:
 def _with_content(c: "Candidate") -> "Candidate":
     from dataclasses import replace
 
-    return replace(c, content=content_digest(c.agent, c.params))
+    try:
+        return replace(c, content=content_digest(c.agent, c.params))
+    except (OSError, ValueError) as e:  # a bundle whose manifest names a weight file that is not there, ...
+        raise CandidateError(f"candidate {c.spec!r}: cannot read what it plays ({type(e).__name__}: {e})") from None
 
 
 def _bundle_candidate(spec: str, target: str, variants: tuple[str, ...]) -> Candidate:

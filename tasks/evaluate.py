@@ -3,10 +3,11 @@
 W world configurations are generated from seeds (scml's std generator, the
 profile's length); in each, every candidate in turn takes the same slots with
 the same seeds while the other factories are the opponents (by default the
-experts of the collection). One (world, candidate) is one unit of work
-(`tasks.paired.play_paired`): its row goes to ``<worlds_dir>/w<world>/<candidate>.json``
-as soon as it is played, so a killed run (even ``kill -9``) plays only what is
-missing next time. The figure that matters is each candidate's score minus the
+experts of the collection). One (world, what plays) is one unit of work
+(`tasks.paired.play_paired`): its row goes to ``<worlds_dir>/w<world>/<content>.json``
+(named by `tasks.candidates.content_digest`: candidates with the same content
+share it) as soon as it is played, so a killed run (even ``kill -9``) plays
+only what is missing next time. The figure that matters is each candidate's score minus the
 reference's (PenguinAgent by default) world by world, with its 95% interval
 (Student t and a bootstrap), wins and losses; the same against the best expert
 of the run; the thesis' measurements per candidate; and the power of the run
@@ -34,6 +35,7 @@ from tasks.store import StoreRoot
 EVALUATION_SCHEMA_VERSION = 3
 WORLD_SEED_BASE = 7_000_000  # evaluation worlds never share a seed with collect (seed*100000+i) or the audit
 LEVELS = ("first", "middle", "last")
+MIN_FACTORIES = 3  # 2 or 3 processes are drawn: fewer factories leave a level empty
 #: factories per world by name (None: scml's own sizes, 2-3 processes of 4-8 factories, as the league draws them)
 SIZE_PRESETS: dict[str, tuple[int, int] | None] = {"official": None, "collection": COLLECT_PROFILES["default"].agents_per_world}
 #: the thesis' measurements (seed 000 section 6.2-6.3), per world, as `tasks.paired.world_metrics` names them
@@ -65,9 +67,9 @@ class EvalConfig:
             raise ValueError("opponents: give at least one opponent agent")
         if self.agents_per_world is not None:
             lo, hi = self.agents_per_world
-            if not 2 <= lo <= hi:
-                raise ValueError(f"agents_per_world must be a range (lo, hi) with 2 <= lo <= hi, or None for scml's "
-                                 f"own sizes; got {self.agents_per_world}")
+            if not MIN_FACTORIES <= lo <= hi:
+                raise ValueError(f"agents_per_world must be a range (lo, hi) with {MIN_FACTORIES} <= lo <= hi, or None "
+                                 f"for scml's own sizes; got {self.agents_per_world}")
         if self.crn not in CRN_POLICIES:
             raise ValueError(f"crn must be one of {', '.join(CRN_POLICIES)}, got {self.crn!r}")
         from hrlxf_agent.registry import resolve_all
@@ -93,9 +95,8 @@ def opponent_pool(name: str) -> tuple[str, ...]:
     if name == "heldout":
         from scml_agents import get_agents
 
-        from tasks.finetune import LeagueConfig
-
-        seen = {e for p in COLLECT_PROFILES.values() for e in p.experts} | set(LeagueConfig().experts)
+        # the search's league plays the collection's experts but two (tasks.finetune.LeagueConfig; a test checks it)
+        seen = {e for p in COLLECT_PROFILES.values() for e in p.experts}
         every = [c.__name__ for year in (2024, 2025) for c in get_agents(year, track="std", as_class=True)]
         return tuple(n for n in dict.fromkeys(every) if n not in seen)
     raise ValueError(f"unknown opponent pool {name!r}: choose collection, heldout or winners, or name the agents")
@@ -125,8 +126,9 @@ def parse_sizes(text: str) -> tuple[int, int] | None:
     except ValueError:
         raise ValueError(f"--sizes: unknown size preset {text!r}: choose {', '.join(SIZE_PRESETS)} or LO-HI "
                          "factories (e.g. 8-12)") from None
-    if not 2 <= sizes[0] <= sizes[1]:
-        raise ValueError(f"--sizes: {text!r} is not a range of at least 2 factories (LO-HI with 2 <= LO <= HI)")
+    if not MIN_FACTORIES <= sizes[0] <= sizes[1]:
+        raise ValueError(f"--sizes: {text!r} is not a range of at least {MIN_FACTORIES} factories "
+                         f"(LO-HI with {MIN_FACTORIES} <= LO <= HI: a factory per level of 3 processes)")
     return sizes
 
 
@@ -152,19 +154,35 @@ class EvalUnit:
     labels: tuple[str, ...] = ()
 
 
+#: the code that plays every unit whoever the candidate is (the world and its seeds, the audit and the tracker
+#: wrapped around every candidate, the unit's time limit and log writer): its digest keys every row
+RUNNER_FILES = ("tasks/paired.py", "tasks/collect.py", "hrlxf_agent/audit.py", "hrlxf_agent/tracker.py",
+                "hrlxf_agent/intercept.py")
+
+
+def runner_digest() -> str:
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for name in RUNNER_FILES:
+        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return h.hexdigest()
+
+
 def units_dir(root: Path, config: EvalConfig, code: str = "") -> Path:
     """Where the unit rows of this evaluation live, ``<root>/<key>``: keyed by what makes a world (steps, seed,
-    opponents, sizes, time limit) and ``code`` (the pipeline passes its code version), so other settings
-    never reuse them."""
+    opponents, sizes, time limit, the seed policy), the code that plays every unit (`runner_digest`) and
+    ``code`` (the pipeline passes its stage's code version), so other settings or another runner never reuse
+    them (each row is named by its candidate's content)."""
     import hashlib
 
     from tasks.fingerprint import canonical
 
     what = {"steps": config.steps, "seed": config.seed, "opponents": list(config.opponents),
             "sizes": list(config.agents_per_world) if config.agents_per_world is not None else "official",
-            "timeout": config.world_timeout, "base": WORLD_SEED_BASE, "code": code}
-    if config.crn != "once":  # worlds seeded once keep the directories they had before daily reseeding
-        what["crn"] = config.crn
+            "timeout": config.world_timeout, "base": WORLD_SEED_BASE, "code": code, "crn": config.crn,
+            "runner": runner_digest()}
     return Path(root) / hashlib.sha256(canonical(what).encode()).hexdigest()[:12]
 
 
@@ -220,10 +238,11 @@ def record_plan(worlds_dir: Path, config: EvalConfig, candidates: Sequence[Candi
         plan = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         plan = {"created": now, "worlds": config.worlds, "seed_policy": seed_policy(config), "extensions": [],
-                "contents": {}}
+                "contents": {}, "runs": []}
     largest = max([plan["worlds"], *(e["to"] for e in plan["extensions"])])
     if config.worlds > largest:
         plan["extensions"].append({"at": now, "from": largest, "to": config.worlds})
+    plan.setdefault("runs", []).append({"at": now, "worlds": config.worlds})  # a report of fewer worlds says so
     for c in candidates:
         labels = plan["contents"].setdefault(c.key(), [])
         if c.label not in labels:
@@ -494,7 +513,9 @@ def markdown(doc: dict[str, Any]) -> str:
     if plan:
         lines += [f"Plan: {plan['worlds']} worlds planned at {plan['created']}; seeds {plan['seed_policy']['world_seed']}, "
                   f"common random numbers {plan['seed_policy']['crn']} ({plan['seed_policy']['meaning']})."
-                  + "".join(f" Extended from {e['from']} to {e['to']} worlds at {e['at']}." for e in plan["extensions"]), ""]
+                  + "".join(f" Extended from {e['from']} to {e['to']} worlds at {e['at']}." for e in plan["extensions"])
+                  + (f" This report: {cfg['worlds']} of them." if cfg["worlds"] < max(
+                      [plan["worlds"], *(e["to"] for e in plan["extensions"])]) else ""), ""]
     order = sorted(doc["agents"], key=lambda n: -(doc["agents"][n]["score"]["mean"] or 0))
     rows = []
     for name in order:

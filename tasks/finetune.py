@@ -423,8 +423,8 @@ def search_iteration(learner: Learner, config: FinetuneConfig, run: Path, iterat
     row: dict[str, Any] = {
         "iteration": iteration, "phase": "search", "worlds": len(complete), "dropped": len(dropped),
         "errors": sorted({r["error"] for r in rows if r.get("error")}), "rollout_seconds": round(played, 2),
-        "worlds_per_hour": round(3600 * len(rows) / played, 1) if played > 0 else None,
-        "samples": len(rows), "samples_per_second": round(len(rows) / played, 3) if played > 0 else None,
+        "worlds_per_hour": round(3600 * len(every) / played, 1) if played > 0 else None,  # units: shared rows once
+        "samples": len(every), "samples_per_second": round(len(every) / played, 3) if played > 0 else None,
         **{key: sum(int(r["counts"][count]) for r in searched)
            for key, count in (("unsafe", "unsafe_any"), ("illegal", "illegal"), ("decisions", "decisions"))},
         "score": None, "league": 0, "snapshot_worlds": 0,

@@ -242,8 +242,12 @@ def play_paired(job: PairedJob) -> dict[str, Any]:
         subject = audited(tracked(base, log_dir / "events") if log_dir else base, keep_records=True)
         world = build_world(job.seed, subject, job.params, [classes[o] for o in job.opponents], job.steps,
                             job.agents_per_world)
+        world.time_limit = job.timeout  # the unit's limit, not scml's 900 s: a long world must not stop half-played
         with time_limit(job.timeout):
             run_world(world, job.seed, job.crn)
+        if world.current_step < world.n_steps:  # stopped early: its score is not a whole world's, for any candidate
+            raise TimeoutError(f"the world stopped at step {world.current_step} of {world.n_steps} "
+                               f"(time limit {job.timeout:.0f} s)")
         scores = world.scores()
         counts = AuditCounts()
         aids, negotiations, flagged = [], 0, []

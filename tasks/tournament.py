@@ -567,7 +567,9 @@ class ConfigurationJob:
 def configuration_jobs(bundles: Sequence[Path], worlds_dir: Path, config: TournamentConfig,
                        parallelism: str | None = None, show_progress: bool = False) -> list[ConfigurationJob]:
     """The configurations not played yet in ``worlds_dir`` (a rerun plays only the missing ones)."""
-    names = tuple(str(Path(b).resolve()) for b in bundles)
+    from hrlxf_agent.bundle import resolve_bundle
+
+    names = tuple(str(Path(resolve_bundle(b) or b).resolve()) for b in bundles)  # "latest" -> the bundle it names
     jobs = [ConfigurationJob(names, config, i, str(worlds_dir), parallelism or config.parallelism, show_progress)
             for i in range(config.configs)]
     return [j for j in jobs if not j.result.exists()]

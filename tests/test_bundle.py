@@ -177,3 +177,20 @@ def test_paths_outside_the_data_root_and_old_absolute_ones_are_read_as_they_are(
     assert load_bundle("latest").path == b.resolve()
     set_latest(bundle, tmp_path / "data" / "bundles")
     assert (tmp_path / "data" / "bundles" / "LATEST").read_text().strip() == str(bundle.resolve())
+
+
+def test_knobs_rebuild_the_searched_bundle_from_the_untrained_rules(tmp_path, monkeypatch, capsys):
+    """`hrlxf bundle knobs` sets the search's knobs on a start: l2.p_sell@first at theta -2 from untrained:rules is
+    the bundle the screen search published (docs/online-learning.md), to the digest of its weights."""
+    from flows.cli import main
+
+    monkeypatch.setenv("HRLXF_DATA", str(tmp_path))
+    assert main(["bundle", "knobs", "--set", "l2.p_sell@first=-2"]) == 0
+    path = Path(capsys.readouterr().out.split("wrote ")[-1].strip())
+    assert path.name == "hrlxf-knobs-residual-rules-915d37adc94d"
+    b = load_bundle(path)
+    assert b.executor.config.rules_goal == "l2" and b.manifest.metrics["knobs"] == {"l2.p_sell@first": -2.0}
+    assert main(["bundle", "knobs", "--set", "l2.nothing=1"]) == 2
+    assert "unknown ['l2.nothing']" in capsys.readouterr().err
+    assert main(["bundle", "knobs", "--set", "l2.p_sell@first=much"]) == 2
+    assert "give KNOB=THETA with a number" in capsys.readouterr().err

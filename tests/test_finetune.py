@@ -357,9 +357,11 @@ def test_a_search_run_plays_its_candidates_in_the_same_worlds_and_moves_theta(tm
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["search", "search"] and summary["unsafe"] == summary["illegal"] == 0
     assert all(r["worlds"] == 1 and r["samples"] == 4 for r in rows)  # centre, d0p, d0m, the start
-    first = {p.stem: json.loads(p.read_text()) for p in (run / "search" / "it0000" / "worlds").rglob("*.json")}
-    assert len({r["seed"] for r in first.values()}) == 1  # one world, the same seed for every candidate
-    assert first["centre"]["score"] == first["start"]["score"]  # theta 0 (steered) plays exactly as its start
+    played = [json.loads(p.read_text()) for p in (run / "search" / "it0000" / "worlds").rglob("w*/*.json")]
+    first = {r["agent"]: r for r in played}  # rows are named by content; each holds the label that played it
+    assert len(played) == 4 and len({r["seed"] for r in played}) == 1  # one world, the same seed for every candidate
+    start = next(label for label in first if label not in ("centre", "d0p", "d0m"))
+    assert first["centre"]["score"] == first[start]["score"]  # theta 0 (steered) plays exactly as its start
     theta = [rows[-1][f"search/theta/{k}"] for k in ("l2.p_buy", "l2.p_sell")]
     assert any(abs(t) > 0 for t in theta)
     published = load_bundle(summary["bundle"])
