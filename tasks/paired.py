@@ -74,8 +74,7 @@ def _draw_config(s: int, marker: type, opponent_types: list[type], steps: int,
     """One configuration drawn from seed ``s`` and the indices of the marker's slots (maybe none)."""
     from scml.std import SCML2024StdWorld
 
-    random.seed(s)
-    np.random.seed(s % (2**32))
+    reseed(s)
     sizes: dict[str, Any] = {}
     if agents_per_world is not None:
         n_agents, n_processes = random.randint(*agents_per_world), random.choice((2, 3))
@@ -126,8 +125,7 @@ def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types
         config["agent_params"][i]["controller_type"] = subject
         if params:
             config["agent_params"][i]["controller_params"] = dict(params)
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
+    reseed(seed)
     return SCML2024StdWorld(**config, construct_graphs=False, sync_calls=True)
 
 
