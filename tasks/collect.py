@@ -136,13 +136,30 @@ def save_world(world: Any, out: Path, agents: dict[str, dict[str, Any]], **meta:
     _write_json_atomic(out / "world.json", {**meta, "agents": agents, "scores": scores, "daily": daily})
 
 
+def new_world(config: dict[str, Any]) -> Any:
+    """The std world of ``config`` as every world of ours is played (collection, paired units, rollouts).
+
+    - ``sync_calls=True``: negmas calls agents directly instead of in a timeout thread per call
+      (identical scores and contracts, about 6% faster on 50-step worlds); the unit's own time limit
+      replaces the per-call ones.
+    - No negotiation records: scml forces ``save_negotiations`` on, and negmas then turns every
+      finished negotiation into a flattened pandas record that only its own ``save_stats`` reads
+      (nothing of ours does, no agent can). That was about 35% of a world's time at scml's own sizes
+      (profile in docs/evaluation.md); the scores and contracts are the same
+      (tests/test_paired_worlds.py).
+    """
+    from scml.std import SCML2024StdWorld
+
+    world = SCML2024StdWorld(**config, construct_graphs=False, sync_calls=True)
+    world.save_negotiations = False
+    return world
+
+
 def collect_world(job: CollectJob) -> dict[str, Any]:
     """Play and log one world; never raises (a failure is returned and marked FAILED on disk).
 
-    Worlds run with ``sync_calls=True``: negmas then calls agents directly
-    instead of in a timeout thread per call. Measured here on 50-step worlds:
-    identical scores and contracts, about 6% faster; the world's own time
-    limit (``job.timeout``) replaces the per-call ones.
+    The world is built by `new_world` (sync calls, no negotiation records); the world's own time
+    limit (``job.timeout``) replaces negmas' per-call ones.
     """
     from scml.std import SCML2024StdWorld
 
@@ -167,7 +184,7 @@ def collect_world(job: CollectJob) -> dict[str, Any]:
         per_process = [n_agents // n_processes + (1 if i < n_agents % n_processes else 0) for i in range(n_processes)]
         config = SCML2024StdWorld.generate(agent_types=types, n_steps=job.steps, n_processes=n_processes,
                                            n_agents_per_process=per_process)
-        world = SCML2024StdWorld(**config, construct_graphs=False, sync_calls=True)
+        world = new_world(config)
         with time_limit(job.timeout):
             world.run()
         agents = {}

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.collect import time_limit
+from tasks.collect import new_world, time_limit
 
 
 @dataclass(frozen=True)
@@ -113,20 +113,15 @@ def world_config(seed: int, opponent_types: list[type], steps: int,
 
 def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types: list[type], steps: int,
                 agents_per_world: tuple[int, int] | None = None) -> Any:
-    """The world of configuration ``seed`` with ``subject`` in the candidate slots, seeded to play the same way.
-
-    ``sync_calls``: negmas calls agents directly, not in a timeout thread per call (same outcomes, faster;
-    see `tasks.collect.collect_world`); the unit's own time limit replaces the per-call ones.
-    """
-    from scml.std import SCML2024StdWorld
-
+    """The world of configuration ``seed`` with ``subject`` in the candidate slots, seeded to play the same way
+    (built as `tasks.collect.new_world` builds every world of ours)."""
     config, slots = world_config(seed, opponent_types, steps, agents_per_world)
     for i in slots:
         config["agent_params"][i]["controller_type"] = subject
         if params:
             config["agent_params"][i]["controller_params"] = dict(params)
     reseed(seed)
-    return SCML2024StdWorld(**config, construct_graphs=False, sync_calls=True)
+    return new_world(config)
 
 
 def day_seed(seed: int, day: int) -> int:

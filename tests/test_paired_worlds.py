@@ -63,3 +63,22 @@ def test_an_unknown_seed_policy_is_refused():
     world = build_world(SEED, QuietAgent, {}, [DrawRecorder], STEPS, SIZES)
     with pytest.raises(ValueError, match="crn must be one of daily, once"):
         run_world(world, SEED, "weekly")
+
+
+def _played(records: bool) -> tuple[dict, list, int]:
+    from scml.std.agents import GreedyStdAgent, SyncRandomStdAgent
+
+    world = build_world(SEED, GreedyStdAgent, {}, [SyncRandomStdAgent, GreedyStdAgent], STEPS, SIZES)
+    assert world.save_negotiations is False  # as every world of ours is built
+    world.save_negotiations = records
+    run_world(world, SEED)
+    contracts = sorted((c["signed_at"], slot_of(c["seller"]), slot_of(c["buyer"]), c["quantity"], c["unit_price"],
+                        c["delivery_time"]) for c in world.saved_contracts)
+    return {slot_of(a): float(s) for a, s in world.scores().items()}, contracts, len(world.saved_negotiations)
+
+
+def test_a_world_without_negotiation_records_plays_as_one_with_them():
+    """`tasks.collect.new_world` turns off negmas' negotiation records (a third of a world's time): same play."""
+    lean, recorded = _played(False), _played(True)
+    assert lean[2] == 0 and recorded[2] > 0  # the records were off, then on
+    assert lean[1] and lean[:2] == recorded[:2]  # the same scores and the same contracts
