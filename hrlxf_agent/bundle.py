@@ -7,6 +7,10 @@ bundle may also hold ``executor_bc.pt``, its L3 before AWR (the BC ablation:
 ``load_bundle(path, executor="bc")``).
 ``data/bundles/LATEST`` holds the name of the newest bundle.
 
+A manifest may carry a ``strategy`` (`strategy`: offsets from the rule layers' constants and goals), which the
+agent's rule layers play with. A *rules bundle* (``l3_mode: "rules"``) has no networks at all: it is the
+rule layers with its strategy, what the search of `hrlxf_rl.racing` publishes.
+
 Paths a manifest records (what a bundle was trained on, where a fine-tuned one
 started) are relative to the bundle's directory when they lie under its data
 root (``<data>/bundles/<id>`` -> ``../../models/l2``), so a data root can move;
@@ -31,6 +35,7 @@ from hrlxf_models import Coordinator, CoordinatorConfig, Executor, ExecutorConfi
 from .paths import bundles_root
 from .snapshot import DEFAULT_HORIZON
 from .state import FeatureSpec
+from .strategy import Strategy, StrategyError
 
 BUNDLE_SCHEMA_VERSION = 1
 NETWORKS = ("planner", "executor", "coordinator")
@@ -55,21 +60,32 @@ class Manifest:
     trained_on: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     features: dict[str, Any] = field(default_factory=dict)  # the FeatureSpec the networks were trained on
+    strategy: dict[str, float] = field(default_factory=dict)  # offsets from the rules (`strategy.PARAMS`)
+
+
+RULES_MODE = "rules"  # the l3_mode of a bundle with no networks: the rule layers and a strategy
 
 
 @dataclass
 class Bundle:
     path: Path
     manifest: Manifest
-    planner: Planner
-    executor: Executor
-    coordinator: Coordinator
+    planner: Planner | None  # None in a rules bundle (all three are, or none)
+    executor: Executor | None
+    coordinator: Coordinator | None
+    strategy: Strategy = field(default_factory=Strategy)
     executor_fn: Any = None  # TorchScript forward of the executor (eager if it cannot be compiled)
     coordinator_fn: Any = None
 
     def __post_init__(self) -> None:
-        self.executor_fn = _compiled(self.executor)
-        self.coordinator_fn = _compiled(self.coordinator)
+        if self.executor is not None:
+            self.executor_fn = _compiled(self.executor)
+        if self.coordinator is not None:
+            self.coordinator_fn = _compiled(self.coordinator)
+
+    @property
+    def has_networks(self) -> bool:
+        return self.planner is not None
 
 
 def _compiled(module: torch.nn.Module) -> Any:
@@ -118,9 +134,11 @@ def save_bundle(
     metrics: dict[str, Any] | None = None,
     trained_on: dict[str, Any] | None = None,
     executor_bc: dict[str, torch.Tensor] | None = None,
+    strategy: Strategy | None = None,
 ) -> Path:
-    """Write a bundle atomically (a temporary directory renamed into place); ``executor_bc``: L3's BC weights.
-    Absolute paths under the data root in ``metrics`` and ``trained_on`` are recorded relative to ``out_dir``."""
+    """Write a bundle atomically (a temporary directory renamed into place); ``executor_bc``: L3's BC weights;
+    ``strategy``: the rule layers' offsets it plays with. Absolute paths under the data root in ``metrics`` and
+    ``trained_on`` are recorded relative to ``out_dir``."""
     out_dir = Path(out_dir)
     spec = FeatureSpec(horizon=planner.config.horizon)
     manifest = Manifest(
@@ -134,14 +152,35 @@ def save_bundle(
         trained_on=_relative_paths(trained_on or {}, out_dir),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         features=asdict(spec),
+        strategy=dict((strategy or Strategy()).offsets),
     )
+    files = {manifest.weights[name]: module.state_dict() for name, module in zip(NETWORKS, (planner, executor, coordinator))}
+    if executor_bc:
+        files[manifest.weights["executor_bc"]] = executor_bc
+    return _write(out_dir, manifest, files)
+
+
+def save_rules_bundle(out_dir: Path, strategy: Strategy, horizon: int = DEFAULT_HORIZON,
+                      metrics: dict[str, Any] | None = None, trained_on: dict[str, Any] | None = None) -> Path:
+    """Write a rules bundle: no networks, the rule layers with ``strategy`` (a search's result)."""
+    out_dir = Path(out_dir)
+    spec = FeatureSpec(horizon=horizon)
+    manifest = Manifest(
+        schema_version=BUNDLE_SCHEMA_VERSION, feature_fingerprint=spec.fingerprint, horizon=spec.horizon,
+        l3_mode=RULES_MODE, configs={}, weights={}, metrics=_relative_paths(metrics or {}, out_dir),
+        trained_on=_relative_paths(trained_on or {}, out_dir),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), features=asdict(spec),
+        strategy=dict(strategy.offsets))
+    return _write(out_dir, manifest, {})
+
+
+def _write(out_dir: Path, manifest: Manifest, files: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """The manifest and the weight files, into a temporary directory renamed into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for name, module in zip(NETWORKS, (planner, executor, coordinator)):
-            torch.save(module.state_dict(), tmp / manifest.weights[name])
-        if executor_bc:
-            torch.save(executor_bc, tmp / manifest.weights["executor_bc"])
+        for file, state in files.items():
+            torch.save(state, tmp / file)
         (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -208,6 +247,14 @@ def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
             "features: not recorded (a bundle made before version 2 of the features: horizon 40, buckets from day 15)"]
         raise BundleError(f"{manifest_path}: made for other features than this StateBuilder's (feature_fingerprint "
                           f"{manifest.feature_fingerprint}, this code {spec.fingerprint}): " + "; ".join(differ))
+    try:
+        strategy = Strategy(manifest.strategy)
+    except StrategyError as e:
+        raise BundleError(f"{manifest_path}: {e}") from None
+    if manifest.l3_mode == RULES_MODE:
+        if manifest.weights:
+            raise BundleError(f"{manifest_path}: a rules bundle has no networks, this one names weights")
+        return Bundle(path, manifest, None, None, None, strategy)
     modules: dict[str, torch.nn.Module] = {}
     for name in NETWORKS:
         try:
@@ -235,7 +282,8 @@ def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
             raise BundleError(f"{file}: does not fit the {name} config ({str(e).splitlines()[0]} ...)") from None
         module.eval()
         modules[name] = module
-    return Bundle(path, manifest, modules["planner"], modules["executor"], modules["coordinator"])  # type: ignore[arg-type]
+    return Bundle(path, manifest, modules["planner"], modules["executor"], modules["coordinator"],  # type: ignore[arg-type]
+                  strategy)
 
 
 def write_untrained_bundle(out_dir: Path, mode: str = "residual", seed: int = 0, horizon: int = DEFAULT_HORIZON,

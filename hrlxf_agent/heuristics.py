@@ -23,12 +23,11 @@ from . import physics
 from .shield import Bounds
 from .snapshot import QUANTITY, TIME, UNIT_PRICE, IssueRanges, Snapshot
 from .state import budget_use
+from .strategy import RULES, Strategy
 
 #: L2 label urgency weights per bucket (seed 004), reused as the coordinator's urgency
 BUCKET_URGENCY = (0.637, 0.212, 0.106, 0.045)
 BROADCAST_DIM = len(BROADCAST)
-FREE_INPUT_DISCOUNT = 0.9  # sell price / market when the stock already feeds the lines
-SELL_FILL_PREMIUM = 1.05  # buy price / market while the stock is being filled
 
 
 @dataclass
@@ -74,7 +73,7 @@ def bucket_index(horizon: int) -> np.ndarray:
     return out
 
 
-def day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+def day_needs(snap: Snapshot, strategy: Strategy = RULES) -> tuple[np.ndarray, np.ndarray]:
     """(buy, sell) quantities worth trading for each day k = 0..H.
 
     Buy: input for the day's planned production (full lines when the factory
@@ -84,13 +83,14 @@ def day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
     stock, and a full stock feeds every later day for free). Never beyond
     the shield's room. Sell: the lines' free capacity, today only what
     secured input allows, later days what input is held or planned (half the
-    planned purchases, which may fail); first-level factories expect today's
-    exogenous supply again.
+    planned purchases, which may fail: ``needs.purchase_share``); first-level
+    factories expect today's exogenous supply again.
     """
-    memo = _needs_memo.get(id(snap))
+    key = (id(snap), strategy.needs_key())
+    memo = _needs_memo.get(key)
     if memo is not None and memo[0] is snap:
         return memo[1], memo[2]
-    buy, sell = _day_needs(snap)
+    buy, sell = _day_needs(snap, *strategy.needs_key())
     buy.setflags(write=False)
     sell.setflags(write=False)
     if len(_needs_memo) >= 4:
@@ -98,15 +98,16 @@ def day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
             _needs_memo.pop(next(iter(_needs_memo)), None)
         except (StopIteration, RuntimeError):
             pass
-    _needs_memo[id(snap)] = (snap, buy, sell)  # holds the snapshot: its id is not reused while remembered
+    _needs_memo[key] = (snap, buy, sell)  # holds the snapshot: its id is not reused while remembered
     return buy, sell
 
 
-#: `day_needs` of the last few snapshots, by identity (the rule goal and the goal label ask for the same morning)
-_needs_memo: dict[int, tuple[Snapshot, np.ndarray, np.ndarray]] = {}
+#: `day_needs` of the last few snapshots, by identity and strategy (the rule goal and the goal label ask for the
+#: same morning)
+_needs_memo: dict[tuple[int, tuple[float, float]], tuple[Snapshot, np.ndarray, np.ndarray]] = {}
 
 
-def _day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+def _day_needs(snap: Snapshot, purchase_share: float = 0.5, top_up_days: float = 3) -> tuple[np.ndarray, np.ndarray]:
     K = snap.horizon + 1
     n = float(snap.n_lines)
     inputs, due = physics.daily_inputs(snap), physics.daily_demand(snap)
@@ -122,11 +123,11 @@ def _day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
             planned[1:] = np.maximum(planned[1:], min(n, snap.exogenous_output_qty))
         buy = np.maximum(0.0, np.minimum(n, planned) - present)
         first = int(np.argmax(alive)) if alive.any() else 0
-        if floor[first] < n and days_left[first] > 3:
+        if floor[first] < n and days_left[first] > top_up_days:
             buy[first] += n - floor[first]
         buy = np.minimum(buy, physics.buy_room(floor, inputs, snap.n_lines, days_left))
     if snap.can_sell:
-        expected_in = present + (0.5 * buy if snap.can_buy else 0.0)
+        expected_in = present + (purchase_share * buy if snap.can_buy else 0.0)
         if not snap.can_buy:
             expected_in[1:] += snap.exogenous_input_qty
         sell = np.maximum(0.0, np.minimum(n, expected_in) - due)
@@ -134,25 +135,27 @@ def _day_needs(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
     return np.where(alive, buy, 0.0), np.where(alive, sell, 0.0)
 
 
-def heuristic_goal(snap: Snapshot) -> Goal:
+def heuristic_goal(snap: Snapshot, strategy: Strategy = RULES) -> Goal:
     """L2 by rules: bucketed needs; prices around the market.
 
     A factory whose stock already feeds its lines (0.8.4: stock is never
     consumed) makes each extra unit for the production cost alone, so it sells
     a little under the market rather than keep idle lines; one still filling
-    its stock pays a little over the market to get there sooner.
+    its stock pays a little over the market to get there sooner. A strategy
+    (`strategy`) sets those two factors and moves the goal by role and situation.
     """
-    buy, sell = day_needs(snap)
+    buy, sell = day_needs(snap, strategy)
     idx = bucket_index(snap.horizon)
     q_buy = np.bincount(idx, weights=buy, minlength=N_BUCKETS)[:N_BUCKETS]
     q_sell = np.bincount(idx, weights=sell, minlength=N_BUCKETS)[:N_BUCKETS]
     stock_full = snap.inventory_input >= snap.n_lines
-    return Goal(
+    goal = Goal(
         q_buy=q_buy * snap.can_buy,
-        p_buy=np.full(N_BUCKETS, snap.trading_price_in * (1.0 if stock_full else SELL_FILL_PREMIUM)),
+        p_buy=np.full(N_BUCKETS, snap.trading_price_in * (1.0 if stock_full else strategy.fill_premium)),
         q_sell=q_sell * snap.can_sell,
-        p_sell=np.full(N_BUCKETS, snap.trading_price_out * (FREE_INPUT_DISCOUNT if stock_full else 1.0)),
+        p_sell=np.full(N_BUCKETS, snap.trading_price_out * (strategy.free_input_discount if stock_full else 1.0)),
     )
+    return strategy.adjust_goal(goal, snap)
 
 
 class GlobalMonitor:
@@ -211,14 +214,14 @@ TEACHER_GAIN = 0.7
 
 
 def teacher_alpha(snap: Snapshot, bounds: Bounds, remaining: tuple[np.ndarray, np.ndarray], is_buy: bool,
-                  offer: tuple | None, rel_time: float) -> float:
+                  offer: tuple | None, rel_time: float, strategy: Strategy = RULES) -> float:
     """The heuristic priority of one thread in (-1, 1) (`teacher_alpha_from` on this snapshot's terms)."""
     gaps = (remaining[0] if is_buy else remaining[1]) / float(snap.n_lines)
     tradable = tradable_buckets(snap, bounds.time_mask_buy if is_buy else bounds.time_mask_sell)
     has_offer = offer is not None
     delta = int(offer[TIME]) - snap.step if has_offer else 0
     return float(teacher_alpha_from(gaps, tradable, has_offer, delta, rel_time, budget_use(bounds.b_free, is_buy, offer),
-                                    snap.horizon))
+                                    snap.horizon, strategy.teacher_gain))
 
 
 #: a goal gap (in n_lines) below this is none: float32 goals and float64 commitments need not cancel exactly
@@ -226,7 +229,7 @@ GAP_EPSILON = 1e-6
 
 
 def teacher_alpha_from(gaps: np.ndarray, tradable: np.ndarray, has_offer, offer_delta, rel_time, budget,
-                       horizon: int) -> np.ndarray:
+                       horizon: int, gain: float = TEACHER_GAIN) -> np.ndarray:
     """The teacher on arrays (one thread, or many rows at once: the training stages rebuild it against
     L2's goal from table columns). ``gaps`` (..., 4): the side's goal left per bucket / n_lines;
     ``tradable`` (..., 4): buckets the side can still trade; the offer's delivery offset when there is one.
@@ -255,7 +258,7 @@ def teacher_alpha_from(gaps: np.ndarray, tradable: np.ndarray, has_offer, offer_
     wanted = np.where(at, 1.0, -1.0)
     score = 1.5 * (2 * urgency - 1) + 0.5 * (2 * near - 1) + 0.3 * (2 * np.asarray(rel_time) - 1) \
         - 0.8 * np.asarray(budget) + 0.5 * wanted
-    return np.tanh(TEACHER_GAIN * score)
+    return np.tanh(gain * score)
 
 
 def rule_offer_for(rule: SAOResponse | None, day: int) -> tuple | None:
@@ -266,19 +269,22 @@ def rule_offer_for(rule: SAOResponse | None, day: int) -> tuple | None:
     return None
 
 
-def limit_price(goal_price: float, is_buy: bool, rel_time: float) -> float:
+def limit_price(goal_price: float, is_buy: bool, rel_time: float, strategy: Strategy = RULES) -> float:
     """The worst price acceptable at this point of a negotiation (concedes with time)."""
-    return goal_price * ((0.97 + 0.08 * rel_time) if is_buy else (1.03 - 0.08 * rel_time))
+    s = strategy
+    return goal_price * ((s.limit_buy_start + s.concession * rel_time) if is_buy
+                         else (s.limit_sell_start - s.concession * rel_time))
 
 
-def opening_price(issues: IssueRanges, goal_price: float, is_buy: bool, rel_time: float) -> float:
+def opening_price(issues: IssueRanges, goal_price: float, is_buy: bool, rel_time: float,
+                  strategy: Strategy = RULES) -> float:
     """From the best end of the price range toward the goal price as the negotiation runs
     (starting halfway when the goal is already at the far end of the range)."""
     best = issues.p_min if is_buy else issues.p_max
-    target = limit_price(goal_price, is_buy, 1.0)
+    target = limit_price(goal_price, is_buy, 1.0, strategy)
     if (target >= issues.p_max) if is_buy else (target <= issues.p_min):
         best = (issues.p_min + issues.p_max) / 2
-    return best + (target - best) * min(1.0, rel_time) ** 0.5
+    return best + (target - best) * min(1.0, rel_time) ** strategy.opening_exponent
 
 
 def heuristic_action(
@@ -290,6 +296,7 @@ def heuristic_action(
     is_buy: bool,
     offer: tuple | None,
     rel_time: float,
+    strategy: Strategy = RULES,
 ) -> tuple[SAOResponse, int]:
     """L3 by rules for one thread: (response, chosen delivery offset).
 
@@ -309,8 +316,8 @@ def heuristic_action(
         k = int(offer[TIME]) - snap.step
         if 0 <= k <= snap.horizon and np.isfinite(mask[k]):
             b = idx[k]
-            ok_price = offer[UNIT_PRICE] <= limit_price(prices[b], True, rel_time) if is_buy else \
-                offer[UNIT_PRICE] >= limit_price(prices[b], False, rel_time)
+            ok_price = offer[UNIT_PRICE] <= limit_price(prices[b], True, rel_time, strategy) if is_buy else \
+                offer[UNIT_PRICE] >= limit_price(prices[b], False, rel_time, strategy)
             if ok_price and gaps[b] >= 1:
                 if offer[QUANTITY] <= gaps[b] + 0.5:
                     return SAOResponse(ResponseType.ACCEPT_OFFER, tuple(offer)), k
@@ -325,5 +332,5 @@ def heuristic_action(
     b = idx[k]
     share = max(1, math.ceil(gaps[b] / max(1, n_threads_side)))
     q = int(min(share, issues.q_max))
-    p = issues.clamp_price(opening_price(issues, prices[b], is_buy, rel_time))
+    p = issues.clamp_price(opening_price(issues, prices[b], is_buy, rel_time, strategy))
     return SAOResponse(ResponseType.REJECT_OFFER, (q, snap.step + k, p)), k

@@ -31,6 +31,7 @@ from .shield import Bounds, SafetyShield
 from .shielded import ShieldHook
 from .snapshot import DEFAULT_HORIZON, Snapshot, snapshot_from_awi
 from .state import OP_INDEX, FeatureSpec, StateBuilder, batch_thread_features, op_of, round_features
+from .strategy import Strategy, strategy_of
 
 log = logging.getLogger("hrlxf")
 
@@ -44,14 +45,17 @@ class HRLPolicy(StdSyncAgent):
     ``executor``: the bundle's L3 weights to play ("final", or "bc": before AWR).
     ``ablate``: learned layers replaced by their rule: "l2" (the rule goal in place of the planner),
     "l4" (the teacher alpha in place of the coordinator).
+    ``strategy``: offsets of the rule layers (`strategy.PARAMS`), over the bundle's own (a search's arm).
     """
 
     def __init__(self, *args, bundle: Any = None, executor: str = "final",
-                 ablate: Any = (), **kwargs):
+                 ablate: Any = (), strategy: Any = None, **kwargs):
         super().__init__(*args, **kwargs)
         unknown = set(ablate) - set(ABLATIONS)
         if unknown:
             raise ValueError(f"ablate: unknown layers {sorted(unknown)}; choose from {', '.join(ABLATIONS)}")
+        self.strategy_offsets = dict(strategy or {})
+        self.strategy: Strategy = strategy_of(self.strategy_offsets)  # a bad one fails here, before any world
         self.executor_weights = executor
         self.ablate = frozenset(ablate)
         self.bundle_spec = bundle
@@ -92,8 +96,10 @@ class HRLPolicy(StdSyncAgent):
                 if models.manifest.horizon != int(self.awi.horizon):
                     raise BundleError(f"{models.path}: horizon {models.manifest.horizon}, this world negotiates "
                                       f"{self.awi.horizon} days ahead")
-                self.models = models
-                torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+                self.strategy = strategy_of(models.strategy.offsets, self.strategy_offsets)
+                if models.has_networks:  # a rules bundle is the rule layers with its strategy
+                    self.models = models
+                    torch.set_num_threads(1)  # tiny networks: threads cost more than they give
             except Exception as e:
                 self._fallback("bundle", e)
 
@@ -183,7 +189,7 @@ class HRLPolicy(StdSyncAgent):
             state = states.get(p) or self.negotiators[p][0].nmi.state
             rel[p] = float(getattr(state, "relative_time", 0.0) or 0.0)
         self._rel_time = rel
-        goal = self.goal or heuristic_goal(snap)
+        goal = self.goal or heuristic_goal(snap, self.strategy)
         committed = self.monitor.committed_today(snap)
         remaining = self.monitor.remaining(snap, committed)
         mean_rel = float(np.mean(list(rel.values()))) if rel else 0.0
@@ -200,10 +206,10 @@ class HRLPolicy(StdSyncAgent):
             and plays on the same base whatever L2 plans; unless the executor's ``rules_goal`` is "l2" (a
             bundle whose planner was tuned in play to steer the rules: `hrlxf_rl.search`)."""
             steered = self.models is not None and self.models.executor.config.rules_goal == "l2"
-            rule_goal = goal if steered else self.rule_goal or heuristic_goal(snap)
+            rule_goal = goal if steered else self.rule_goal or heuristic_goal(snap, self.strategy)
             left = self.monitor.remaining(snap, committed, rule_goal)
-            return {p: heuristic_action(snap, bounds, rule_goal, left, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p])
-                    for p in partners}
+            return {p: heuristic_action(snap, bounds, rule_goal, left, n_side[is_buy[p]], is_buy[p], offer_of[p], rel[p],
+                                        self.strategy) for p in partners}
 
         if self.models is None:
             return {p: r for p, (r, _) in rules().items()}
@@ -219,7 +225,7 @@ class HRLPolicy(StdSyncAgent):
     # ------------------------------------------------------------ layers
     def _plan(self, snap: Snapshot) -> Goal:
         """L2: the day's goal (the planner's residual over the rule goal)."""
-        rule = self.rule_goal = heuristic_goal(snap)
+        rule = self.rule_goal = heuristic_goal(snap, self.strategy)
         self.goal_source = "rules"
         if self.models is not None and "l2" not in self.ablate:
             try:
@@ -251,7 +257,8 @@ class HRLPolicy(StdSyncAgent):
 
     def _coordinate(self, snap, bounds, remaining, c, static, partners, is_buy, offer_of, rel) -> dict[str, float]:
         """L4: a priority per thread (the coordinator's residual over the teacher's rule, or the teacher)."""
-        teacher = {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p]) for p in partners}
+        teacher = {p: teacher_alpha(snap, bounds, remaining, is_buy[p], offer_of[p], rel[p], self.strategy)
+                   for p in partners}
         if self.models is None or not partners or "l4" in self.ablate:
             return teacher
         try:

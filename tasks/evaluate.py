@@ -199,12 +199,14 @@ def resolve_candidates(config: EvalConfig, bundles: Sequence[str | Path] = (), b
     return cands
 
 
-def units(config: EvalConfig, candidates: Sequence[Candidate], worlds_dir: Path) -> list[EvalUnit]:
+def units(config: EvalConfig, candidates: Sequence[Candidate], worlds_dir: Path,
+          worlds: Sequence[int] | None = None) -> list[EvalUnit]:
     """Every (world, what plays) of the evaluation, world by world: candidates with the same content
-    (`Candidate.content`) share one unit, whose row is named by that content."""
+    (`Candidate.content`) share one unit, whose row is named by that content. ``worlds``: which world
+    indices (default: the first ``config.worlds``; a search stratified by role picks its own)."""
     sizes = tuple(config.agents_per_world) if config.agents_per_world is not None else None
     out = []
-    for w in range(config.worlds):
+    for w in (range(config.worlds) if worlds is None else worlds):
         sharing: dict[str, list[Candidate]] = {}
         for c in candidates:
             sharing.setdefault(c.key(), []).append(c)

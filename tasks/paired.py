@@ -111,6 +111,15 @@ def world_config(seed: int, opponent_types: list[type], steps: int,
     raise RuntimeError(f"no candidate slot in 100 configurations from seed {seed}")
 
 
+def slot_roles(seed: int, opponent_types: list[type], steps: int,
+               agents_per_world: tuple[int, int] | None = None) -> set[str]:
+    """The roles (`level_name`) the candidates' factories hold in world configuration ``seed``: what a search
+    stratified by role reads before it plays a world (the configuration is drawn, never played)."""
+    config, slots = world_config(seed, opponent_types, steps, agents_per_world)
+    n_processes = int(config["info"]["n_processes"])
+    return {level_name(int(config["profiles"][i].input_product), n_processes) for i in slots}
+
+
 def build_world(seed: int, subject: type, params: dict[str, Any], opponent_types: list[type], steps: int,
                 agents_per_world: tuple[int, int] | None = None) -> Any:
     """The world of configuration ``seed`` with ``subject`` in the candidate slots, seeded to play the same way
