@@ -133,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--dask-address", default=None, help="play the rollout worlds on this Dask scheduler (tcp://host:port)")
     ft.set_defaults(func=_finetune)
 
+    rc = sub.add_parser("race", help="the racing search over the strategy template (the pipeline's finetune stage) "
+                                     "-> a bundle, when a change is confirmed")
+    rc.add_argument("--from", dest="start", default=None, help="'rules' (default), 'latest' or a bundle directory")
+    rc.add_argument("--profile", choices=("smoke", "default", "long"), default="default",
+                    help="smoke: one knob, 3 short worlds; default: the pipeline's budget; long: every default knob, "
+                         "two rounds, the full gate (hours)")
+    rc.add_argument("--iterations", type=int, default=None, help="blocks raced (default: the profile's)")
+    rc.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a config setting (JSON value), e.g. gate.batch=12 or knobs='[\"limit.margin\"]'")
+    rc.add_argument("--run-dir", default=None, help="where the race lives (default: DATA/race/<key of config>)")
+    rc.add_argument("--workers", type=int, default=None, help="world processes (default: the profile's)")
+    rc.add_argument("--dask-address", default=None, help="play the worlds on this Dask scheduler (tcp://host:port)")
+    rc.set_defaults(func=_race)
+
     analyze = sub.add_parser("analyze", help="a read-only web app over the data root (collections, evaluations, audit, training)")
     analyze.add_argument("--data", default=None, help="data root (default: DATA)")
     analyze.add_argument("--host", default="127.0.0.1")
@@ -179,25 +193,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _finetune(args: argparse.Namespace) -> int:
+def with_settings(config: Any, settings: list[str], stage: str) -> Any:
+    """``config`` with every ``--set FIELD=VALUE`` applied (VALUE read as JSON, else as a string)."""
     import json
 
     from flows.stages import ParameterError, override
+
+    for item in settings:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise ParameterError(f"--set {item!r}: give FIELD=VALUE")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        config = override(config, field, parsed, stage)
+    return config
+
+
+def _race(args: argparse.Namespace) -> int:
+    import hashlib
+    import json
+    from dataclasses import asdict, replace
+
+    from flows.stages import ParameterError
+    from hrlxf_agent.bundle import BundleError, load_bundle
+    from tasks.race import PROFILES, run_race
+
+    given = {k: v for k, v in (("iterations", args.iterations), ("workers", args.workers)) if v is not None}
+    try:
+        config = with_settings(PROFILES[args.profile](**given), args.settings, "race")
+        if args.start not in (None, "rules"):
+            config = replace(config, start=str(load_bundle(args.start).path.resolve()))
+        config.validate()
+    except (ParameterError, BundleError, ValueError) as e:
+        print(f"hrlxf race: {e}", file=sys.stderr)
+        return 2
+    what = json.dumps({k: v for k, v in asdict(config).items() if k != "workers"}, sort_keys=True, default=str)
+    run = Path(args.run_dir) if args.run_dir else data_root() / "race" / hashlib.sha256(what.encode()).hexdigest()[:12]
+    from tasks.parallel import prefect_api
+
+    with prefect_api():  # one API for every look's worlds
+        doc = run_race(config, run, out_root=data_root() / "bundles", dask_address=args.dask_address)
+    committed = [e for e in doc["iterations"] if e["decision"] == "committed"]
+    print(f"race: {len(doc['iterations'])} blocks, {doc['units_played']} units played in {doc['seconds']} s, "
+          f"{len(committed)} change(s) committed; {doc['family_wise_error']}")
+    for e in doc["iterations"]:
+        print(f"  it{e['iteration']} {', '.join(e['block'])}: {e['decision']}")
+    print(f"strategy: {json.dumps(doc['strategy'])}\ndecisions: {run / 'decisions.json'} (decisions.png)")
+    print(f"bundle: {doc['bundle']}" if doc["bundle"] else "bundle: none (nothing committed: the start stands)")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from flows.stages import ParameterError
     from tasks.finetune import PROFILES, FinetuneError, finetune, run_key, start_bundle
 
     given = {k: v for k, v in (("start", args.start), ("iterations", args.iterations), ("workers", args.workers))
              if v is not None}
     config = PROFILES[args.profile](**given)
     try:
-        for item in args.settings:
-            field, sep, value = item.partition("=")
-            if not sep:
-                raise ParameterError(f"--set {item!r}: give FIELD=VALUE")
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError:
-                parsed = value
-            config = override(config, field, parsed, "finetune")
+        config = with_settings(config, args.settings, "finetune")
         config.validate()
         start = start_bundle(config.start, data_root())
         run = Path(args.run_dir) if args.run_dir else data_root() / "finetune" / f"{start.name}-{run_key(config, start)}"

@@ -141,7 +141,7 @@ def _evaluation_worlds(plan: Plan, paths: dict[str, Path], dask_address: str | N
     unit sends its row there, and the rows are pulled back.
     """
     config = plan.configs["evaluate"]
-    specs, _, _ = pipeline_candidates(paths, BUNDLES)
+    specs, _, _ = pipeline_candidates(paths, BUNDLES, plan.data / "bundles")
     candidates = resolve_candidates(config, specs, plan.data / "bundles")
     worlds_dir = units_dir(plan.data / "reports" / "evaluation-worlds", config, code=plan.code["evaluate"]["digest"])
     if "evaluate" in plan.force and worlds_dir.exists():
@@ -197,20 +197,24 @@ def current_latest(bundles: Path) -> Path | None:
 
 
 def _move_latest(plan: Plan, report: dict, current: Path | None) -> dict | None:
-    """LATEST moves only on the evaluation's evidence (`tasks.evaluate.decide_latest`), or when there is none."""
+    """LATEST moves only on the evaluation's evidence (`tasks.evaluate.decide_latest`): to a bundle that beats
+    the rules and the current LATEST; with no LATEST and no such bundle, to the rules bundle."""
     from hrlxf_agent.bundle import set_latest
     from tasks.evaluate import decide_latest
+    from hrlxf_agent.bundle import rules_bundle
 
     if report["evaluation"]:
         doc = json.loads(Path(report["evaluation"]).read_text())
         new = [Path(p).resolve().name for p in report["bundles"].values()]
-        decision = decide_latest(doc, current.name if current is not None else None, new)
+        rules = rules_bundle(plan.data / "bundles").name
+        decision = decide_latest(doc, current.name if current is not None else None, new, rules)
         if decision["move"]:
             set_latest(Path(doc["agents"][decision["to"]]["bundle"]), plan.data / "bundles")
         return decision
-    if current is None and "bundle" in report["bundles"]:
-        set_latest(Path(report["bundles"]["bundle"]), plan.data / "bundles")
-        return {"move": True, "to": Path(report["bundles"]["bundle"]).name, "reason": "there was no LATEST"}
+    if current is None and report["bundles"]:  # trained, not evaluated: no evidence for any bundle
+        rules = rules_bundle(plan.data / "bundles")
+        set_latest(rules, plan.data / "bundles")
+        return {"move": True, "to": rules.name, "reason": "there was no LATEST and no evaluation: LATEST is the rules"}
     return None
 
 

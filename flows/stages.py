@@ -172,7 +172,7 @@ def _bundle_of(l3: str) -> Callable[[dict[str, Path], Any], Path]:
 def _evaluate(p: dict[str, Path], config: Any) -> dict:
     from tasks.evaluate import evaluate, find_pair, pipeline_candidates
 
-    specs, pairs, _ = pipeline_candidates(p, BUNDLES)
+    specs, pairs, _ = pipeline_candidates(p, BUNDLES, p["bundles"])
     # the flow mapped the (world, candidate) units as tasks already: summarize what they wrote
     doc = evaluate(config, p["out"], specs, worlds_dir=p["eval_worlds"], play=False, extra_pairs=pairs,
                    bundles_root=p["bundles"])
@@ -187,15 +187,14 @@ def _evaluate(p: dict[str, Path], config: Any) -> dict:
 
 
 def _finetune(p: dict[str, Path], config: Any) -> Path:
-    from tasks.finetune import finetune
+    from tasks.race import race_stage
 
-    # the run directory is keyed by the stage's cache key: a killed run resumes from its last iteration
-    summary = finetune(config, p["work"], p["data"], out_root=p["bundles"], progress=False)
-    return Path(summary["bundle"])
+    # the run directory is keyed by the stage's cache key: a killed run replays only the rows it lacks
+    return race_stage(config, p["work"], p["bundles"])
 
 
 def _finetune_config(profile: str) -> Any:
-    from tasks.finetune import PROFILES
+    from tasks.race import PROFILES
 
     return PROFILES["smoke" if profile == "smoke" else "default" if profile == "default" else "long"]()
 
@@ -227,10 +226,10 @@ def _feature_spec(profile: str) -> Any:
 def _eval_config(profile: str) -> Any:
     from tasks.evaluate import EvalConfig
 
-    # the fine-tuned bundle plays beside its starting bundle (the untrained residual over the rules)
-    return {"smoke": EvalConfig.smoke(candidates=("PenguinAgent", "untrained:rules")),
-            "default": EvalConfig(candidates=("PenguinAgent", "untrained:rules")),
-            "official": EvalConfig(worlds=48, steps=100, candidates=("PenguinAgent", "untrained:rules"))}[profile]
+    # beside the new bundles: the rules bundle (the race's start) and LATEST (`tasks.evaluate.pipeline_candidates`)
+    return {"smoke": EvalConfig.smoke(candidates=("PenguinAgent",)),
+            "default": EvalConfig(candidates=("PenguinAgent",)),
+            "official": EvalConfig(worlds=48, steps=100, candidates=("PenguinAgent",))}[profile]
 
 
 #: the bundles one pipeline run makes: L3 residual over L1's baseline and over the rules (offline), and the
@@ -259,7 +258,7 @@ STAGES: tuple[Stage, ...] = (
           _bundle_of("l3"), mode="publish"),
     Stage("bundle_rules", ("tasks.bundle",), ("l2", "l3_rules", "l4"), ("bundle_rules",),
           _preset("tasks.bundle", "BundleConfig"), _bundle_of("l3_rules"), mode="publish"),
-    Stage("finetune", ("tasks.finetune",), (), ("finetuned",), _finetune_config, _finetune, mode="publish",
+    Stage("finetune", ("tasks.race",), (), ("finetuned",), _finetune_config, _finetune, mode="publish",
           isolated=True),
     Stage("evaluate", ("tasks.evaluate",), BUNDLES + ("latest",), ("evaluation",), _eval_config,
           _evaluate, mode="fresh"),

@@ -286,6 +286,23 @@ def load_bundle(spec: str | os.PathLike, executor: str = "final") -> Bundle:
                   strategy)
 
 
+#: the rules as a bundle (no networks, no offsets): where a race starts, and LATEST when nothing beats them
+RULES_BUNDLE = "hrlxf-rules"
+
+
+def rules_bundle(out_root: Path) -> Path:
+    """``<out_root>/hrlxf-rules``, written if it is not there (or does not load as the rules)."""
+    path = Path(out_root) / RULES_BUNDLE
+    try:
+        b = load_bundle(path)
+        if not b.has_networks and not b.strategy:
+            return path
+    except BundleError:
+        pass
+    return save_rules_bundle(path, Strategy(), metrics={"trained": False},
+                             trained_on={"note": "the rule layers behind L1, no strategy offsets"})
+
+
 def write_untrained_bundle(out_dir: Path, mode: str = "residual", seed: int = 0, horizon: int = DEFAULT_HORIZON,
                            base: str = "baseline") -> Path:
     """Random weights (heads of L3 at zero), so the neural path can run before training exists.

@@ -5,5 +5,7 @@
 - `ppo`: GAE and the clipped losses, pure functions.
 - `mappo`: the L3 update (shared actor, centralised critic over the active threads).
 - `l2_ppo`: the L2 update (one step a day).
-The loop, its checkpoints and its logs are the `finetune` stage (`tasks/finetune.py`).
+- `racing`: the racing gate over the strategy template (its statistics; the race that plays it is `tasks/race.py`,
+  the pipeline's `finetune` stage).
+The PPO loop, its checkpoints and its logs are `hrlxf finetune` (`tasks/finetune.py`).
 """

@@ -425,33 +425,46 @@ def find_pair(doc: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
     return {**flip, "a": a, "b": b, "wins": other["losses"], "losses": other["wins"]}
 
 
-def decide_latest(doc: dict[str, Any], current: str | None, new: Sequence[str]) -> dict[str, Any]:
+def decide_latest(doc: dict[str, Any], current: str | None, new: Sequence[str], rules: str | None = None) -> dict[str, Any]:
     """Where ``LATEST`` should point after this evaluation, and why.
 
-    ``current``: the label of the bundle LATEST names now (None: there is none); ``new``: the labels of
-    the bundles just made. The best new one (highest mean) replaces the current only when its paired
-    difference against it lies above 0 with an interval that excludes 0; a tie, a loss or too few
-    worlds keep LATEST where it is.
+    ``current``: the label of the bundle LATEST names now (None: there is none, or it does not load); ``new``:
+    the labels of the bundles just made; ``rules``: the label of the rules bundle (`hrlxf_agent.bundle.RULES_BUNDLE`),
+    when it played. The best new bundle (highest mean) takes LATEST only with evidence: better than the rules
+    and than the current LATEST, each paired difference with an interval that excludes 0. Otherwise LATEST
+    stays where it is, or, when there is none, becomes the rules: a tie, a loss or too few worlds never
+    move it to a bundle.
     """
     agents = doc["agents"]
-    new = [n for n in new if n in agents and agents[n]["worlds"]]
+    fallback = ({"move": True, "to": rules} if current is None and rules in agents else
+                {"move": False, "to": current})
+    why_fallback = ("there was no LATEST: LATEST is the rules" if fallback["move"] else
+                    "LATEST stays" if current is not None else "there was no LATEST and the rules did not play")
+    new = [n for n in new if n in agents and agents[n]["worlds"] and n != rules]
     if not new:
-        return {"move": False, "to": current, "reason": "no new bundle was evaluated"}
+        return {**fallback, "reason": f"no new bundle but the rules was evaluated; {why_fallback}"}
     best = max(new, key=lambda n: agents[n]["score"]["mean"])
-    if current is None:
-        return {"move": True, "to": best, "reason": "there was no LATEST"}
-    if current == best:
+    against = list(dict.fromkeys(b for b in (rules, current) if b is not None and b in agents and b != best))
+    if not against:
+        if current is None:
+            return {"move": True, "to": best, "reason": "there was no LATEST and no rules bundle to beat"}
         return {"move": False, "to": current, "reason": f"{best} is already LATEST"}
-    diff = find_pair(doc, best, current)
-    if diff is None:
-        return {"move": False, "to": current, "reason": f"{current} (LATEST) was not evaluated beside {best}"}
-    if diff["half_width"] is None:
-        return {"move": False, "to": current, "reason": f"{best} - {current}: {diff['note']}"}
-    figure = f"{best} - {current} = {diff['mean']:+.4f} ± {diff['half_width']:.4f} over {diff['n']} worlds"
-    if excludes_zero(diff) > 0:
-        return {"move": True, "to": best, "reason": f"{figure}: better, the interval excludes 0"}
-    return {"move": False, "to": current, "reason": f"{figure}: not shown better (the interval "
-                                                    f"{'holds 0' if excludes_zero(diff) == 0 else 'is below 0'})"}
+    figures = []
+    for other in against:
+        diff = find_pair(doc, best, other)
+        if diff is None:
+            return {**fallback, "reason": f"{other} was not evaluated beside {best}; {why_fallback}"}
+        if diff["half_width"] is None:
+            return {**fallback, "reason": f"{best} - {other}: {diff['note']}; {why_fallback}"}
+        figure = f"{best} - {other} = {diff['mean']:+.4f} ± {diff['half_width']:.4f} over {diff['n']} worlds"
+        side = excludes_zero(diff)
+        if side <= 0:
+            return {**fallback, "reason": f"{figure}: not shown better (the interval "
+                                          f"{'holds 0' if side == 0 else 'is below 0'}); {why_fallback}"}
+        figures.append(figure)
+    if best == current:
+        return {"move": False, "to": current, "reason": f"{best} is already LATEST ({'; '.join(figures)})"}
+    return {"move": True, "to": best, "reason": "; ".join(figures) + ": better, every interval excludes 0"}
 
 
 def apply_latest(doc: dict[str, Any], bundles_root: Path) -> dict[str, Any] | None:
@@ -464,10 +477,15 @@ def apply_latest(doc: dict[str, Any], bundles_root: Path) -> dict[str, Any] | No
     return decision
 
 
-def pipeline_candidates(p: dict[str, Path], bundles: Sequence[str]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """The pipeline's bundles (the artifacts named ``bundles``, in order) as candidate specs (the new ones,
-    then the LATEST the run started with if it is not one of them), the pairs that decide the L3 variant and
-    LATEST, and the new bundles' labels."""
+def pipeline_candidates(p: dict[str, Path], bundles: Sequence[str], bundles_root: Path | None = None
+                        ) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """The pipeline's bundles (the artifacts named ``bundles``, in order) as candidate specs (the new ones, the
+    starts of fine-tuned ones, the rules bundle, then the LATEST the run started with if it is not one of
+    them), the pairs that decide the L3 variant and LATEST (every new bundle against the rules, its start and
+    LATEST), and the new bundles' labels. ``bundles_root``: where the rules bundle is (written if missing)."""
+    from hrlxf_agent.bundle import bundle_ref
+    from hrlxf_agent.bundle import rules_bundle
+
     new = [Path(p[k]) for k in bundles if k in p]
     labels = [b.resolve().name for b in new]
     specs = [str(b) for b in new]
@@ -475,15 +493,20 @@ def pipeline_candidates(p: dict[str, Path], bundles: Sequence[str]) -> tuple[lis
     for b in new:  # a fine-tuned bundle against the bundle it started from
         start = json.loads((b / "manifest.json").read_text()).get("metrics", {}).get("from")
         if start:
-            from hrlxf_agent.bundle import bundle_ref
-
             start = str(bundle_ref(b, start))  # relative to the bundle (absolute in older bundles)
             specs.append(start)
             pairs.append((b.resolve().name, Path(start).name))
+    if bundles_root is not None:  # the rules as a bundle: what every new one must beat to take LATEST
+        rules = rules_bundle(Path(bundles_root))
+        specs.append(str(rules))
+        pairs += [(n, rules.name) for n in labels if n != rules.name]
     if "latest" in p:
         current = Path(p["latest"]).resolve().name
         specs.append(str(p["latest"]))
         pairs += [(n, current) for n in labels if n != current]
+    seen: set[Path] = set()
+    specs = [s for s in specs if not (Path(s).resolve() in seen or seen.add(Path(s).resolve()))]  # type: ignore[func-returns-value]
+    pairs = list(dict.fromkeys(pairs))
     return specs, pairs, labels
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -61,6 +61,10 @@ class RaceConfig:
     def validate(self) -> None:
         self.gate.validate()
         check_offsets({k: 0.0 for k in self.knobs})  # an unknown knob is named
+        for group in (self.knobs, *self.blocks):
+            twice = sorted({k for k in group if list(group).count(k) > 1})
+            if twice:
+                raise ValueError(f"race: {twice} named twice in {list(group)}")
         for block in self.blocks:
             check_offsets({k: 0.0 for k in block})
             if not 1 <= len(block) <= self.gate.block:
@@ -74,6 +78,27 @@ class RaceConfig:
         from hrlxf_agent.registry import resolve_all
 
         resolve_all(list(self.opponents))
+
+    @classmethod
+    def smoke(cls, **kwargs: Any) -> "RaceConfig":
+        """One knob, one look of 3 short worlds, 3 to confirm: the pipeline's smoke run."""
+        return cls(**{**dict(knobs=("goal.first.sell.p.bias",), iterations=1, steps=10, agents_per_world=(6, 8),
+                             opponents=("AS0", "XenoSotaAgent", "UltraSuperMiracleSoraFinalAgentZ"),
+                             gate=GateConfig(block=1, batch=3, max_worlds=3, confirm_worlds=3)), **kwargs})
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> "RaceConfig":
+        """The main job's budget (about 5 minutes of both cores): the first level's sell price, its three terms
+        in one block, two looks of 6 worlds, 12 to confirm."""
+        return cls(**{**dict(knobs=("goal.first.sell.p.bias", "goal.first.sell.p.cover", "goal.first.sell.p.time"),
+                             iterations=1, gate=GateConfig(block=3, batch=6, max_worlds=12, confirm_worlds=12)),
+                      **kwargs})
+
+    @classmethod
+    def long(cls, **kwargs: Any) -> "RaceConfig":
+        """Real runs: every default knob, two rounds over their blocks, the full gate (hours on 2 cores)."""
+        config = cls(**kwargs)
+        return replace(config, iterations=kwargs.get("iterations", 2 * len(config.the_blocks())))
 
     def the_blocks(self) -> list[tuple[str, ...]]:
         """The blocks raced in turn: given, or the knobs grouped by the role they act on (all roles last)."""
@@ -253,6 +278,20 @@ def race_block(arena: Arena, config: RaceConfig, iteration: int, block: tuple[st
     return entry
 
 
+PROFILES: dict[str, Callable[..., RaceConfig]] = {"smoke": RaceConfig.smoke, "default": RaceConfig.default,
+                                                  "long": RaceConfig.long}
+
+
+def race_stage(config: RaceConfig, run: Path, out_root: Path, dask_address: str | None = None) -> Path:
+    """The pipeline's fine-tuning: the race from the rules bundle. Its bundle when a change was committed,
+    else the rules bundle itself (named as the rules: never a new name for what plays as its start)."""
+    from hrlxf_agent.bundle import rules_bundle
+
+    start = rules_bundle(out_root)
+    doc = run_race(replace(config, start=str(start)), run, out_root=out_root, dask_address=dask_address)
+    return Path(doc["bundle"]) if doc["bundle"] else start
+
+
 def start_offsets(start: str) -> dict[str, float]:
     if start == "rules":
         return {}
@@ -313,6 +352,8 @@ def publish(config: RaceConfig, offsets: dict[str, float], out_root: Path, doc: 
     digest = hashlib.sha256(json.dumps([config.start, strategy.offsets], sort_keys=True).encode()).hexdigest()[:12]
     metrics = {"trained": True, "method": "race", "strategy": strategy.offsets,
                "committed": [e["iteration"] for e in doc["iterations"] if e.get("decision") == "committed"]}
+    if config.start != "rules":
+        metrics["from"] = str(Path(config.start).resolve())  # the evaluation plays it beside its start
     if config.start == "rules":
         return save_rules_bundle(out_root / f"hrlxf-race-rules-{digest}", strategy, metrics=metrics,
                                  trained_on={"from": "rules", "race": metrics})

@@ -118,7 +118,8 @@ def test_latest_does_not_move_on_a_tie():
                     extra_pairs=[("new", "old")])
     d = decide_latest(doc, "old", ["new"])
     assert not d["move"] and d["to"] == "old" and "holds 0" in d["reason"]
-    assert decide_latest(doc, None, ["new"]) == {"move": True, "to": "new", "reason": "there was no LATEST"}
+    assert decide_latest(doc, None, ["new"]) == {"move": True, "to": "new",
+                                                 "reason": "there was no LATEST and no rules bundle to beat"}
 
 
 def test_latest_moves_on_a_clear_win_and_not_on_too_few_worlds():
@@ -133,6 +134,40 @@ def test_latest_moves_on_a_clear_win_and_not_on_too_few_worlds():
     few = summarize([r for r in rows if r["world"] < 2], cands, EvalConfig(worlds=2), extra_pairs=[("new", "old")])
     d = decide_latest(few, "old", ["new"])
     assert not d["move"] and "too few worlds" in d["reason"]
+
+
+def _latest_doc(scores: dict[str, list[float]]) -> dict:
+    names = [n for n in scores if n != "PenguinAgent"]
+    cands = [Candidate(n, n, "LitaAgentHRL") for n in names] + [CANDS[1]]
+    n = len(next(iter(scores.values())))
+    pairs = [(a, b) for a in names for b in names if a != b]
+    return summarize([_row(w, c, s[w]) for c, s in scores.items() for w in range(n)], cands, EvalConfig(worlds=n),
+                     extra_pairs=pairs)
+
+
+def test_every_latest_path_against_the_rules():
+    """LATEST takes a new bundle only if it beats the rules and the current LATEST with intervals excluding 0;
+    the best of several new bundles is the one tried; with no LATEST (or one that does not load: the flow
+    passes None) and no such bundle, LATEST is the rules."""
+    base = [1.0, 1.2, 0.8, 1.1, 0.9, 1.05]
+    up = lambda d, noise=0.0: [x + d + noise * (-1) ** i for i, x in enumerate(base)]  # noqa: E731
+    doc = _latest_doc({"hrlxf-rules": base, "old": up(0.01, 0.004), "a": up(0.05, 0.002), "b": up(0.03, 0.002),
+                       "PenguinAgent": [1.0] * 6})
+    d = decide_latest(doc, "old", ["a", "b"], "hrlxf-rules")
+    assert d["move"] and d["to"] == "a" and "a - hrlxf-rules" in d["reason"] and "a - old" in d["reason"]  # displaced
+    tie = _latest_doc({"hrlxf-rules": base, "old": up(0.04, 0.002), "a": up(0.04, 0.003), "PenguinAgent": [1.0] * 6})
+    d = decide_latest(tie, "old", ["a"], "hrlxf-rules")
+    assert not d["move"] and d["to"] == "old" and "a - old" in d["reason"] and "holds 0" in d["reason"]  # a tie
+    loss = _latest_doc({"hrlxf-rules": base, "old": up(0.04, 0.002), "a": up(-0.02, 0.002), "PenguinAgent": [1.0] * 6})
+    d = decide_latest(loss, "old", ["a"], "hrlxf-rules")
+    assert not d["move"] and d["to"] == "old" and "below 0" in d["reason"]  # a loss (against the rules already)
+    d = decide_latest(loss, None, ["a"], "hrlxf-rules")  # no LATEST, or one that does not load
+    assert d["move"] and d["to"] == "hrlxf-rules" and "LATEST is the rules" in d["reason"]
+    d = decide_latest(doc, None, ["a", "b"], "hrlxf-rules")  # no LATEST: the best new one, on evidence
+    assert d["move"] and d["to"] == "a"
+    same = _latest_doc({"hrlxf-rules": base, "PenguinAgent": [1.0] * 6})  # the race committed nothing
+    d = decide_latest(same, None, ["hrlxf-rules"], "hrlxf-rules")
+    assert d["move"] and d["to"] == "hrlxf-rules"
 
 
 # ---------------------------------------------------------------------------------------- bad input

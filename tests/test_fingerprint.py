@@ -117,8 +117,8 @@ def test_imports_inside_functions_of_the_code_a_stage_calls_count(tree):
     assert "hrlxf_agent.penguin" in cv.module_closure(["tasks.stage_g"])
 
 
-def test_online_learning_code_counts_in_finetune(tree, stages):
-    assert _recomputed(tree, stages, "hrlxf_rl.ppo") == {"finetune"}
+def test_the_race_code_counts_in_finetune_only(tree, stages):
+    assert _recomputed(tree, stages, "hrlxf_rl.racing") == {"finetune"}
 
 
 # ------------------------------------------------------------------------------- the digest cache

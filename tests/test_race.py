@@ -10,7 +10,7 @@ from hrlxf_agent.strategy import StrategyError
 from hrlxf_rl.racing import GateConfig
 from tasks.evaluate import units_dir, world_seed
 from tasks.paired import slot_roles
-from tasks.race import INCUMBENT, Arena, RaceConfig, Worlds, _candidate, run_race
+from tasks.race import DEFAULT_KNOBS, INCUMBENT, Arena, RaceConfig, Worlds, _candidate, run_race
 
 KNOB = "goal.first.sell.p.bias"  # range [-0.3, 0.3]: a first step of 1/6 of it is 0.1
 SMALL = dict(steps=10, agents_per_world=(4, 6), opponents=("PenguinAgent", "AS0"), workers=1)
@@ -33,7 +33,9 @@ def test_bad_knobs_and_blocks_fail_before_any_world():
     with pytest.raises(StrategyError, match="unknown parameter 'goal.first.buy.p.bias'"):
         RaceConfig(knobs=("goal.first.buy.p.bias",), **SMALL).validate()  # a first-level factory does not buy
     with pytest.raises(ValueError, match="has 7 knobs; the gate races 1..6"):
-        RaceConfig(blocks=(("limit.margin",) * 7,), **SMALL).validate()
+        RaceConfig(blocks=(DEFAULT_KNOBS[:7],), **SMALL).validate()
+    with pytest.raises(ValueError, match=r"\['limit.margin'\] named twice"):
+        RaceConfig(blocks=(("limit.margin", "limit.margin"),), **SMALL).validate()
     with pytest.raises(ValueError, match="gate.block must be 1..6"):
         RaceConfig(gate=GateConfig(block=8), **SMALL).validate()
     assert RaceConfig(knobs=("limit.margin", KNOB, "goal.last.buy.p.bias"), **SMALL).the_blocks() == \
