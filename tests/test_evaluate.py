@@ -316,3 +316,23 @@ def test_a_crashing_candidate_drops_its_worlds_and_too_few_worlds_say_so(tmp_pat
     assert doc["power"]["resolution"] is None and "too few worlds" in doc["power"]["note"]
     assert "too few worlds" in (tmp_path / "evaluation.md").read_text()
     assert math.isclose(doc["agents"]["rules"]["worlds"], 0)
+
+
+def test_a_latest_that_does_not_load_is_no_latest_and_the_rules_bundle_is_the_rules(tmp_path):
+    """The flow reads LATEST with `current_latest`: a name whose bundle does not load is None, so
+    `decide_latest` treats the run as one without LATEST (the rules, or a bundle with evidence)."""
+    from flows.pipeline import current_latest
+    from hrlxf_agent.bundle import RULES_BUNDLE, load_bundle, rules_bundle, set_latest
+
+    root = tmp_path / "bundles"
+    rules = rules_bundle(root)
+    assert rules.name == RULES_BUNDLE and not load_bundle(rules).has_networks and not load_bundle(rules).strategy
+    set_latest(rules, root)
+    assert current_latest(root) == rules.resolve()
+    broken = root / "hrlxf-broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    set_latest(broken, root)
+    assert current_latest(root) is None
+    (rules / "manifest.json").write_text("[]")  # a damaged rules bundle is written again
+    assert load_bundle(rules_bundle(root)).strategy.offsets == {}

@@ -101,3 +101,19 @@ def test_a_whole_race_moves_the_knob_the_way_the_worlds_say(tmp_path):
     bundle = load_bundle(doc["bundle"])
     assert not bundle.has_networks and bundle.strategy.offsets == doc["strategy"]
     assert (run / "decisions.png").is_file() and json.loads((run / "decisions.json").read_text())["bundle"] == doc["bundle"]
+
+
+def test_a_world_that_crashed_for_one_arm_is_dropped_from_every_arm_and_reported(tmp_path):
+    config = RaceConfig(knobs=(KNOB,), iterations=1, gate=GateConfig(block=1, batch=3, max_worlds=3), **SMALL)
+    arena = Arena(config, tmp_path)
+    looks = units_dir(tmp_path / "worlds", arena.looks)
+    cands = [_candidate(INCUMBENT, "rules", {}), _candidate("arm", "rules", {KNOB: 0.1})]
+    for w in (4, 5, 6):
+        for c in cands:
+            _write_row(looks / f"w{w:03d}" / f"{c.key()}.json", w, c.label, 1.0 + w)
+    crashed = json.loads((looks / "w005" / f"{cands[1].key()}.json").read_text())
+    (looks / "w005" / f"{cands[1].key()}.json").write_text(json.dumps({**crashed, "error": "RuntimeError: boom"}))
+    scores = arena.play("looks", [4, 5, 6], cands)
+    assert arena.played == 0 and {w for s in scores.values() for w in s} == {4, 6}  # gone for the incumbent too
+    (dropped,) = arena.dropped
+    assert dropped["world"] == 5 and dropped["pool"] == "looks" and "boom" in dropped["errors"][0]["error"]
