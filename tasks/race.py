@@ -12,6 +12,7 @@ each difference would be 0. Every look and every confirmation takes worlds never
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -96,8 +97,9 @@ class RaceConfig:
 
     @classmethod
     def long(cls, **kwargs: Any) -> "RaceConfig":
-        """Real runs: every default knob, two rounds over their blocks, the full gate (hours on 2 cores)."""
-        config = cls(**kwargs)
+        """Real runs: every default knob, two rounds over their blocks, the full gate, in worlds of scml's own
+        sizes (8-24 factories, as the league plays): 6-12 hours on 2 cores."""
+        config = cls(**{"agents_per_world": None, **kwargs})
         return replace(config, iterations=kwargs.get("iterations", 2 * len(config.the_blocks())))
 
     def the_blocks(self) -> list[tuple[str, ...]]:
@@ -107,8 +109,11 @@ class RaceConfig:
         groups: dict[str | None, list[str]] = {}
         for k in self.knobs:
             groups.setdefault(knob_role(k), []).append(k)
-        return [tuple(ks[i:i + self.gate.block]) for _, ks in sorted(groups.items(), key=lambda g: g[0] is None)
-                for i in range(0, len(ks), self.gate.block)]
+        out = []
+        for _, ks in sorted(groups.items(), key=lambda g: g[0] is None):
+            n = math.ceil(len(ks) / self.gate.block)  # as few blocks as the gate allows, of even sizes
+            out += [tuple(ks[i * len(ks) // n:(i + 1) * len(ks) // n]) for i in range(n)]
+        return out
 
     def planned_arms(self) -> int:
         """Every arm the run may race: the acceptance tests share the family-wise error over these."""

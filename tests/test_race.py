@@ -40,6 +40,8 @@ def test_bad_knobs_and_blocks_fail_before_any_world():
         RaceConfig(gate=GateConfig(block=8), **SMALL).validate()
     assert RaceConfig(knobs=("limit.margin", KNOB, "goal.last.buy.p.bias"), **SMALL).the_blocks() == \
         [(KNOB,), ("goal.last.buy.p.bias",), ("limit.margin",)]  # by role, the all-role knobs last
+    every_role = tuple(k for k in DEFAULT_KNOBS if not k.startswith("goal."))
+    assert [len(b) for b in RaceConfig(knobs=every_role, **SMALL).the_blocks()] == [3, 4]  # 7: two even blocks
 
 
 def _write_row(path, world: int, label: str, score: float) -> None:
