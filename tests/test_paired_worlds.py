@@ -15,12 +15,21 @@ def _recorded(subject: type, crn: str) -> dict[str, list]:
     return {slot_of(aid): a._obj.draws for aid, a in world.agents.items() if isinstance(getattr(a, "_obj", None), DrawRecorder)}
 
 
+def _fresh(subject: type, crn: str) -> dict[str, list]:
+    """`_recorded` in a process of its own, as every paired unit is played (`tasks.parallel.in_fresh_process`):
+    a world replayed in a process where other worlds ran before may not replay the same (docs/evaluation.md,
+    "Reproducible worlds"), and the comparison is of candidates, not of processes."""
+    from tasks.parallel import in_fresh_process
+
+    return in_fresh_process(_recorded, subject, crn)
+
+
 def test_daily_reseeding_keeps_an_opponents_draws_across_candidates_that_draw_differently():
-    quiet, noisy = _recorded(QuietAgent, "daily"), _recorded(NoisyAgent, "daily")
+    quiet, noisy = _fresh(QuietAgent, "daily"), _fresh(NoisyAgent, "daily")
     assert quiet and quiet.keys() == noisy.keys()
     assert all(len(d) == STEPS for d in quiet.values())
     assert quiet == noisy  # the noisy candidate's extra draws never reach the opponents' next day
-    once_quiet, once_noisy = _recorded(QuietAgent, "once"), _recorded(NoisyAgent, "once")
+    once_quiet, once_noisy = _fresh(QuietAgent, "once"), _fresh(NoisyAgent, "once")
     assert once_quiet != once_noisy  # seeded once, they do: what the daily reseeding is for
     first = next(iter(once_quiet))
     assert once_quiet[first][0] == once_noisy[first][0]  # day 0 is still paired, the decay starts after it
@@ -79,6 +88,8 @@ def _played(records: bool) -> tuple[dict, list, int]:
 
 def test_a_world_without_negotiation_records_plays_as_one_with_them():
     """`tasks.collect.new_world` turns off negmas' negotiation records (a third of a world's time): same play."""
-    lean, recorded = _played(False), _played(True)
+    from tasks.parallel import in_fresh_process
+
+    lean, recorded = in_fresh_process(_played, False), in_fresh_process(_played, True)  # as units are played
     assert lean[2] == 0 and recorded[2] > 0  # the records were off, then on
     assert lean[1] and lean[:2] == recorded[:2]  # the same scores and the same contracts
