@@ -200,7 +200,8 @@ def test_a_pipeline_on_an_object_store_keeps_its_worlds_and_records_there(s3, tm
     assert r["rc"] == 0, r["err"][-3000:]
     assert r["report"]["store"] == url and all(s == "computed" for s in states(r).values()), states(r)
     worlds, units = r["report"]["worlds"], r["report"]["evaluation_units"]
-    assert worlds["played"] == 4 and units["played"] == 5 and not worlds["failed"] and not units["failed"]
+    # the two offline bundles, the race's (the rules bundle) and PenguinAgent
+    assert worlds["played"] == 4 and units["played"] == 4 and not worlds["failed"] and not units["failed"]
     for played in (worlds["workers"], units["workers"]):  # host:pid of the worker process that ran each unit
         assert {int(w.rsplit(":", 1)[1]) for w in played} <= pids, (played, pids)
     fs = store_fs()
@@ -212,7 +213,7 @@ def test_a_pipeline_on_an_object_store_keeps_its_worlds_and_records_there(s3, tm
     assert played_on == {f"w000{i}" for i in range(4)}  # every world was played in a worker's own mirror ...
     assert len(list((tmp_path / "host1" / "lake" / "macro" / "smoke").glob("*.parquet"))) == 4  # ... and converted here
     fetched = {p.parent.name for i in (1, 2) for p in (tmp_path / f"worker{i}" / "bundles").glob("*/manifest.json")}
-    assert fetched and fetched <= {Path(b).name for b in r["report"]["bundles"].values()} | {"untrained-rules"}
+    assert fetched and fetched <= {Path(b).name for b in r["report"]["bundles"].values()} | {"hrlxf-rules"}
 
     again = hrlxf(_env(s3, url, tmp_path / "host2"), "run", "--profile", "smoke")
     assert again["rc"] == 0, again["err"][-3000:]
