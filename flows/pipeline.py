@@ -5,9 +5,9 @@ The stages form a DAG (`flows/stages.py` declares what each reads and writes)::
     collect -> events -> tables -> train_l2 -> backfill -> train_l3 (residual over L1's baseline) -> bundle
                                                          -> train_l3_rules (over the rules)     -> bundle_rules
                                                          -> train_l4 (into both bundles)
-    finetune (online, from the untrained residual over the rules; reads nothing the pipeline makes)
-    bundle, bundle_rules, finetune -> evaluate (beside the fine-tuned one's start and the LATEST the run
-    started with)
+    finetune (the race over the strategy template, from the rules bundle; reads nothing the pipeline makes)
+    bundle, bundle_rules, finetune -> evaluate (beside the rules bundle, the race's start and the LATEST the
+    run started with)
 
 Each stage starts when the stages it reads from end, so independent ones (the three trainings, the
 fine-tuning) run at once; a stage that trains runs in a process of its own (its seeds and threads are
