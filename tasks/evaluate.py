@@ -504,8 +504,10 @@ def pipeline_candidates(p: dict[str, Path], bundles: Sequence[str], bundles_root
         current = Path(p["latest"]).resolve().name
         specs.append(str(p["latest"]))
         pairs += [(n, current) for n in labels if n != current]
-    seen: set[Path] = set()
-    specs = [s for s in specs if not (Path(s).resolve() in seen or seen.add(Path(s).resolve()))]  # type: ignore[func-returns-value]
+    by_path: dict[Path, str] = {}  # one spec per bundle directory (the race's bundle may be the rules bundle)
+    for spec in specs:
+        by_path.setdefault(Path(spec).resolve(), spec)
+    specs = list(by_path.values())
     pairs = list(dict.fromkeys(pairs))
     return specs, pairs, labels
 
