@@ -29,8 +29,10 @@ run: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/hrlxf audit
 
+# Two test processes, each taking whole files (a file's tests share fixtures and run in order): the suite
+# waits on servers, child commands and sleeps for much of its time, so one process leaves a core idle.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -x -p no:cacheprovider
+	$(BIN)/python -m pytest -x -p no:cacheprovider -n 2 --dist loadfile
 
 # The analyzer's tests drive the distribution's headless Chromium (Playwright's own download is not reachable).
 browser:

@@ -73,6 +73,16 @@ def prefect_api_for_the_session():
         yield url
 
 
+def child_env(ephemeral: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a command a test runs in a child process: this one without Prefect's settings,
+    except the session's API (started above; a command that starts its own temporary server spends 10-40 s
+    on it). ``ephemeral``: no API either, so the command starts its own, as `make run` does on a fresh machine."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if not ephemeral and os.environ.get("PREFECT_API_URL"):
+        env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
+    return {**env, **extra}
+
+
 @contextmanager
 def dask_processes(home: Path, worker_envs: list[dict[str, str]]) -> Iterator[tuple[str, set[int]]]:
     """A `dask scheduler` and one `dask worker` process (two threads) per environment, on loopback; yields
@@ -109,4 +119,4 @@ def base_snapshot() -> Snapshot:
     return snap()
 
 
-__all__ = ["make_world", "agents_of", "snap", "per_day", "replace", "dask_processes"]
+__all__ = ["make_world", "agents_of", "snap", "per_day", "replace", "dask_processes", "child_env"]

@@ -99,27 +99,27 @@ def test_worlds_mapped_on_worker_processes_give_the_same_bytes(tmp_path):
         _tables({"lake": lakes[2]}, None, 2, None)
 
 
-def test_bench_tables_times_this_code_and_a_mapped_baseline_at_two_scales(tmp_path):
-    """`hrlxf bench tables` on a small run: 2x holds twice the worlds and events of 1x, and the baseline (this
-    checkout again, mapped the same way) is timed beside this code at each scale."""
+def test_bench_tables_times_this_code_at_two_scales_and_a_mapped_baseline_beside_it(tmp_path):
+    """`hrlxf bench tables` on a one-world run: 2x holds twice the worlds and events of 1x, and the baseline
+    (this checkout again, mapped the same way) is timed beside this code at 1x."""
     from pathlib import Path
 
     from tasks.bench_tables import Config, render, run_bench
 
     raw = tmp_path / "raw"
-    run_collect(CollectProfile(worlds=2, steps=10, experts=("PenguinAgent", "AS0"), agents_per_world=(4, 5),
-                               workers=2), raw, "r")
+    run_collect(CollectProfile(worlds=1, steps=10, experts=("PenguinAgent", "AS0"), agents_per_world=(4, 5),
+                               workers=1), raw, "r")
     root = Path(__file__).resolve().parents[1]
-    doc = run_bench(Config(raw=str(raw), run_id="r", scales=(1, 2), baseline=str(root), baseline_scales=(1, 2),
+    doc = run_bench(Config(raw=str(raw), run_id="r", scales=(1, 2), baseline=str(root), baseline_scales=(1,),
                            baseline_mapped=True, workers=2))
     rows = {(r["code"], r["scale"]): r for r in doc["results"]}
-    assert set(rows) == {(c, s) for c in ("this", "baseline") for s in ("1x", "2x")}
-    for code in ("this", "baseline"):
-        one, two = rows[(code, "1x")], rows[(code, "2x")]
-        assert (two["worlds"], two["events"]) == (2 * one["worlds"], 2 * one["events"]) and one["events"] > 0
-        assert one["workers"] == 2 and one["cpu_seconds"] > 0 and one["unit_peak_mb"] > 0
-        assert 0 < one["rerun_seconds"] < one["seconds"] and one["rerun_built"] == 0  # nothing new: all found done
-    assert rows[("baseline", "1x")]["speedup"] > 0 and "| baseline | 2x |" in render(doc)
+    assert set(rows) == {("this", "1x"), ("this", "2x"), ("baseline", "1x")}
+    one, two = rows[("this", "1x")], rows[("this", "2x")]
+    assert (two["worlds"], two["events"]) == (2 * one["worlds"], 2 * one["events"]) and one["events"] > 0
+    for row in (one, rows[("baseline", "1x")]):
+        assert row["workers"] == 2 and row["cpu_seconds"] > 0 and row["unit_peak_mb"] > 0
+        assert 0 < row["rerun_seconds"] < row["seconds"] and row["rerun_built"] == 0  # nothing new: all found done
+    assert rows[("baseline", "1x")]["speedup"] > 0 and "| baseline | 1x |" in render(doc)
 
 
 def test_unit_records_rebuild_exactly_the_units_whose_inputs_code_or_files_changed(tmp_path, monkeypatch):

@@ -1,7 +1,10 @@
 """The Prefect pipeline on the smoke profile (4 worlds x 10 steps), through `hrlxf run` in child processes:
 resume after kill -9 in collect, all cache hits on a rerun, downstream-only recomputation when raw worlds
-are added or one stage's config changes, collect on a Dask LocalCluster, a failing stage, refused
-parameters, and the deployments of prefect.yaml on a real server started by `make serve`.
+are added (on a Dask cluster) or one stage's config changes, a failing stage, and the deployments of
+prefect.yaml on a real server started by `make serve` (the refusals: test_pipeline_guards.py).
+
+The first run and its resumption start Prefect's temporary API, as `make run` does; the other commands report
+to the session's (`conftest.child_env`).
 
 The tests share one data root and run in file order: each leaves it complete for the next.
 """
@@ -21,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import dask_processes
+from conftest import child_env, dask_processes
 
 from tasks.fingerprint import fingerprint
 
@@ -31,15 +34,15 @@ STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "tr
           "bundle", "bundle_rules", "finetune", "evaluate"]
 
 
-def _env(data: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return {**env, "HRLXF_DATA": str(data), "PYTHONPATH": str(ROOT), **extra}
+def _env(data: Path, ephemeral: bool = False, **extra: str) -> dict[str, str]:
+    return child_env(ephemeral, HRLXF_DATA=str(data), PYTHONPATH=str(ROOT), **extra)
 
 
-def hrlxf(data: Path, *args: str, timeout: float = 900) -> dict:
-    """`hrlxf run ...` in a child process: its exit code, output, wall time and the run report."""
+def hrlxf(data: Path, *args: str, timeout: float = 900, ephemeral: bool = False) -> dict:
+    """`hrlxf run ...` in a child process: its exit code, output, wall time and the run report. It reports to
+    the session's Prefect API unless ``ephemeral`` (then it starts its own, as on a fresh machine)."""
     start = time.time()
-    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=ROOT, env=_env(data),
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=ROOT, env=_env(data, ephemeral),
                        capture_output=True, text=True, timeout=timeout)
     last = data / "reports" / "pipeline" / "last.json"
     report = json.loads(last.read_text()) if last.exists() else None
@@ -61,11 +64,11 @@ def mtimes(paths) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     """A smoke pipeline whose first run is killed (kill -9, whole process group) once a world is complete,
-    then run again to the end."""
+    then run again to the end; both on Prefect's temporary API, as `make run` runs."""
     root = tmp_path_factory.mktemp("pipeline")
     run = root / "raw" / "smoke"
     cmd = [sys.executable, "-m", "flows.cli", "run", "--profile", "smoke", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(root, ephemeral=True), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not done_times(run) and proc.poll() is None:
@@ -73,7 +76,7 @@ def data(tmp_path_factory) -> dict:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = done_times(run)
-    resumed = hrlxf(root, "--profile", "smoke")
+    resumed = hrlxf(root, "--profile", "smoke", ephemeral=True)
     return {"root": root, "finished": finished, "resumed": resumed}
 
 
@@ -145,26 +148,25 @@ def dask_cluster(tmp_path_factory):
         yield cluster
 
 
-def test_collect_and_evaluate_run_on_two_dask_worker_processes_and_only_later_stages_recompute(data, dask_cluster):
-    """A new run of worlds, played on a scheduler and two `dask worker` processes, like the evaluation units
-    and the new worlds' events and tables:
-    every stage after collect recomputes, incrementally (the earlier worlds' tables are not rewritten)."""
+def test_collect_and_the_lake_run_on_two_dask_worker_processes_and_only_new_worlds_are_converted(data, dask_cluster,
+                                                                                               tmp_path):
+    """A new run of worlds, played on a scheduler and two `dask worker` processes, like its events and tables,
+    on a copy of the data root (the evaluation's units on a cluster: test_store): the new worlds' events and
+    tables are built, the earlier worlds' are not rewritten."""
     address, pids = dask_cluster
-    root = data["root"]
+    root = tmp_path / "root"
+    shutil.copytree(data["root"], root, symlinks=True)
     old = mtimes([*root.glob("lake/events/smoke/*/days.parquet"), *root.glob("lake/macro/smoke/*.parquet"),
                   *root.glob("lake/micro/smoke/*.parquet")])
-    r = hrlxf(root, "--profile", "smoke", "--run-id", "dask", "--dask-address", address)
+    r = hrlxf(root, "--profile", "smoke", "--run-id", "dask", "--dask-address", address, "--until", "tables")
     assert r["rc"] == 0, r["err"][-3000:]
     assert r["report"]["task_runner"] == f"dask {address}"
-    worlds, units = r["report"]["worlds"], r["report"]["evaluation_units"]
-    assert worlds["played"] == 4 and not worlds["failed"] and units["played"] > 0 and not units["failed"], (worlds, units)
-    for played in (worlds["workers"], units["workers"]):  # host:pid of the worker process that ran each unit
-        assert {int(w.rsplit(":", 1)[1]) for w in played} <= pids, (played, pids)
-    assert len({w for w in worlds["workers"] + units["workers"]}) == 2  # both workers took units
+    worlds = r["report"]["worlds"]
+    assert worlds["played"] == 4 and not worlds["failed"], worlds
+    assert {int(w.rsplit(":", 1)[1]) for w in worlds["workers"]} <= pids, (worlds, pids)  # host:pid of each world
+    assert len(set(worlds["workers"])) == 2  # both workers took worlds
     assert len(done_times(root / "raw" / "dask")) == 4
-    got = states(r)
-    # every stage after collect, incrementally; finetune reads no data of the pipeline (it plays its own worlds)
-    assert all(got[s] == "computed" for s in STAGES if s != "finetune") and got["finetune"] == "cached", got
+    assert states(r) == dict.fromkeys(("collect", "events", "tables"), "computed"), states(r)
     events, tables = (r["report"]["stages"][i]["summary"] for i in (1, 2))
     assert events["converted"] == 4 and events["skipped"] == 4  # only the new worlds were converted
     for lake_stage in (events, tables):  # their worlds too ran on the cluster's workers
@@ -174,8 +176,9 @@ def test_collect_and_evaluate_run_on_two_dask_worker_processes_and_only_later_st
 
 
 def test_independent_stages_overlap_in_time(data):
-    """The three trainings read the same tables and nothing of one another: the flow runs them at once."""
-    report = json.loads((data["root"] / "reports" / "pipeline" / "last.json").read_text())
+    """The three trainings read the same tables and nothing of one another: the flow runs them at once
+    (the resumed run, which computed every stage)."""
+    report = data["resumed"]["report"]
     spans = {s["stage"]: s for s in report["stages"]}
     starts = {n: spans[n]["start_s"] for n in ("train_l3", "train_l3_rules", "train_l4")}
     ends = {n: spans[n]["end_s"] for n in starts}
@@ -215,72 +218,6 @@ def test_a_changed_stage_config_recomputes_only_that_stage_and_the_ones_after(da
     # played: the two new offline bundles; the race's (the rules, also the old LATEST) and PenguinAgent are reused
     units = r["report"]["evaluation_units"]
     assert units["played"] == 2 and len(units["candidates"]) == 4, units
-
-
-def test_a_second_run_on_a_held_data_root_refuses_naming_the_first(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.pipeline import holding\n"
-         "with holding(Path(sys.argv[1]), {'flow': 'hrlxf', 'profile': 'default', 'pid': 4242}):\n"
-         "    print('held', flush=True); time.sleep(600)", str(tmp_path)],
-        cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        r = hrlxf(tmp_path, "--profile", "smoke", "--until", "collect")
-        assert r["rc"] == 2 and "held by another pipeline run" in r["err"] and '"pid": 4242' in r["err"], r["err"][-2000:]
-        assert r["report"] is None and not (tmp_path / "raw").exists()  # nothing of the holder's was touched
-    finally:
-        holder.kill()  # kill -9: the kernel releases the lock
-        holder.wait()
-    r = hrlxf(tmp_path, "--profile", "smoke", "--until", "collect")
-    assert r["rc"] == 0, r["err"][-3000:]
-    assert r["report"]["status"] == "completed"
-
-
-def test_bad_parameters_are_refused_before_anything_runs(tmp_path, monkeypatch):
-    from flows.pipeline import hrlxf as flow
-    from flows.stages import ParameterError, make_plan
-
-    monkeypatch.setenv("HRLXF_DATA", str(tmp_path))
-
-    r = hrlxf(tmp_path, "--profile", "bogus")
-    assert r["rc"] == 2 and "smoke, default, official" in r["err"], r["err"]
-    assert not (tmp_path / "prefect").exists() and not (tmp_path / "raw").exists()  # no Prefect API, no task
-    cases = [
-        (dict(profile="bogus"), "valid profiles are smoke, default, official"),
-        (dict(profile="smoke", force=["train"]), "valid stages are collect, events, tables, train_l2, backfill"),
-        (dict(profile="smoke", overrides={"collect": {"worlds": 0}}), "collect.worlds = 0 is out of range: valid [1, 100000]"),
-        (dict(profile="smoke", overrides={"tables": {"nope": 1}}), "valid: horizon, version, static, temporal"),
-        (dict(profile="smoke", overrides={"tables": {"horizon": 20}}), "tables.horizon = 20, train_l2.planner.horizon = 10"),
-        (dict(profile="smoke", overrides={"train_l2": {"fit.lr": "fast"}}), "train_l2.fit.lr expects a number"),
-        (dict(profile="smoke", overrides={"train_l3": {"fit.max_epochs": 0}}), "max_epochs must be >= 1"),
-        (dict(profile="smoke", workers=0), "workers = 0 is out of range"),
-    ]
-    for kwargs, message in cases:
-        with pytest.raises(ParameterError, match=message.replace("[", r"\[").replace(".", r"\.")):
-            make_plan(data=tmp_path, **kwargs)
-        with pytest.raises(ParameterError):
-            flow.fn(**kwargs)  # the flow's own first step, before any task
-    assert list(tmp_path.iterdir()) == []  # nothing was written
-
-
-def test_an_object_store_root_is_refused_by_the_commands_that_do_not_sync_with_it(tmp_path, monkeypatch, capsys):
-    """Only the pipeline's commands sync with an object store (tests/test_store.py); the others say so, and an
-    unknown protocol is named before anything runs."""
-    from flows.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HRLXF_MIRROR", str(tmp_path / "mirror"))
-    monkeypatch.setenv("HRLXF_DATA", "s3://bucket/hrlxf")
-    assert main(["audit"]) == 2
-    assert "HRLXF_DATA='s3://bucket/hrlxf' is an object store, which only the pipeline's commands" in capsys.readouterr().err
-    monkeypatch.setenv("HRLXF_DATA", "nosuch://bucket/hrlxf")
-    assert main(["run", "--profile", "smoke"]) == 2
-    assert "HRLXF_DATA='nosuch://bucket/hrlxf': Protocol not known: nosuch" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []  # nothing was written (no directory called s3:, no mirror)
-    monkeypatch.setenv("HRLXF_DATA", f"file://{tmp_path}/root")
-    from hrlxf_agent.paths import data_root
-
-    assert data_root() == tmp_path / "root"
 
 
 def _free_port() -> int:
@@ -323,7 +260,7 @@ def test_make_serve_registers_the_deployments_and_full_pipeline_completes(data):
     `prefect deployment run hrlxf/full-pipeline` with smoke parameters on the same data root."""
     root, port = data["root"], _free_port()
     log = root / "serve.log"
-    env = _env(root, PREFECT_PORT=str(port))
+    env = _env(root, ephemeral=True, PREFECT_PORT=str(port))
     with log.open("w") as out:
         serve = subprocess.Popen(["make", "-o", ".venv/.installed", f"BIN={BIN}", "serve"], cwd=ROOT, env=env,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
