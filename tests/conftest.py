@@ -21,6 +21,8 @@ from hrlxf_agent.snapshot import IssueRanges, Snapshot
 
 warnings.filterwarnings("ignore")
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def make_world(types: list[type], steps: int = 15, seed: int = 0, **generate_kwargs):
     """A real SCML2024StdWorld with the given agent types (seeded)."""
@@ -83,6 +85,22 @@ def child_env(ephemeral: bool = False, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def data_env(data: Path, ephemeral: bool = False, **extra: str) -> dict[str, str]:
+    """`child_env` for a command on the data root ``data``, importing this checkout."""
+    return child_env(ephemeral, HRLXF_DATA=str(data), PYTHONPATH=str(ROOT), **extra)
+
+
+def hrlxf_run(data: Path, *args: str, timeout: float = 900, ephemeral: bool = False) -> dict:
+    """`hrlxf run ...` in a child process: its exit code, output, wall time and the run report. It reports to
+    the session's Prefect API unless ``ephemeral`` (then it starts its own, as on a fresh machine)."""
+    start = time.time()
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=ROOT, env=data_env(data, ephemeral),
+                       capture_output=True, text=True, timeout=timeout)
+    last = data / "reports" / "pipeline" / "last.json"
+    report = json.loads(last.read_text()) if last.exists() else None
+    return {"rc": p.returncode, "out": p.stdout, "err": p.stderr, "wall": time.time() - start, "report": report}
+
+
 @contextmanager
 def dask_processes(home: Path, worker_envs: list[dict[str, str]]) -> Iterator[tuple[str, set[int]]]:
     """A `dask scheduler` and one `dask worker` process (two threads) per environment, on loopback; yields
@@ -119,4 +137,5 @@ def base_snapshot() -> Snapshot:
     return snap()
 
 
-__all__ = ["make_world", "agents_of", "snap", "per_day", "replace", "dask_processes", "child_env"]
+__all__ = ["make_world", "agents_of", "snap", "per_day", "replace", "dask_processes", "child_env", "data_env",
+           "hrlxf_run", "ROOT"]

@@ -24,29 +24,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import child_env, dask_processes
+from conftest import ROOT, dask_processes, data_env, hrlxf_run as hrlxf
 
 from tasks.fingerprint import fingerprint
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ["collect", "events", "tables", "train_l2", "backfill", "train_l3", "train_l3_rules", "train_l4",
           "bundle", "bundle_rules", "finetune", "evaluate"]
-
-
-def _env(data: Path, ephemeral: bool = False, **extra: str) -> dict[str, str]:
-    return child_env(ephemeral, HRLXF_DATA=str(data), PYTHONPATH=str(ROOT), **extra)
-
-
-def hrlxf(data: Path, *args: str, timeout: float = 900, ephemeral: bool = False) -> dict:
-    """`hrlxf run ...` in a child process: its exit code, output, wall time and the run report. It reports to
-    the session's Prefect API unless ``ephemeral`` (then it starts its own, as on a fresh machine)."""
-    start = time.time()
-    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=ROOT, env=_env(data, ephemeral),
-                       capture_output=True, text=True, timeout=timeout)
-    last = data / "reports" / "pipeline" / "last.json"
-    report = json.loads(last.read_text()) if last.exists() else None
-    return {"rc": p.returncode, "out": p.stdout, "err": p.stderr, "wall": time.time() - start, "report": report}
 
 
 def states(r: dict) -> dict[str, str]:
@@ -68,8 +52,8 @@ def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("pipeline")
     run = root / "raw" / "smoke"
     cmd = [sys.executable, "-m", "flows.cli", "run", "--profile", "smoke", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(root, ephemeral=True), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=data_env(root, ephemeral=True), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not done_times(run) and proc.poll() is None:
         time.sleep(0.2)
@@ -114,7 +98,7 @@ def test_a_second_run_with_nothing_changed_is_all_cache_hits_in_seconds(data):
 
 
 def cli(data: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=_env(data), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=data_env(data), capture_output=True,
                           text=True, timeout=600)
 
 
@@ -144,12 +128,12 @@ def test_the_training_commands_are_the_flows_stages_with_its_cache(data):
 def dask_cluster(tmp_path_factory):
     """A scheduler and two `dask worker` processes (two threads each) on loopback; yields (address, pids)."""
     home = tmp_path_factory.mktemp("dask")
-    with dask_processes(home, [_env(home)] * 2) as cluster:
+    with dask_processes(home, [data_env(home)] * 2) as cluster:
         yield cluster
 
 
-def test_collect_and_the_lake_run_on_two_dask_worker_processes_and_only_new_worlds_are_converted(data, dask_cluster,
-                                                                                               tmp_path):
+def test_collect_and_the_lake_run_on_two_dask_worker_processes_and_only_new_worlds_are_converted(
+        data, dask_cluster, tmp_path):
     """A new run of worlds, played on a scheduler and two `dask worker` processes, like its events and tables,
     on a copy of the data root (the evaluation's units on a cluster: test_store): the new worlds' events and
     tables are built, the earlier worlds' are not rewritten."""
@@ -260,11 +244,11 @@ def test_make_serve_registers_the_deployments_and_full_pipeline_completes(data):
     `prefect deployment run hrlxf/full-pipeline` with smoke parameters on the same data root."""
     root, port = data["root"], _free_port()
     log = root / "serve.log"
-    env = _env(root, ephemeral=True, PREFECT_PORT=str(port))
+    env = data_env(root, ephemeral=True, PREFECT_PORT=str(port))
     with log.open("w") as out:
         serve = subprocess.Popen(["make", "-o", ".venv/.installed", f"BIN={BIN}", "serve"], cwd=ROOT, env=env,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    api = {**_env(root), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    api = {**data_env(root), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     try:
         deadline = time.time() + 240
         while "Worker 'ProcessWorker" not in log.read_text():

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_pipeline import ROOT, _env, hrlxf
+from conftest import ROOT, data_env, hrlxf_run as hrlxf
 
 
 def test_a_second_run_on_a_held_data_root_refuses_naming_the_first(tmp_path):
@@ -16,7 +16,7 @@ def test_a_second_run_on_a_held_data_root_refuses_naming_the_first(tmp_path):
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows.pipeline import holding\n"
          "with holding(Path(sys.argv[1]), {'flow': 'hrlxf', 'profile': 'default', 'pid': 4242}):\n"
          "    print('held', flush=True); time.sleep(600)", str(tmp_path)],
-        cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+        cwd=ROOT, env=data_env(tmp_path), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         r = hrlxf(tmp_path, "--profile", "smoke", "--until", "collect")

@@ -152,17 +152,20 @@ def test_a_directory_redone_from_scratch_is_pulled_again_even_with_the_same_byte
     assert host.push() == {"pushed": 0, "deleted": 0, "bytes": 0} and fs.exists("hrlxf/redo/raw/run/w0/DONE")
 
 
+def _eventually(done, seconds: float = 60) -> bool:
+    """Whether ``done()`` holds within ``seconds`` (a loaded machine may be slow to run the renewing thread)."""
+    deadline = time.time() + seconds
+    while not done() and time.time() < deadline:
+        time.sleep(0.1)
+    return done()
+
+
 def test_a_run_whose_lease_another_run_took_stops_renewing_it_and_leaves_it(s3, monkeypatch):
     import tasks.store as store
 
     monkeypatch.setattr(store, "RENEW_SECONDS", 0.2)
     root, fs = store.StoreRoot("s3://hrlxf/lease", "/nonexistent"), store_fs()
     who = {"pid": 1, "host": "here"}
-    def within(seconds: float, done) -> bool:  # a loaded machine may take a while to run the renewing thread
-        deadline = time.time() + seconds
-        while not done() and time.time() < deadline:
-            time.sleep(0.1)
-        return done()
 
     def lost(check) -> bool:
         try:
@@ -174,10 +177,10 @@ def test_a_run_whose_lease_another_run_took_stops_renewing_it_and_leaves_it(s3, 
 
     with root.leased(who) as check:
         first = json.loads(fs.cat("hrlxf/lease/.hrlxf-run.lease"))
-        assert within(60, lambda: json.loads(fs.cat("hrlxf/lease/.hrlxf-run.lease"))["expires"] > first["expires"])
+        assert _eventually(lambda: json.loads(fs.cat("hrlxf/lease/.hrlxf-run.lease"))["expires"] > first["expires"])
         assert not lost(check)  # still this run's
         fs.pipe("hrlxf/lease/.hrlxf-run.lease", json.dumps({"pid": 2, "host": "there", "expires": 1e12}).encode())
-        assert within(60, lambda: lost(check))
+        assert _eventually(lambda: lost(check))
     assert json.loads(fs.cat("hrlxf/lease/.hrlxf-run.lease"))["host"] == "there"  # not renewed over, not deleted
 
 
